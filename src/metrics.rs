@@ -1,0 +1,120 @@
+//! Every metric this crate records, by name, with [`describe`] to register units and help texts.
+//!
+//! All names start with `sse_tracking_`. Metrics go to whatever [`metrics`] recorder the
+//! application installed (for example `metrics-exporter-prometheus`); without one they cost
+//! nothing. Nothing is recorded per event on the hot path: events are counted in the session
+//! slots and reported by the worker per flush.
+//!
+//! ```
+//! // Once, after installing a recorder:
+//! tower_sse_tracking::metrics::describe();
+//! ```
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+
+/// Gauge: session updates waiting in the worker's queue.
+pub const QUEUE_DEPTH: &str = "sse_tracking_queue_depth";
+/// Gauge: the queue's capacity (alert when the depth stays above 80 % of it).
+pub const QUEUE_CAPACITY: &str = "sse_tracking_queue_capacity";
+/// Histogram: updates per `save_batch` call.
+pub const BATCH_SIZE: &str = "sse_tracking_batch_size";
+/// Histogram: events covered per written update, per batch (how much coalescing saved).
+pub const COALESCE_RATIO: &str = "sse_tracking_coalesce_ratio";
+/// Counter: events recorded (reported per flush).
+pub const EVENTS: &str = "sse_tracking_events_total";
+/// Counter: session updates written successfully.
+pub const PERSISTED: &str = "sse_tracking_persisted_total";
+/// Counter: failed `save_batch` calls.
+pub const FAILURES: &str = "sse_tracking_store_failures_total";
+/// Counter: session updates scheduled for a retry.
+pub const RETRIES: &str = "sse_tracking_retries_total";
+/// Counter: session updates whose fast retries ran out (kept, retried after the cool-down).
+pub const RETRY_EXHAUSTED: &str = "sse_tracking_retry_exhausted_total";
+/// Counter: sessions parked in the overflow set because the queue stayed full.
+pub const OVERFLOW_PARKED: &str = "sse_tracking_overflow_parked_total";
+/// Counter: times a stream waited for queue capacity.
+pub const BACKPRESSURE_WAITS: &str = "sse_tracking_backpressure_waits_total";
+/// Counter: sessions that could not be handed to the worker because it had shut down.
+pub const DROPPED_AFTER_SHUTDOWN: &str = "sse_tracking_dropped_after_shutdown_total";
+/// Histogram: seconds per `save_batch` call.
+pub const FLUSH_DURATION: &str = "sse_tracking_flush_duration_seconds";
+/// Gauge: circuit breaker state, 0 closed, 1 open, 2 half-open (probing).
+pub const CIRCUIT_STATE: &str = "sse_tracking_circuit_state";
+/// Gauge: sessions with state in the worker (pending, retrying or parked).
+pub const PENDING_SESSIONS: &str = "sse_tracking_pending_sessions";
+/// Counter: events whose ID was already seen recently (not persisted again).
+pub const DUPLICATE_EVENTS: &str = "sse_tracking_duplicate_events_total";
+/// Counter: `id` values ignored because they were longer than the cap.
+pub const OVERSIZED_IDS: &str = "sse_tracking_oversized_ids_total";
+/// Counter: requests left untracked, by `reason` label (`invalid_key`, `registry_full`).
+pub const UNTRACKED: &str = "sse_tracking_untracked_total";
+/// Gauge: sessions in the in-memory registry.
+pub const TRACKED_SESSIONS: &str = "sse_tracking_tracked_sessions";
+/// Counter: heartbeat comments injected.
+pub const HEARTBEATS: &str = "sse_tracking_heartbeats_total";
+/// Counter: `Last-Event-ID` headers inserted to resume a session.
+pub const RESUMED: &str = "sse_tracking_resumed_total";
+/// Counter: failed store reads while resuming (the request went on without the header).
+pub const RESUME_ERRORS: &str = "sse_tracking_resume_errors_total";
+
+/// Registers units and descriptions of every metric with the installed recorder.
+pub fn describe() {
+    describe_gauge!(
+        QUEUE_DEPTH,
+        Unit::Count,
+        "Session updates waiting in the queue"
+    );
+    describe_gauge!(QUEUE_CAPACITY, Unit::Count, "Capacity of the queue");
+    describe_histogram!(BATCH_SIZE, Unit::Count, "Updates per store batch");
+    describe_histogram!(
+        COALESCE_RATIO,
+        Unit::Count,
+        "Events covered per written update"
+    );
+    describe_counter!(EVENTS, Unit::Count, "Events recorded");
+    describe_counter!(PERSISTED, Unit::Count, "Session updates written");
+    describe_counter!(FAILURES, Unit::Count, "Failed store batches");
+    describe_counter!(RETRIES, Unit::Count, "Session updates scheduled for retry");
+    describe_counter!(
+        RETRY_EXHAUSTED,
+        Unit::Count,
+        "Session updates whose retries ran out (kept for later)"
+    );
+    describe_counter!(
+        OVERFLOW_PARKED,
+        Unit::Count,
+        "Sessions parked because the queue stayed full"
+    );
+    describe_counter!(BACKPRESSURE_WAITS, Unit::Count, "Waits for queue capacity");
+    describe_counter!(
+        DROPPED_AFTER_SHUTDOWN,
+        Unit::Count,
+        "Sessions not handed over because the worker had shut down"
+    );
+    describe_histogram!(FLUSH_DURATION, Unit::Seconds, "Duration of a store batch");
+    describe_gauge!(
+        CIRCUIT_STATE,
+        Unit::Count,
+        "Circuit breaker: 0 closed, 1 open, 2 half-open"
+    );
+    describe_gauge!(
+        PENDING_SESSIONS,
+        Unit::Count,
+        "Sessions with unwritten state in the worker"
+    );
+    describe_counter!(
+        DUPLICATE_EVENTS,
+        Unit::Count,
+        "Events with a recently seen ID"
+    );
+    describe_counter!(OVERSIZED_IDS, Unit::Count, "Event IDs over the length cap");
+    describe_counter!(UNTRACKED, Unit::Count, "Requests left untracked");
+    describe_gauge!(TRACKED_SESSIONS, Unit::Count, "Sessions tracked in memory");
+    describe_counter!(HEARTBEATS, Unit::Count, "Heartbeat comments injected");
+    describe_counter!(RESUMED, Unit::Count, "Last-Event-ID headers inserted");
+    describe_counter!(
+        RESUME_ERRORS,
+        Unit::Count,
+        "Store reads that failed on resume"
+    );
+}

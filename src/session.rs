@@ -1,0 +1,188 @@
+//! Session keys: untrusted client input, validated once and then shared cheaply.
+
+use std::{borrow::Borrow, fmt, sync::Arc};
+
+/// Default cap on the length of a session key, in bytes.
+pub const DEFAULT_MAX_SESSION_KEY_LEN: usize = 128;
+
+/// A validated session key.
+///
+/// Session keys usually come from clients (a header such as `mcp-session-id`), so they are
+/// checked before anything is stored under them: not empty, at most a configured number of bytes
+/// (128 by default), and free of control characters. Cloning is cheap (an `Arc<str>`).
+///
+/// ```
+/// use tower_sse_tracking::SessionId;
+///
+/// let id = SessionId::new("a1b2c3").unwrap();
+/// assert_eq!(id.as_str(), "a1b2c3");
+/// assert!(SessionId::new("bad\nkey").is_err());
+/// assert!(SessionId::with_max_len("toolong", 4).is_err());
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(Arc<str>);
+
+impl SessionId {
+    /// Validates `key` with the default length cap of [`DEFAULT_MAX_SESSION_KEY_LEN`] bytes.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`InvalidSessionId`] when `key` is empty, too long or contains a control
+    /// character.
+    pub fn new(key: &str) -> Result<Self, InvalidSessionId> {
+        Self::with_max_len(key, DEFAULT_MAX_SESSION_KEY_LEN)
+    }
+
+    /// Validates `key` with a length cap of `max_len` bytes.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`InvalidSessionId`] when `key` is empty, longer than `max_len` bytes or contains
+    /// a control character.
+    pub fn with_max_len(key: &str, max_len: usize) -> Result<Self, InvalidSessionId> {
+        Self::check(key.as_bytes(), max_len)?;
+        Ok(Self(Arc::from(key)))
+    }
+
+    /// Validates raw bytes (such as a header value) as a session key.
+    ///
+    /// # Errors
+    ///
+    /// As [`with_max_len`](Self::with_max_len), and also when the bytes are not UTF-8.
+    pub fn from_bytes(key: &[u8], max_len: usize) -> Result<Self, InvalidSessionId> {
+        Self::check(key, max_len)?;
+        let key = std::str::from_utf8(key).map_err(|_| InvalidSessionId::NotUtf8)?;
+        Ok(Self(Arc::from(key)))
+    }
+
+    fn check(key: &[u8], max_len: usize) -> Result<(), InvalidSessionId> {
+        if key.is_empty() {
+            return Err(InvalidSessionId::Empty);
+        }
+        if key.len() > max_len {
+            return Err(InvalidSessionId::TooLong {
+                len: key.len(),
+                max: max_len,
+            });
+        }
+        // Control characters: C0 and DEL (C1 controls are caught as characters below).
+        if key.iter().any(|b| b.is_ascii_control()) {
+            return Err(InvalidSessionId::ControlCharacter);
+        }
+        if let Ok(s) = std::str::from_utf8(key) {
+            if s.chars().any(char::is_control) {
+                return Err(InvalidSessionId::ControlCharacter);
+            }
+        }
+        Ok(())
+    }
+
+    /// The key as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for SessionId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Borrow<str> for SessionId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<&str> for SessionId {
+    type Error = InvalidSessionId;
+
+    fn try_from(key: &str) -> Result<Self, Self::Error> {
+        Self::new(key)
+    }
+}
+
+/// Why a session key was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InvalidSessionId {
+    /// The key is empty.
+    Empty,
+    /// The key is longer than allowed.
+    TooLong {
+        /// Its length in bytes.
+        len: usize,
+        /// The cap in bytes.
+        max: usize,
+    },
+    /// The key contains a control character.
+    ControlCharacter,
+    /// The key is not valid UTF-8.
+    NotUtf8,
+}
+
+impl fmt::Display for InvalidSessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Empty => f.write_str("session key is empty"),
+            Self::TooLong { len, max } => {
+                write!(f, "session key is {len} bytes long, more than {max}")
+            }
+            Self::ControlCharacter => f.write_str("session key contains a control character"),
+            Self::NotUtf8 => f.write_str("session key is not valid utf-8"),
+        }
+    }
+}
+
+impl std::error::Error for InvalidSessionId {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_ordinary_keys() {
+        for key in ["a", "0f8fad5b-d9cb-469f-a165-70867728950e", "ключ", "a b"] {
+            assert_eq!(SessionId::new(key).unwrap().as_str(), key);
+        }
+    }
+
+    #[test]
+    fn refuses_empty_long_and_control_keys() {
+        assert_eq!(SessionId::new(""), Err(InvalidSessionId::Empty));
+        let long = "x".repeat(DEFAULT_MAX_SESSION_KEY_LEN + 1);
+        assert!(matches!(
+            SessionId::new(&long),
+            Err(InvalidSessionId::TooLong { len: 129, max: 128 })
+        ));
+        assert!(SessionId::new(&long[1..]).is_ok());
+        for key in ["a\nb", "a\rb", "\0", "a\x7f", "a\u{85}b", "tab\there"] {
+            assert_eq!(
+                SessionId::new(key),
+                Err(InvalidSessionId::ControlCharacter),
+                "{key:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_non_utf8_bytes() {
+        assert_eq!(
+            SessionId::from_bytes(b"a\xffb", 128),
+            Err(InvalidSessionId::NotUtf8)
+        );
+    }
+}

@@ -1,0 +1,266 @@
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::{Duration, SystemTime},
+};
+
+use super::{SessionRecord, SessionStore, SessionUpdate, StoreFuture};
+use crate::SessionId;
+
+/// The default store: a bounded map in this process's memory.
+///
+/// Cloning is cheap and clones share the same map. It forgets everything when the process ends
+/// and cannot be shared by several replicas; it is meant for single-process deployments, tests
+/// and examples. It is bounded: a session idle for longer than the TTL reads as absent and is
+/// removed, and when the map is full the least recently active eighth of it is evicted to make
+/// room (counted by [`evictions`](Self::evictions)).
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_sse_tracking::store::MemoryStore;
+///
+/// let store = MemoryStore::with_limits(10_000, Duration::from_secs(3600));
+/// assert!(store.is_empty());
+/// ```
+#[derive(Clone)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    max_sessions: usize,
+    idle_ttl: Duration,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    map: HashMap<SessionId, SessionRecord>,
+    evictions: u64,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::with_limits(Self::DEFAULT_MAX_SESSIONS, Self::DEFAULT_IDLE_TTL)
+    }
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("max_sessions", &self.inner.max_sessions)
+            .field("idle_ttl", &self.inner.idle_ttl)
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+impl MemoryStore {
+    /// Default cap on the number of sessions kept.
+    pub const DEFAULT_MAX_SESSIONS: usize = 100_000;
+
+    /// Default time after its last activity for which a session is kept: 24 hours.
+    pub const DEFAULT_IDLE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+    /// An empty store with the default limits: [`DEFAULT_MAX_SESSIONS`](Self::DEFAULT_MAX_SESSIONS)
+    /// sessions, each kept for [`DEFAULT_IDLE_TTL`](Self::DEFAULT_IDLE_TTL) after its last
+    /// activity.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An empty store that keeps at most `max_sessions` sessions (at least 1), each for `idle_ttl`
+    /// after its last activity.
+    pub fn with_limits(max_sessions: usize, idle_ttl: Duration) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                max_sessions: max_sessions.max(1),
+                idle_ttl,
+                state: Mutex::new(State::default()),
+            }),
+        }
+    }
+
+    /// The number of sessions held (expired ones included until they are next swept).
+    pub fn len(&self) -> usize {
+        self.lock().map.len()
+    }
+
+    /// Whether the store holds no session.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How many sessions were evicted to respect the cap.
+    pub fn evictions(&self) -> u64 {
+        self.lock().evictions
+    }
+
+    /// A copy of every live session's record, sorted by session key.
+    pub fn snapshot(&self) -> Vec<(SessionId, SessionRecord)> {
+        let now = SystemTime::now();
+        let state = self.lock();
+        let mut all: Vec<_> = state
+            .map
+            .iter()
+            .filter(|(_, r)| !self.expired(r, now))
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Reads a session synchronously; see [`SessionStore::load`].
+    pub fn get(&self, session: &SessionId) -> Option<SessionRecord> {
+        let now = SystemTime::now();
+        let mut state = self.lock();
+        match state.map.get(session) {
+            Some(record) if self.expired(record, now) => {
+                state.map.remove(session);
+                None
+            }
+            other => other.cloned(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The map stays consistent even if a holder panicked: every write is a single insert.
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn expired(&self, record: &SessionRecord, now: SystemTime) -> bool {
+        now.duration_since(record.last_activity)
+            .is_ok_and(|idle| idle > self.inner.idle_ttl)
+    }
+
+    fn apply(&self, batch: &[SessionUpdate]) {
+        let now = SystemTime::now();
+        let mut state = self.lock();
+        for update in batch {
+            if let Some(record) = state.map.get_mut(&update.session) {
+                if self.expired(record, now) {
+                    *record = SessionRecord::from(update);
+                } else {
+                    record.apply(update);
+                }
+                continue;
+            }
+            if state.map.len() >= self.inner.max_sessions {
+                self.make_room(&mut state, now);
+            }
+            state
+                .map
+                .insert(update.session.clone(), SessionRecord::from(update));
+        }
+    }
+
+    /// Drops expired sessions, then, if still full, the least recently active eighth: amortised
+    /// O(1) per insert.
+    fn make_room(&self, state: &mut State, now: SystemTime) {
+        let before = state.map.len();
+        state.map.retain(|_, r| !self.expired(r, now));
+        if state.map.len() >= self.inner.max_sessions {
+            let excess = state.map.len() + 1 - self.inner.max_sessions;
+            let evict = excess.max(self.inner.max_sessions / 8).min(state.map.len());
+            let mut by_age: Vec<(SystemTime, SessionId)> = state
+                .map
+                .iter()
+                .map(|(k, r)| (r.last_activity, k.clone()))
+                .collect();
+            by_age.select_nth_unstable_by(evict - 1, |a, b| a.0.cmp(&b.0));
+            for (_, key) in &by_age[..evict] {
+                state.map.remove(key);
+            }
+        }
+        let removed = before - state.map.len();
+        state.evictions += removed as u64;
+        tracing::debug!(removed, "memory store full: evicted idle sessions");
+    }
+}
+
+impl SessionStore for MemoryStore {
+    fn save_batch<'a>(&'a self, batch: &'a [SessionUpdate]) -> StoreFuture<'a, ()> {
+        self.apply(batch);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn load<'a>(&'a self, session: &'a SessionId) -> StoreFuture<'a, Option<SessionRecord>> {
+        Box::pin(std::future::ready(Ok(self.get(session))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::LastEventId;
+
+    fn update(session: &str, id: &str, version: u64, at: SystemTime) -> SessionUpdate {
+        SessionUpdate {
+            session: SessionId::new(session).unwrap(),
+            last_event_id: LastEventId::from(id),
+            version,
+            last_activity: at,
+        }
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn older_version_never_overwrites_newer() {
+        let store = MemoryStore::new();
+        let now = SystemTime::now();
+        let later = now + Duration::from_secs(1);
+        block_on(store.save_batch(&[update("a", "3", 3, now)])).unwrap();
+        block_on(store.save_batch(&[update("a", "2", 2, later)])).unwrap();
+        let r = store.get(&SessionId::new("a").unwrap()).unwrap();
+        assert_eq!(r.last_event_id.as_str(), Some("3"));
+        assert_eq!(r.version, 3);
+        assert_eq!(r.last_activity, later, "activity keeps the later time");
+    }
+
+    #[test]
+    fn empty_id_is_stored_as_cleared() {
+        let store = MemoryStore::new();
+        let now = SystemTime::now();
+        block_on(store.save_batch(&[update("a", "1", 1, now), update("b", "", 1, now)])).unwrap();
+        block_on(store.save_batch(&[update("a", "", 2, now)])).unwrap();
+        for key in ["a", "b"] {
+            let r = store.get(&SessionId::new(key).unwrap()).unwrap();
+            assert_eq!(r.last_event_id, LastEventId::Cleared);
+        }
+    }
+
+    #[test]
+    fn expired_sessions_read_as_absent() {
+        let store = MemoryStore::with_limits(10, Duration::from_secs(60));
+        let old = SystemTime::now() - Duration::from_secs(61);
+        block_on(store.save_batch(&[update("a", "1", 1, old)])).unwrap();
+        assert_eq!(store.len(), 1);
+        assert!(store.get(&SessionId::new("a").unwrap()).is_none());
+        assert!(store.is_empty());
+    }
+
+    #[test]
+    fn stays_within_max_sessions() {
+        let store = MemoryStore::with_limits(64, MemoryStore::DEFAULT_IDLE_TTL);
+        let start = SystemTime::now();
+        for i in 0..1000u64 {
+            let at = start + Duration::from_millis(i);
+            block_on(store.save_batch(&[update(&format!("s{i}"), "1", 1, at)])).unwrap();
+            assert!(store.len() <= 64);
+        }
+        // The most recently active sessions survive.
+        assert!(store.get(&SessionId::new("s999").unwrap()).is_some());
+        assert!(store.get(&SessionId::new("s0").unwrap()).is_none());
+        assert_eq!(store.evictions(), 1000 - store.len() as u64);
+    }
+}

@@ -1,0 +1,188 @@
+//! Where last event IDs are persisted: the [`SessionStore`] trait and its implementations.
+//!
+//! The persistence worker hands a store whole batches: at most one [`SessionUpdate`] per session,
+//! always that session's newest state. A store must apply them so that versions only move
+//! forward: an update whose `version` is lower than the stored one must not change the stored
+//! last event ID (a late retry must never roll a session back), while the later of the two
+//! activity times is kept.
+//!
+//! ```
+//! use std::time::SystemTime;
+//! use tower_sse_tracking::{store::{LastEventId, MemoryStore, SessionStore, SessionUpdate}, SessionId};
+//!
+//! # tokio_test_block_on(async {
+//! let store = MemoryStore::new();
+//! let session = SessionId::new("s1").unwrap();
+//! let update = |id: &str, version| SessionUpdate {
+//!     session: session.clone(),
+//!     last_event_id: LastEventId::from(id),
+//!     version,
+//!     last_activity: SystemTime::now(),
+//! };
+//! store.save_batch(&[update("7", 2)]).await.unwrap();
+//! store.save_batch(&[update("5", 1)]).await.unwrap(); // older: refused
+//! let record = store.load(&session).await.unwrap().unwrap();
+//! assert_eq!(record.last_event_id.as_str(), Some("7"));
+//! # });
+//! # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+//! #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+//! # }
+//! ```
+
+mod error;
+mod memory;
+
+pub use self::{error::StoreError, memory::MemoryStore};
+
+use std::{future::Future, pin::Pin, sync::Arc, time::SystemTime};
+
+use crate::SessionId;
+
+/// The future a [`SessionStore`] method returns: boxed, so that the trait can be used as
+/// `Arc<dyn SessionStore>`. One allocation per batch, never per event.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// A session's last event ID as persisted: an ID, or cleared by an empty `id` field.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
+pub enum LastEventId {
+    /// The stream set this ID.
+    Set(Arc<str>),
+    /// The stream cleared the ID (an empty `id` field); a client then sends no `Last-Event-ID`.
+    #[default]
+    Cleared,
+}
+
+impl LastEventId {
+    /// The ID, or `None` when cleared.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Self::Set(id) => Some(id),
+            Self::Cleared => None,
+        }
+    }
+}
+
+impl From<&str> for LastEventId {
+    /// An empty string is [`LastEventId::Cleared`], as in the SSE format.
+    fn from(id: &str) -> Self {
+        if id.is_empty() {
+            Self::Cleared
+        } else {
+            Self::Set(Arc::from(id))
+        }
+    }
+}
+
+/// The newest state of one session, to be written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionUpdate {
+    /// The session.
+    pub session: SessionId,
+    /// Its newest last event ID.
+    pub last_event_id: LastEventId,
+    /// Grows with every new last event ID of the session: a store keeps the ID of the highest
+    /// version it has seen. Versions come from a clock that is monotonic within a process and
+    /// follows wall-clock time across restarts and replicas (nanoseconds since the Unix epoch),
+    /// so that the newer write wins wherever it comes from.
+    pub version: u64,
+    /// The time of the session's latest event; a store keeps the later of the stored one and
+    /// this one.
+    pub last_activity: SystemTime,
+}
+
+/// A session's persisted state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// The last event ID.
+    pub last_event_id: LastEventId,
+    /// The version of that ID.
+    pub version: u64,
+    /// The time of the session's latest recorded event.
+    pub last_activity: SystemTime,
+}
+
+impl SessionRecord {
+    /// Applies `update` with the forward-only rule: a newer version replaces the ID, an older
+    /// one leaves it alone; activity keeps the later time. For store implementations.
+    pub fn apply(&mut self, update: &SessionUpdate) {
+        if update.version > self.version {
+            self.version = update.version;
+            self.last_event_id = update.last_event_id.clone();
+        }
+        if update.last_activity > self.last_activity {
+            self.last_activity = update.last_activity;
+        }
+    }
+}
+
+impl From<&SessionUpdate> for SessionRecord {
+    fn from(update: &SessionUpdate) -> Self {
+        Self {
+            last_event_id: update.last_event_id.clone(),
+            version: update.version,
+            last_activity: update.last_activity,
+        }
+    }
+}
+
+/// A place to persist the last event ID of every session.
+///
+/// Implementations must be safe to call from one worker task while other tasks read, and must
+/// apply a batch with the forward-only rule described in the [module docs](self) (see
+/// [`SessionRecord::apply`]). A batch holds at most one update per session.
+///
+/// The methods return boxed futures so that stores can be used behind `Arc<dyn SessionStore>`.
+///
+/// ```
+/// use tower_sse_tracking::store::{SessionRecord, SessionStore, SessionUpdate, StoreError, StoreFuture};
+/// use tower_sse_tracking::SessionId;
+///
+/// /// A store that keeps nothing: every read misses.
+/// struct Forgetful;
+///
+/// impl SessionStore for Forgetful {
+///     fn save_batch<'a>(&'a self, _batch: &'a [SessionUpdate]) -> StoreFuture<'a, ()> {
+///         Box::pin(async { Ok(()) })
+///     }
+///     fn load<'a>(&'a self, _session: &'a SessionId) -> StoreFuture<'a, Option<SessionRecord>> {
+///         Box::pin(async { Ok(None) })
+///     }
+/// }
+/// ```
+pub trait SessionStore: Send + Sync + 'static {
+    /// Writes a batch of updates, all or nothing where the store allows it.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] says whether a retry may help ([`StoreError::is_transient`]). The worker
+    /// retries transient failures with backoff and keeps every session's newest state until it is
+    /// written.
+    fn save_batch<'a>(&'a self, batch: &'a [SessionUpdate]) -> StoreFuture<'a, ()>;
+
+    /// Reads a session's persisted state, `None` if the store has none.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] when the store cannot be read.
+    fn load<'a>(&'a self, session: &'a SessionId) -> StoreFuture<'a, Option<SessionRecord>>;
+}
+
+impl<S: SessionStore + ?Sized> SessionStore for Arc<S> {
+    fn save_batch<'a>(&'a self, batch: &'a [SessionUpdate]) -> StoreFuture<'a, ()> {
+        (**self).save_batch(batch)
+    }
+
+    fn load<'a>(&'a self, session: &'a SessionId) -> StoreFuture<'a, Option<SessionRecord>> {
+        (**self).load(session)
+    }
+}
+
+impl<S: SessionStore + ?Sized> SessionStore for Box<S> {
+    fn save_batch<'a>(&'a self, batch: &'a [SessionUpdate]) -> StoreFuture<'a, ()> {
+        (**self).save_batch(batch)
+    }
+
+    fn load<'a>(&'a self, session: &'a SessionId) -> StoreFuture<'a, Option<SessionRecord>> {
+        (**self).load(session)
+    }
+}

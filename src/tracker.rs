@@ -1,0 +1,482 @@
+//! Per-session state: the newest last event ID, a bounded duplicate window, and the bookkeeping
+//! that lets the persistence worker write each session's newest state exactly when it changed.
+//!
+//! Every tracked session has one [`Slot`]. Recording an event updates the slot in place under a
+//! short, uncontended lock (never held across an `await`) and reports whether the slot just
+//! turned from clean to queued: only then does the caller enqueue the session on the worker's
+//! queue. Coalescing thus happens at the source, and queue traffic is bounded by the number of
+//! sessions per flush interval rather than by events.
+
+use std::{
+    collections::HashMap,
+    hash::BuildHasher,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::{Duration, SystemTime},
+};
+
+use tokio::time::Instant;
+
+use crate::{
+    SessionId, clock,
+    store::{LastEventId, SessionUpdate},
+};
+
+/// Default number of recent event IDs remembered per session to detect duplicates.
+pub const DEFAULT_DEDUP_WINDOW: usize = 64;
+
+/// What recording one event did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Recorded {
+    /// The event's ID was seen recently: counted, not persisted again.
+    pub(crate) duplicate: bool,
+    /// The slot just turned from clean to queued: the caller must hand it to the worker.
+    pub(crate) enqueue: bool,
+}
+
+/// One session's tracked state. Shared by the streams of the session, the registry and (while it
+/// has something to write) the persistence worker.
+pub(crate) struct Slot {
+    session: SessionId,
+    state: Mutex<SlotState>,
+}
+
+struct SlotState {
+    /// The newest last event ID; empty means cleared (or unknown while `id_known` is false).
+    id: String,
+    /// An `id` field has been recorded in this process. Until then snapshots carry version 0,
+    /// which never overrides a stored ID (it only records activity).
+    id_known: bool,
+    /// Events recorded so far.
+    seq: u64,
+    /// `seq` at the latest change of `id`.
+    id_seq: u64,
+    /// `seq` and `id_seq` covered by the latest snapshot handed to the worker.
+    snap_seq: u64,
+    snap_id_seq: u64,
+    /// `seq` covered by the latest successful write.
+    persisted_seq: u64,
+    /// The version given to `id` at the snapshot that first carried it.
+    version: u64,
+    /// The activity time given at the latest snapshot that carried new events.
+    activity: SystemTime,
+    /// The slot is with the worker (in its queue, pending set, retry heap or overflow set).
+    queued: bool,
+    /// When a stream last attached to or left this slot.
+    last_seen: Instant,
+    dedup: DedupWindow,
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let st = self.lock();
+        f.debug_struct("Slot")
+            .field("session", &self.session)
+            .field("id", &st.id)
+            .field("seq", &st.seq)
+            .field("persisted_seq", &st.persisted_seq)
+            .field("queued", &st.queued)
+            .finish()
+    }
+}
+
+impl Slot {
+    pub(crate) fn new(session: SessionId, dedup_window: usize) -> Self {
+        Self {
+            session,
+            state: Mutex::new(SlotState {
+                id: String::new(),
+                id_known: false,
+                seq: 0,
+                id_seq: 0,
+                snap_seq: 0,
+                snap_id_seq: 0,
+                persisted_seq: 0,
+                version: 0,
+                activity: SystemTime::UNIX_EPOCH,
+                queued: false,
+                last_seen: Instant::now(),
+                dedup: DedupWindow::new(dedup_window),
+            }),
+        }
+    }
+
+    pub(crate) fn session(&self) -> &SessionId {
+        &self.session
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SlotState> {
+        // Every critical section leaves the state consistent, even if interrupted by a panic.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records one event. `id` is the event's `id` field when it had one (`""` clears), `hash`
+    /// that ID's fingerprint for the duplicate window.
+    ///
+    /// Hot path: no allocation unless the ID outgrows the slot's buffer, one short lock.
+    pub(crate) fn record(&self, id: Option<(&str, u64)>) -> Recorded {
+        let mut st = self.lock();
+        st.seq += 1;
+        let mut duplicate = false;
+        if let Some((id, hash)) = id {
+            if id.is_empty() {
+                if !st.id_known || !st.id.is_empty() {
+                    st.id.clear();
+                    st.id_known = true;
+                    st.id_seq = st.seq;
+                }
+                st.dedup.clear();
+            } else if st.dedup.contains(hash) {
+                duplicate = true;
+            } else {
+                st.dedup.insert(hash);
+                if !st.id_known || st.id != id {
+                    st.id.clear();
+                    st.id.push_str(id);
+                    st.id_known = true;
+                    st.id_seq = st.seq;
+                }
+            }
+        }
+        let enqueue = !st.queued;
+        st.queued = true;
+        Recorded { duplicate, enqueue }
+    }
+
+    /// The newest last event ID recorded in this process: `None` if none was recorded,
+    /// `Some("")` if the stream cleared it.
+    pub(crate) fn last_event_id(&self) -> Option<String> {
+        let st = self.lock();
+        st.id_known.then(|| st.id.clone())
+    }
+
+    /// Takes the slot's newest state for a write, or `None` if everything is written already.
+    /// A new version is given only when the ID changed since the previous snapshot, and the
+    /// activity time moves only when events were recorded since. Before any `id` was recorded
+    /// the version is 0: the write records activity and never replaces a stored ID.
+    pub(crate) fn snapshot(&self, now: SystemTime) -> Option<Snapshot> {
+        let mut st = self.lock();
+        if st.seq == st.persisted_seq {
+            return None;
+        }
+        if st.id_seq > st.snap_id_seq {
+            st.version = clock::next_version(now);
+            st.snap_id_seq = st.id_seq;
+        }
+        let events = st.seq - st.snap_seq;
+        if events > 0 {
+            st.activity = now;
+            st.snap_seq = st.seq;
+        }
+        Some(Snapshot {
+            update: SessionUpdate {
+                session: self.session.clone(),
+                last_event_id: LastEventId::from(st.id.as_str()),
+                version: st.version,
+                last_activity: st.activity,
+            },
+            seq: st.snap_seq,
+            events,
+        })
+    }
+
+    /// Marks a snapshot as written. Returns `true` if newer events arrived meanwhile (the slot
+    /// stays queued and must be written again), `false` if the slot is now clean.
+    pub(crate) fn mark_persisted(&self, seq: u64) -> bool {
+        let mut st = self.lock();
+        st.persisted_seq = st.persisted_seq.max(seq);
+        let dirty = st.seq > st.persisted_seq;
+        st.queued = dirty;
+        dirty
+    }
+
+    /// Whether the slot has events not yet written.
+    pub(crate) fn is_dirty(&self) -> bool {
+        let st = self.lock();
+        st.seq > st.persisted_seq
+    }
+
+    /// Notes that a stream attached to or left the slot (for idle eviction).
+    pub(crate) fn touch(&self) {
+        self.lock().last_seen = Instant::now();
+    }
+
+    /// Whether the registry may forget this slot: nothing left to write, not with the worker,
+    /// and idle for longer than `ttl`. The caller also checks that no stream holds it.
+    fn evictable(&self, now: Instant, ttl: Duration) -> bool {
+        let st = self.lock();
+        !st.queued && st.seq == st.persisted_seq && now.duration_since(st.last_seen) >= ttl
+    }
+}
+
+/// A write handed to the store, with the event count it covers.
+#[derive(Debug)]
+pub(crate) struct Snapshot {
+    pub(crate) update: SessionUpdate,
+    pub(crate) seq: u64,
+    /// Events recorded since the previous snapshot.
+    pub(crate) events: u64,
+}
+
+/// The fingerprints of the last `N` distinct event IDs of a session, in a ring.
+///
+/// Fingerprints are 64-bit keyed hashes ([`foldhash`] with a per-process random seed): a false
+/// duplicate needs a collision among at most `N` values, about `N / 2^64` per event.
+struct DedupWindow {
+    ring: Box<[u64]>,
+    len: usize,
+    next: usize,
+}
+
+impl DedupWindow {
+    fn new(capacity: usize) -> Self {
+        Self {
+            ring: vec![0; capacity].into_boxed_slice(),
+            len: 0,
+            next: 0,
+        }
+    }
+
+    fn contains(&self, hash: u64) -> bool {
+        // A linear scan of at most N words: branch-free and vectorised, faster than a hash set
+        // for the window sizes that make sense.
+        self.ring[..self.len].contains(&hash)
+    }
+
+    fn insert(&mut self, hash: u64) {
+        if self.ring.is_empty() {
+            return;
+        }
+        self.ring[self.next] = hash;
+        self.next = (self.next + 1) % self.ring.len();
+        self.len = (self.len + 1).min(self.ring.len());
+    }
+
+    fn clear(&mut self) {
+        self.len = 0;
+        self.next = 0;
+    }
+}
+
+/// Hashes event IDs for the duplicate windows.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct IdHasher(foldhash::fast::RandomState);
+
+impl IdHasher {
+    pub(crate) fn hash(&self, id: &str) -> u64 {
+        self.0.hash_one(id)
+    }
+}
+
+/// Limits of the in-memory registry of tracked sessions.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RegistryLimits {
+    pub(crate) max_sessions: usize,
+    pub(crate) idle_ttl: Duration,
+    pub(crate) dedup_window: usize,
+}
+
+/// The bounded map of tracked sessions. Looked up once per request, never per event.
+pub(crate) struct Registry {
+    limits: RegistryLimits,
+    map: Mutex<HashMap<SessionId, Arc<Slot>>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("limits", &self.limits)
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+impl Registry {
+    pub(crate) fn new(limits: RegistryLimits) -> Self {
+        Self {
+            limits,
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<SessionId, Arc<Slot>>> {
+        self.map.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// The session's slot, if it is tracked.
+    pub(crate) fn get(&self, session: &SessionId) -> Option<Arc<Slot>> {
+        self.lock().get(session).cloned()
+    }
+
+    /// The session's slot, created if needed. `None` when the registry is full of sessions that
+    /// cannot be evicted (live streams, or state not yet written).
+    pub(crate) fn get_or_insert(&self, session: &SessionId) -> Option<Arc<Slot>> {
+        let mut map = self.lock();
+        if let Some(slot) = map.get(session) {
+            slot.touch();
+            return Some(slot.clone());
+        }
+        if map.len() >= self.limits.max_sessions {
+            Self::evict_idle(&mut map, self.limits.idle_ttl);
+            if map.len() >= self.limits.max_sessions {
+                return None;
+            }
+        }
+        let slot = Arc::new(Slot::new(session.clone(), self.limits.dedup_window));
+        map.insert(session.clone(), slot.clone());
+        Some(slot)
+    }
+
+    /// Forgets idle sessions; returns how many.
+    pub(crate) fn sweep(&self) -> usize {
+        Self::evict_idle(&mut self.lock(), self.limits.idle_ttl)
+    }
+
+    fn evict_idle(map: &mut HashMap<SessionId, Arc<Slot>>, ttl: Duration) -> usize {
+        let now = Instant::now();
+        let before = map.len();
+        // strong_count == 1: only the registry holds it (no stream, not with the worker).
+        map.retain(|_, slot| !(Arc::strong_count(slot) == 1 && slot.evictable(now, ttl)));
+        before - map.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot() -> Slot {
+        Slot::new(SessionId::new("s").unwrap(), 4)
+    }
+
+    fn rec(slot: &Slot, hasher: &IdHasher, id: &str) -> Recorded {
+        slot.record(Some((id, hasher.hash(id))))
+    }
+
+    #[test]
+    fn first_event_enqueues_later_ones_coalesce() {
+        let h = IdHasher::default();
+        let s = slot();
+        assert!(rec(&s, &h, "1").enqueue);
+        assert!(!rec(&s, &h, "2").enqueue);
+        assert!(!rec(&s, &h, "3").enqueue);
+        let snap = s.snapshot(SystemTime::now()).unwrap();
+        assert_eq!(snap.update.last_event_id.as_str(), Some("3"));
+        assert!(!s.mark_persisted(snap.seq), "clean after the write");
+        assert!(rec(&s, &h, "4").enqueue, "clean -> queued enqueues again");
+    }
+
+    #[test]
+    fn events_during_a_write_keep_the_slot_queued() {
+        let h = IdHasher::default();
+        let s = slot();
+        rec(&s, &h, "1");
+        let snap = s.snapshot(SystemTime::now()).unwrap();
+        assert!(!rec(&s, &h, "2").enqueue);
+        assert!(s.mark_persisted(snap.seq), "still dirty");
+        let snap2 = s.snapshot(SystemTime::now()).unwrap();
+        assert_eq!(snap2.update.last_event_id.as_str(), Some("2"));
+        assert!(snap2.update.version > snap.update.version);
+    }
+
+    #[test]
+    fn version_changes_only_with_the_id() {
+        let h = IdHasher::default();
+        let s = slot();
+        rec(&s, &h, "1");
+        let a = s.snapshot(SystemTime::now()).unwrap();
+        s.mark_persisted(a.seq);
+        s.record(None); // an event without id: activity only
+        let b = s.snapshot(SystemTime::now()).unwrap();
+        assert_eq!(a.update.version, b.update.version);
+        assert!(b.seq > a.seq);
+        // A retry of the same snapshot keeps its version.
+        let c = s.snapshot(SystemTime::now()).unwrap();
+        assert_eq!(c.update.version, b.update.version);
+    }
+
+    #[test]
+    fn duplicates_are_detected_within_the_window() {
+        let h = IdHasher::default();
+        let s = slot();
+        for id in ["1", "2", "3"] {
+            assert!(!rec(&s, &h, id).duplicate);
+        }
+        assert!(rec(&s, &h, "2").duplicate);
+        assert_eq!(
+            s.last_event_id().as_deref(),
+            Some("3"),
+            "a duplicate changes nothing"
+        );
+        for id in ["4", "5", "6"] {
+            rec(&s, &h, id);
+        }
+        // Window of 4: "1" and "2" fell out.
+        assert!(!rec(&s, &h, "1").duplicate);
+        assert!(rec(&s, &h, "6").duplicate);
+    }
+
+    #[test]
+    fn clearing_resets_the_window() {
+        let h = IdHasher::default();
+        let s = slot();
+        rec(&s, &h, "1");
+        rec(&s, &h, "");
+        assert_eq!(s.last_event_id().as_deref(), Some(""));
+        assert!(!rec(&s, &h, "1").duplicate);
+        assert_eq!(s.last_event_id().as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn activity_without_any_id_has_version_zero() {
+        let h = IdHasher::default();
+        let s = slot();
+        s.record(None);
+        let a = s.snapshot(SystemTime::now()).unwrap();
+        assert_eq!(a.update.version, 0, "must not override a stored id");
+        assert_eq!(s.last_event_id(), None);
+        s.mark_persisted(a.seq);
+        // Clearing on a fresh slot is a real change.
+        rec(&s, &h, "");
+        let b = s.snapshot(SystemTime::now()).unwrap();
+        assert!(b.update.version > 0);
+        assert_eq!(b.update.last_event_id, LastEventId::Cleared);
+    }
+
+    #[test]
+    fn nothing_to_write_gives_no_snapshot() {
+        let s = slot();
+        assert!(s.snapshot(SystemTime::now()).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn registry_is_bounded_and_evicts_only_idle_written_sessions() {
+        let reg = Registry::new(RegistryLimits {
+            max_sessions: 2,
+            idle_ttl: Duration::from_secs(10),
+            dedup_window: 4,
+        });
+        let h = IdHasher::default();
+        let a = reg.get_or_insert(&SessionId::new("a").unwrap()).unwrap();
+        let b = reg.get_or_insert(&SessionId::new("b").unwrap()).unwrap();
+        rec(&b, &h, "1");
+        let c = SessionId::new("c").unwrap();
+        assert!(
+            reg.get_or_insert(&c).is_none(),
+            "full, a is held by a stream"
+        );
+        drop(a);
+        assert!(reg.get_or_insert(&c).is_none(), "a is not idle long enough");
+        tokio::time::advance(Duration::from_secs(11)).await;
+        drop(b);
+        assert!(reg.get_or_insert(&c).is_some(), "a was evicted");
+        assert_eq!(reg.len(), 2);
+        assert!(
+            reg.get(&SessionId::new("b").unwrap()).is_some(),
+            "b has unwritten state"
+        );
+    }
+}

@@ -1,0 +1,172 @@
+use std::time::Duration;
+
+use crate::tracker::DEFAULT_DEDUP_WINDOW;
+
+/// Settings of the persistence worker and of the in-memory session registry it persists from.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_sse_tracking::WorkerConfig;
+///
+/// let config = WorkerConfig::default()
+///     .flush_interval(Duration::from_millis(20))
+///     .queue_capacity(16_384)
+///     .max_sessions(50_000);
+/// ```
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    pub(crate) queue_capacity: usize,
+    pub(crate) recv_batch: usize,
+    pub(crate) flush_interval: Duration,
+    pub(crate) max_batch: usize,
+    pub(crate) max_attempts: u32,
+    pub(crate) base_backoff: Duration,
+    pub(crate) max_backoff: Duration,
+    pub(crate) breaker_threshold: u32,
+    pub(crate) breaker_cooldown: Duration,
+    pub(crate) store_timeout: Duration,
+    pub(crate) max_sessions: usize,
+    pub(crate) idle_ttl: Duration,
+    pub(crate) dedup_window: usize,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            queue_capacity: 8192,
+            recv_batch: 512,
+            flush_interval: Duration::from_millis(50),
+            max_batch: 4096,
+            max_attempts: 5,
+            base_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+            breaker_threshold: 5,
+            breaker_cooldown: Duration::from_secs(10),
+            store_timeout: Duration::from_secs(5),
+            max_sessions: 100_000,
+            idle_ttl: Duration::from_secs(600),
+            dedup_window: DEFAULT_DEDUP_WINDOW,
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// Default settings.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Capacity of the bounded queue of sessions waiting to be written (at least 1). A session
+    /// is queued at most once until it is written, so this bounds sessions, not events.
+    ///
+    /// Defaults to 8192.
+    pub fn queue_capacity(mut self, capacity: usize) -> Self {
+        self.queue_capacity = capacity.max(1);
+        self
+    }
+
+    /// How many queued sessions the worker takes per wake-up (`recv_many`), at least 1.
+    ///
+    /// Defaults to 512.
+    pub fn recv_batch(mut self, n: usize) -> Self {
+        self.recv_batch = n.max(1);
+        self
+    }
+
+    /// How often pending sessions are written, parked sessions collected and due retries run.
+    /// Must not be zero (then 1 ms is used).
+    ///
+    /// Defaults to 50 ms.
+    pub fn flush_interval(mut self, interval: Duration) -> Self {
+        self.flush_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Most sessions per `save_batch` call; pending sessions are also written early once this
+    /// many are waiting (at least 1).
+    ///
+    /// Defaults to 4096.
+    pub fn max_batch(mut self, n: usize) -> Self {
+        self.max_batch = n.max(1);
+        self
+    }
+
+    /// Fast retries of a failed write, with exponential backoff, before it is reported as
+    /// exhausted and kept for a retry after the circuit breaker's cool-down.
+    ///
+    /// Defaults to 5.
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts;
+        self
+    }
+
+    /// Backoff before the first retry; doubled at every further attempt (with jitter: a random
+    /// time between half and all of it) up to [`max_backoff`](Self::max_backoff).
+    ///
+    /// Defaults to 100 ms.
+    pub fn base_backoff(mut self, backoff: Duration) -> Self {
+        self.base_backoff = backoff;
+        self
+    }
+
+    /// Upper bound of the retry backoff.
+    ///
+    /// Defaults to 10 s.
+    pub fn max_backoff(mut self, backoff: Duration) -> Self {
+        self.max_backoff = backoff;
+        self
+    }
+
+    /// Consecutive failed batches after which the store is left alone for the cool-down (at
+    /// least 1).
+    ///
+    /// Defaults to 5.
+    pub fn breaker_threshold(mut self, failures: u32) -> Self {
+        self.breaker_threshold = failures.max(1);
+        self
+    }
+
+    /// How long the circuit breaker stays open before one probing batch; also the delay before
+    /// exhausted writes are tried again.
+    ///
+    /// Defaults to 10 s.
+    pub fn breaker_cooldown(mut self, cooldown: Duration) -> Self {
+        self.breaker_cooldown = cooldown;
+        self
+    }
+
+    /// Time limit of one `save_batch` call; a call that takes longer counts as a transient
+    /// failure.
+    ///
+    /// Defaults to 5 s.
+    pub fn store_timeout(mut self, timeout: Duration) -> Self {
+        self.store_timeout = timeout;
+        self
+    }
+
+    /// Most sessions tracked in memory (at least 1). When full, idle sessions with nothing left
+    /// to write are forgotten; if none can be, new sessions go untracked (and are counted).
+    ///
+    /// Defaults to 100 000.
+    pub fn max_sessions(mut self, n: usize) -> Self {
+        self.max_sessions = n.max(1);
+        self
+    }
+
+    /// How long a session with no stream and nothing left to write stays in memory.
+    ///
+    /// Defaults to 10 minutes.
+    pub fn idle_ttl(mut self, ttl: Duration) -> Self {
+        self.idle_ttl = ttl;
+        self
+    }
+
+    /// How many recent event IDs per session are remembered to spot duplicates (0 turns the
+    /// check off). Each costs 8 bytes per session.
+    ///
+    /// Defaults to 64.
+    pub fn dedup_window(mut self, n: usize) -> Self {
+        self.dedup_window = n;
+        self
+    }
+}

@@ -1,0 +1,424 @@
+//! The worker task: batches, coalesces, writes, retries and shuts down.
+
+use std::{hash::BuildHasher, sync::Arc, time::SystemTime};
+
+use tokio::{
+    sync::mpsc,
+    time::{Instant, MissedTickBehavior},
+};
+use tracing::Instrument;
+
+use super::{
+    Control, FlushReport, ShutdownReport,
+    retry::{RetryHeap, backoff},
+    shared::Shared,
+};
+use crate::{metrics as m, store::SessionUpdate, tracker::Slot};
+
+/// Circuit breaker over store calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Circuit {
+    Closed { failures: u32 },
+    Open { until: Instant },
+    HalfOpen,
+}
+
+impl Circuit {
+    fn gauge(self) -> f64 {
+        match self {
+            Circuit::Closed { .. } => 0.0,
+            Circuit::Open { .. } => 1.0,
+            Circuit::HalfOpen => 2.0,
+        }
+    }
+}
+
+/// Whether a flush respects the breaker and backoff (normal ticks) or tries everything now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Tick,
+    Now,
+}
+
+pub(crate) struct Worker {
+    shared: Arc<Shared>,
+    rx: mpsc::Receiver<Arc<Slot>>,
+    control: mpsc::Receiver<Control>,
+    /// Sessions to write at the next flush, with the attempts already made. Each at most once.
+    pending: Vec<(Arc<Slot>, u32)>,
+    retries: RetryHeap,
+    circuit: Circuit,
+    /// Seeds the retry jitter.
+    rand: foldhash::fast::RandomState,
+    rand_counter: u64,
+    ticks: u64,
+}
+
+impl Worker {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        rx: mpsc::Receiver<Arc<Slot>>,
+        control: mpsc::Receiver<Control>,
+    ) -> Self {
+        Self {
+            shared,
+            rx,
+            control,
+            pending: Vec::new(),
+            retries: RetryHeap::default(),
+            circuit: Circuit::Closed { failures: 0 },
+            rand: foldhash::fast::RandomState::default(),
+            rand_counter: 0,
+            ticks: 0,
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        let config = self.shared.config.clone();
+        metrics::gauge!(m::QUEUE_CAPACITY).set(config.queue_capacity as f64);
+        metrics::gauge!(m::CIRCUIT_STATE).set(self.circuit.gauge());
+        let mut interval = tokio::time::interval(config.flush_interval);
+        interval.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        let mut buf = Vec::with_capacity(config.recv_batch);
+        // Sweep the registry about four times per idle TTL, at most once per tick.
+        let sweep_every =
+            (config.idle_ttl.as_millis() / 4 / config.flush_interval.as_millis().max(1))
+                .clamp(1, u128::from(u32::MAX)) as u64;
+        loop {
+            tokio::select! {
+                biased;
+                Some(control) = self.control.recv() => match control {
+                    Control::Flush(reply) => {
+                        let report = self.flush_now().await;
+                        let _ = reply.send(report);
+                    }
+                    Control::Shutdown { deadline, reply } => {
+                        let report = self.shutdown(deadline).await;
+                        let _ = reply.send(report);
+                        return;
+                    }
+                },
+                n = self.rx.recv_many(&mut buf, config.recv_batch) => {
+                    if n == 0 {
+                        // Every handle and layer is gone: write what is left, then stop.
+                        let report = self.shutdown(Instant::now() + config.store_timeout).await;
+                        if !report.unpersisted.is_empty() {
+                            tracing::error!(
+                                sessions = report.unpersisted.len(),
+                                "tracking dropped without shutdown: last event ids not persisted"
+                            );
+                        }
+                        return;
+                    }
+                    self.pending.extend(buf.drain(..).map(|slot| (slot, 0)));
+                    if self.pending.len() >= config.max_batch {
+                        self.flush(Mode::Tick, None).await;
+                    }
+                }
+                _ = interval.tick() => {
+                    self.ticks += 1;
+                    self.collect_overflow();
+                    self.collect_due_retries(Instant::now());
+                    self.flush(Mode::Tick, None).await;
+                    if self.ticks % sweep_every == 0 {
+                        self.shared.registry.sweep();
+                    }
+                    self.gauges();
+                }
+            }
+        }
+    }
+
+    fn gauges(&self) {
+        let queued = self.shared.config.queue_capacity - self.shared.queue.capacity();
+        metrics::gauge!(m::QUEUE_DEPTH).set(queued as f64);
+        metrics::gauge!(m::PENDING_SESSIONS).set((self.pending.len() + self.retries.len()) as f64);
+        metrics::gauge!(m::TRACKED_SESSIONS).set(self.shared.registry.len() as f64);
+    }
+
+    fn collect_overflow(&mut self) {
+        let mut parked = Vec::new();
+        self.shared.take_overflow(&mut parked);
+        self.pending
+            .extend(parked.into_iter().map(|slot| (slot, 0)));
+    }
+
+    fn collect_due_retries(&mut self, now: Instant) {
+        while let Some(retry) = self.retries.pop_due(now) {
+            self.pending.push((retry.slot, retry.attempts));
+        }
+    }
+
+    /// Takes everything already queued, without waiting.
+    fn drain_queue(&mut self) {
+        while let Ok(slot) = self.rx.try_recv() {
+            self.pending.push((slot, 0));
+        }
+        self.collect_overflow();
+    }
+
+    /// An explicit flush: everything queued, parked or retrying is tried now, once.
+    async fn flush_now(&mut self) -> FlushReport {
+        self.drain_queue();
+        while let Some(retry) = self.retries.pop() {
+            self.pending.push((retry.slot, retry.attempts));
+        }
+        let report = self.flush(Mode::Now, None).await;
+        self.gauges();
+        report
+    }
+
+    /// Writes pending sessions in batches of at most `max_batch`, stopping at `deadline`.
+    async fn flush(&mut self, mode: Mode, deadline: Option<Instant>) -> FlushReport {
+        let mut report = FlushReport::default();
+        // Slots that got new events while being written go to the next flush, not this one.
+        let mut again = Vec::new();
+        while !self.pending.is_empty() {
+            let now = Instant::now();
+            if mode == Mode::Tick && !self.circuit_allows(now) {
+                break;
+            }
+            let mut timeout = self.shared.config.store_timeout;
+            if let Some(deadline) = deadline {
+                timeout = timeout.min(deadline.saturating_duration_since(now));
+                if timeout.is_zero() {
+                    break;
+                }
+            }
+            let take = self.pending.len().min(self.shared.config.max_batch);
+            let entries: Vec<_> = self.pending.drain(..take).collect();
+            let (persisted, failed) = self.write_batch(entries, &mut again, mode, timeout).await;
+            report.persisted += persisted;
+            report.failed += failed;
+        }
+        self.pending.append(&mut again);
+        report
+    }
+
+    fn circuit_allows(&mut self, now: Instant) -> bool {
+        match self.circuit {
+            Circuit::Closed { .. } | Circuit::HalfOpen => true,
+            Circuit::Open { until } if now >= until => {
+                self.set_circuit(Circuit::HalfOpen);
+                tracing::info!("circuit half-open: probing the store with one batch");
+                true
+            }
+            Circuit::Open { .. } => false,
+        }
+    }
+
+    fn set_circuit(&mut self, circuit: Circuit) {
+        self.circuit = circuit;
+        metrics::gauge!(m::CIRCUIT_STATE).set(circuit.gauge());
+    }
+
+    /// Writes one batch. Returns (written, failed) session counts.
+    async fn write_batch(
+        &mut self,
+        entries: Vec<(Arc<Slot>, u32)>,
+        again: &mut Vec<(Arc<Slot>, u32)>,
+        mode: Mode,
+        timeout: std::time::Duration,
+    ) -> (usize, usize) {
+        let now = SystemTime::now();
+        let mut slots = Vec::with_capacity(entries.len());
+        let mut updates: Vec<SessionUpdate> = Vec::with_capacity(entries.len());
+        let mut seqs = Vec::with_capacity(entries.len());
+        let mut events = 0u64;
+        for (slot, attempts) in entries {
+            match slot.snapshot(now) {
+                Some(snap) => {
+                    events += snap.events;
+                    updates.push(snap.update);
+                    seqs.push(snap.seq);
+                    slots.push((slot, attempts));
+                }
+                // Already written (by an earlier batch): release it.
+                None => {
+                    if slot.mark_persisted(0) {
+                        again.push((slot, 0));
+                    }
+                }
+            }
+        }
+        if updates.is_empty() {
+            return (0, 0);
+        }
+        let n = updates.len();
+        let span = tracing::debug_span!("sse_tracking.flush", batch = n, events);
+        let started = Instant::now();
+        let result = async {
+            match tokio::time::timeout(timeout, self.shared.store.save_batch(&updates)).await {
+                Ok(result) => result,
+                Err(_) => Err(crate::store::StoreError::transient(format!(
+                    "save_batch took longer than {timeout:?}"
+                ))),
+            }
+        }
+        .instrument(span.clone())
+        .await;
+        metrics::histogram!(m::FLUSH_DURATION).record(started.elapsed().as_secs_f64());
+        metrics::histogram!(m::BATCH_SIZE).record(n as f64);
+        match result {
+            Ok(()) => {
+                metrics::counter!(m::PERSISTED).increment(n as u64);
+                metrics::counter!(m::EVENTS).increment(events);
+                metrics::histogram!(m::COALESCE_RATIO).record(events as f64 / n as f64);
+                if self.circuit != (Circuit::Closed { failures: 0 }) {
+                    tracing::info!("store writes succeed again: circuit closed");
+                    self.set_circuit(Circuit::Closed { failures: 0 });
+                }
+                for ((slot, _), seq) in slots.into_iter().zip(seqs) {
+                    if slot.mark_persisted(seq) {
+                        again.push((slot, 0));
+                    }
+                }
+                (n, 0)
+            }
+            Err(error) => {
+                metrics::counter!(m::FAILURES).increment(1);
+                let _enter = span.enter();
+                self.on_failure(&error, slots, mode);
+                (0, n)
+            }
+        }
+    }
+
+    fn on_failure(
+        &mut self,
+        error: &crate::store::StoreError,
+        slots: Vec<(Arc<Slot>, u32)>,
+        mode: Mode,
+    ) {
+        let shared = self.shared.clone();
+        let config = &shared.config;
+        let now = Instant::now();
+        // The breaker counts failed batches; in half-open state one failure reopens it.
+        let failures = match self.circuit {
+            Circuit::Closed { failures } => failures + 1,
+            Circuit::HalfOpen | Circuit::Open { .. } => config.breaker_threshold,
+        };
+        if failures >= config.breaker_threshold {
+            if !matches!(self.circuit, Circuit::Open { .. }) {
+                tracing::warn!(
+                    cooldown = ?config.breaker_cooldown,
+                    %error,
+                    "store keeps failing: circuit open"
+                );
+            }
+            self.set_circuit(Circuit::Open {
+                until: now + config.breaker_cooldown,
+            });
+        } else {
+            self.set_circuit(Circuit::Closed { failures });
+        }
+        let mut retried = 0u64;
+        let mut exhausted = 0u64;
+        for (slot, attempts) in slots {
+            let attempts = attempts.saturating_add(1);
+            let fast = error.is_transient() && attempts <= config.max_attempts;
+            let due = if fast {
+                retried += 1;
+                let rand = self.next_rand();
+                now + backoff(attempts, config.base_backoff, config.max_backoff, rand)
+            } else {
+                // Out of fast retries (or a permanent error): kept, tried after the cool-down.
+                // The attempt count stays capped, so these never go back to fast retries.
+                if attempts == config.max_attempts.saturating_add(1) || !error.is_transient() {
+                    exhausted += 1;
+                }
+                now + config.breaker_cooldown
+            };
+            let attempts = attempts.min(config.max_attempts.saturating_add(1));
+            let due = if mode == Mode::Now {
+                due.min(now + config.base_backoff)
+            } else {
+                due
+            };
+            self.retries.push(due, slot, attempts);
+        }
+        metrics::counter!(m::RETRIES).increment(retried);
+        if exhausted > 0 {
+            metrics::counter!(m::RETRY_EXHAUSTED).increment(exhausted);
+            tracing::error!(
+                sessions = exhausted,
+                %error,
+                "store write retries exhausted: last event ids kept and retried after the cool-down"
+            );
+        } else {
+            tracing::warn!(sessions = retried, %error, "store write failed: will retry");
+        }
+    }
+
+    fn next_rand(&mut self) -> u64 {
+        self.rand_counter += 1;
+        self.rand.hash_one(self.rand_counter)
+    }
+
+    /// Closes intake for good, then writes everything left until `deadline`.
+    async fn shutdown(&mut self, deadline: Instant) -> ShutdownReport {
+        let span = tracing::info_span!("sse_tracking.shutdown");
+        async {
+            self.shared.close();
+            // Closing the receiver refuses new messages even while sender clones live; what
+            // was queued before stays readable.
+            self.rx.close();
+            while let Some(slot) = self.rx.recv().await {
+                self.pending.push((slot, 0));
+            }
+            self.collect_overflow();
+            while let Some(retry) = self.retries.pop() {
+                self.pending.push((retry.slot, retry.attempts));
+            }
+            let mut persisted = 0;
+            loop {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                if remaining.is_zero() {
+                    break;
+                }
+                if !self.pending.is_empty() {
+                    persisted += self.flush(Mode::Now, Some(deadline)).await.persisted;
+                }
+                // Newer events that arrived during the writes, and failed writes after backoff.
+                self.collect_overflow();
+                match self.retries.next_due() {
+                    None if self.pending.is_empty() => break,
+                    None => {}
+                    Some(due) => {
+                        let due = due.min(deadline);
+                        if self.pending.is_empty() {
+                            tokio::time::sleep_until(due).await;
+                        }
+                        self.collect_due_retries(due);
+                    }
+                }
+            }
+            let mut unpersisted: Vec<_> = self
+                .pending
+                .drain(..)
+                .map(|(slot, _)| slot)
+                .chain(std::iter::from_fn(|| self.retries.pop().map(|r| r.slot)))
+                .filter(|slot| slot.is_dirty())
+                .map(|slot| slot.session().clone())
+                .collect();
+            unpersisted.sort();
+            unpersisted.dedup();
+            if unpersisted.is_empty() {
+                tracing::info!(persisted, "tracking shut down: everything persisted");
+            } else {
+                tracing::error!(
+                    persisted,
+                    unpersisted = unpersisted.len(),
+                    "tracking shut down: some last event ids could not be persisted"
+                );
+            }
+            self.gauges();
+            ShutdownReport {
+                persisted,
+                unpersisted,
+            }
+        }
+        .instrument(span)
+        .await
+    }
+}

@@ -1,0 +1,131 @@
+//! State shared by the worker, its handles and every tracked stream: the registry, the queue's
+//! sending side and the overflow set.
+
+use std::sync::{
+    Arc, Mutex, PoisonError,
+    atomic::{AtomicBool, Ordering},
+};
+
+use tokio::sync::mpsc;
+
+use super::{Control, WorkerConfig};
+use crate::{
+    SessionId, metrics as m,
+    store::SessionStore,
+    tracker::{IdHasher, Registry, RegistryLimits, Slot},
+};
+
+/// Why a slot could not be queued without waiting.
+#[derive(Debug)]
+pub(crate) enum TryEnqueueError {
+    /// The queue is full; the slot is handed back.
+    Full(Arc<Slot>),
+    /// The worker has shut down.
+    Closed,
+}
+
+pub(crate) struct Shared {
+    pub(crate) config: WorkerConfig,
+    pub(crate) registry: Registry,
+    pub(crate) hasher: IdHasher,
+    pub(crate) store: Arc<dyn SessionStore>,
+    pub(crate) queue: mpsc::Sender<Arc<Slot>>,
+    pub(crate) control: mpsc::Sender<Control>,
+    /// Sessions that could not be queued in time; the worker collects them on every tick.
+    /// Bounded by the number of sessions: a slot is here at most once.
+    overflow: Mutex<Vec<Arc<Slot>>>,
+    closed: AtomicBool,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("registry", &self.registry)
+            .field("closed", &self.is_closed())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    pub(crate) fn new(
+        config: WorkerConfig,
+        store: Arc<dyn SessionStore>,
+        queue: mpsc::Sender<Arc<Slot>>,
+        control: mpsc::Sender<Control>,
+    ) -> Self {
+        let registry = Registry::new(RegistryLimits {
+            max_sessions: config.max_sessions,
+            idle_ttl: config.idle_ttl,
+            dedup_window: config.dedup_window,
+        });
+        Self {
+            config,
+            registry,
+            hasher: IdHasher::default(),
+            store,
+            queue,
+            control,
+            overflow: Mutex::new(Vec::new()),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+
+    /// Queues a slot that just turned dirty, without waiting.
+    pub(crate) fn try_enqueue(&self, slot: Arc<Slot>) -> Result<(), TryEnqueueError> {
+        match self.queue.try_send(slot) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(slot)) => Err(TryEnqueueError::Full(slot)),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                metrics::counter!(m::DROPPED_AFTER_SHUTDOWN).increment(1);
+                Err(TryEnqueueError::Closed)
+            }
+        }
+    }
+
+    /// Parks a slot the queue had no room for; the worker writes it on its next tick even if
+    /// the stream goes quiet.
+    pub(crate) fn park(&self, slot: Arc<Slot>) {
+        if self.is_closed() {
+            metrics::counter!(m::DROPPED_AFTER_SHUTDOWN).increment(1);
+            return;
+        }
+        metrics::counter!(m::OVERFLOW_PARKED).increment(1);
+        self.overflow
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(slot);
+    }
+
+    /// Queues a slot, parking it if the queue is full.
+    pub(crate) fn enqueue_or_park(&self, slot: Arc<Slot>) {
+        if let Err(TryEnqueueError::Full(slot)) = self.try_enqueue(slot) {
+            self.park(slot);
+        }
+    }
+
+    pub(crate) fn take_overflow(&self, into: &mut Vec<Arc<Slot>>) {
+        into.append(&mut self.overflow.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    /// Records one event for `session` (tracking it if needed) and queues the session if it just
+    /// turned dirty. Returns `None` if the session cannot be tracked (registry full).
+    pub(crate) fn record(&self, session: &SessionId, id: Option<&str>) -> Option<bool> {
+        let slot = self.registry.get_or_insert(session)?;
+        let recorded = slot.record(id.map(|id| (id, self.hasher.hash(id))));
+        if recorded.duplicate {
+            metrics::counter!(m::DUPLICATE_EVENTS).increment(1);
+        }
+        if recorded.enqueue {
+            self.enqueue_or_park(slot);
+        }
+        Some(recorded.duplicate)
+    }
+}

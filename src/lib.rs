@@ -17,15 +17,23 @@
 #![deny(unreachable_pub, unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod body;
 mod clock;
+mod future;
+mod layer;
 pub mod metrics;
 pub mod parser;
+mod service;
 mod session;
 pub mod store;
 mod tracker;
 mod worker;
 
 pub use self::{
+    body::TrackingBody,
+    future::ResponseFuture,
+    layer::{DEFAULT_BACKPRESSURE_TIMEOUT, EventTrackingLayer, EventTrackingLayerBuilder},
+    service::EventTracking,
     session::{DEFAULT_MAX_SESSION_KEY_LEN, InvalidSessionId, SessionId},
     tracker::DEFAULT_DEDUP_WINDOW,
     worker::{

@@ -32,7 +32,7 @@ mod run;
 mod shared;
 
 pub use self::config::WorkerConfig;
-pub(crate) use self::shared::Shared;
+pub(crate) use self::shared::{Shared, TryEnqueueError};
 
 use std::{fmt, future::Future, pin::Pin, sync::Arc, task, time::Duration};
 

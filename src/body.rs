@@ -1,0 +1,380 @@
+//! [`TrackingBody`]: forwards every frame unchanged while the SSE parser reads the same bytes.
+
+use std::{
+    fmt,
+    future::Future,
+    io::IoSlice,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+    time::Duration,
+};
+
+use bytes::{Buf, Bytes};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tokio::{
+    sync::mpsc::{OwnedPermit, error::SendError},
+    time::{Instant, Sleep},
+};
+
+use crate::{
+    metrics as m,
+    parser::SseParser,
+    tracker::Slot,
+    worker::{Shared, TryEnqueueError},
+};
+
+/// Most separate chunks one data frame may have for us to read it without copying; a frame made
+/// of more (never seen in practice: SSE frames are `Bytes`) stops tracking for its stream.
+const MAX_IOVECS: usize = 64;
+
+/// The comment line sent as a heartbeat.
+const HEARTBEAT: &[u8] = b":\n";
+
+type Reserve = Pin<Box<dyn Future<Output = Result<OwnedPermit<Arc<Slot>>, SendError<()>>> + Send>>;
+
+pin_project! {
+    /// The response body of a tracked `text/event-stream` response.
+    ///
+    /// Every frame of the inner body reaches the client unchanged, in order, with errors and
+    /// trailers as they are; the data also feeds an [`SseParser`] that records each event's ID in
+    /// the session's slot. Responses that are not tracked pass through with no parsing at all.
+    ///
+    /// The only ways the body differs from the inner one: a data frame may be held for up to the
+    /// backpressure timeout when the worker's queue is full at the moment the session turns
+    /// dirty, and, when heartbeats are on, comment lines (`:` LF) are inserted at line boundaries
+    /// after the configured idle time.
+    pub struct TrackingBody<B: Body> {
+        #[pin]
+        inner: B,
+        // `None`: pass-through.
+        tracking: Option<Box<Tracking>>,
+        // A frame held back while waiting for queue capacity.
+        held: Option<Frame<B::Data>>,
+        // The backpressure deadline, or the next heartbeat.
+        #[pin]
+        timer: Option<Sleep>,
+    }
+}
+
+/// Per-stream tracking state, boxed so that untracked bodies stay small.
+pub(crate) struct Tracking {
+    parser: SseParser,
+    slot: Arc<Slot>,
+    shared: Arc<Shared>,
+    backpressure_timeout: Duration,
+    heartbeat: Option<Duration>,
+    reserve: Option<Reserve>,
+    oversized_ids: u64,
+}
+
+impl Tracking {
+    pub(crate) fn new(
+        slot: Arc<Slot>,
+        shared: Arc<Shared>,
+        max_id_len: usize,
+        backpressure_timeout: Duration,
+        heartbeat: Option<Duration>,
+    ) -> Self {
+        Self {
+            parser: SseParser::new().max_id_len(max_id_len),
+            slot,
+            shared,
+            backpressure_timeout,
+            heartbeat,
+            reserve: None,
+            oversized_ids: 0,
+        }
+    }
+
+    /// Parses one chunk and records its events. Returns the slot if it just turned dirty and
+    /// must be queued. Hot path: no allocation, one short lock per event.
+    fn feed(&mut self, chunk: &[u8], enqueue: &mut bool) {
+        let Self {
+            parser,
+            slot,
+            shared,
+            ..
+        } = self;
+        parser.feed(chunk, |d| {
+            if !(d.is_event() || d.id_set()) {
+                return;
+            }
+            let id = d
+                .id_set()
+                .then(|| (d.last_event_id(), shared.hasher.hash(d.last_event_id())));
+            let recorded = slot.record(id);
+            if recorded.duplicate {
+                metrics::counter!(m::DUPLICATE_EVENTS).increment(1);
+            }
+            *enqueue |= recorded.enqueue;
+        });
+    }
+
+    /// Feeds a data frame to the parser; `Err(())` if the frame could not be read in place.
+    fn feed_buf<D: Buf>(&mut self, data: &D, enqueue: &mut bool) -> Result<(), ()> {
+        let chunk = data.chunk();
+        if chunk.len() == data.remaining() {
+            self.feed(chunk, enqueue);
+        } else {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let n = data.chunks_vectored(&mut slices);
+            let seen: usize = slices[..n].iter().map(|s| s.len()).sum();
+            if seen != data.remaining() {
+                return Err(());
+            }
+            for slice in &slices[..n] {
+                self.feed(slice, enqueue);
+            }
+        }
+        let oversized = self.parser.oversized_ids();
+        if oversized != self.oversized_ids {
+            metrics::counter!(m::OVERSIZED_IDS).increment(oversized - self.oversized_ids);
+            self.oversized_ids = oversized;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Tracking {
+    fn drop(&mut self) {
+        // For idle eviction: the stream left the session.
+        self.slot.touch();
+    }
+}
+
+impl fmt::Debug for Tracking {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tracking")
+            .field("session", self.slot.session())
+            .field("parser", &self.parser)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: Body> TrackingBody<B> {
+    /// A body that passes `inner` through untouched.
+    pub(crate) fn passthrough(inner: B) -> Self {
+        Self {
+            inner,
+            tracking: None,
+            held: None,
+            timer: None,
+        }
+    }
+
+    pub(crate) fn tracked(inner: B, tracking: Tracking) -> Self {
+        Self {
+            inner,
+            tracking: Some(Box::new(tracking)),
+            held: None,
+            timer: None,
+        }
+    }
+
+    /// Whether this body tracks its stream.
+    pub fn is_tracked(&self) -> bool {
+        self.tracking.is_some()
+    }
+
+    /// The inner body.
+    pub fn get_ref(&self) -> &B {
+        &self.inner
+    }
+
+    /// The inner body, mutably.
+    pub fn get_mut(&mut self) -> &mut B {
+        &mut self.inner
+    }
+
+    /// Consumes the wrapper and returns the inner body (a held frame, if any, is lost).
+    pub fn into_inner(self) -> B {
+        self.inner
+    }
+}
+
+impl<B> fmt::Debug for TrackingBody<B>
+where
+    B: Body + fmt::Debug,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrackingBody")
+            .field("inner", &self.inner)
+            .field("tracking", &self.tracking)
+            .field("holding_frame", &self.held.is_some())
+            .finish()
+    }
+}
+
+impl<B> Body for TrackingBody<B>
+where
+    B: Body,
+    B::Data: From<Bytes>,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        let Some(tracking) = this.tracking.as_mut() else {
+            return this.inner.poll_frame(cx);
+        };
+
+        // A frame held while the worker's queue is full: release it once the session is queued
+        // or parked, whichever comes first.
+        if this.held.is_some() {
+            ready!(poll_backpressure(tracking, this.timer.as_mut(), cx));
+            if let Some(every) = tracking.heartbeat {
+                arm(this.timer.as_mut(), Instant::now() + every);
+            }
+            return Poll::Ready(this.held.take().map(Ok));
+        }
+
+        let frame = match this.inner.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => frame,
+            Poll::Ready(None) => {
+                tracking.parser.finish();
+                return Poll::Ready(None);
+            }
+            Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error))),
+            Poll::Pending => {
+                if let Some(every) = tracking.heartbeat {
+                    return poll_heartbeat(tracking, every, this.timer.as_mut(), cx);
+                }
+                return Poll::Pending;
+            }
+        };
+
+        if let Some(every) = tracking.heartbeat {
+            // Upstream spoke: the idle timer starts again.
+            arm(this.timer.as_mut(), Instant::now() + every);
+        }
+        let Some(data) = frame.data_ref() else {
+            return Poll::Ready(Some(Ok(frame)));
+        };
+        let mut enqueue = false;
+        if tracking.feed_buf(data, &mut enqueue).is_err() {
+            tracing::warn!(
+                session = %tracking.slot.session(),
+                "data frame in more than {MAX_IOVECS} pieces: stream no longer tracked"
+            );
+            *this.tracking = None;
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        if !enqueue {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        match tracking.shared.try_enqueue(tracking.slot.clone()) {
+            Ok(()) | Err(TryEnqueueError::Closed) => Poll::Ready(Some(Ok(frame))),
+            Err(TryEnqueueError::Full(_)) => {
+                // The queue is full right when the session turned dirty: wait for room, at most
+                // for the backpressure timeout, holding this frame.
+                metrics::counter!(m::BACKPRESSURE_WAITS).increment(1);
+                tracking.reserve = Some(Box::pin(tracking.shared.queue.clone().reserve_owned()));
+                arm(
+                    this.timer.as_mut(),
+                    Instant::now() + tracking.backpressure_timeout,
+                );
+                *this.held = Some(frame);
+                ready!(poll_backpressure(tracking, this.timer.as_mut(), cx));
+                if let Some(every) = tracking.heartbeat {
+                    arm(this.timer.as_mut(), Instant::now() + every);
+                }
+                Poll::Ready(this.held.take().map(Ok))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.held.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let inner = self.inner.size_hint();
+        match &self.tracking {
+            // Heartbeats add bytes: keep the lower bound, drop the upper one.
+            Some(t) if t.heartbeat.is_some() => {
+                let mut hint = SizeHint::new();
+                hint.set_lower(inner.lower());
+                hint
+            }
+            _ => inner,
+        }
+    }
+}
+
+/// Sets the timer to `deadline`, creating it the first time.
+fn arm(mut timer: Pin<&mut Option<Sleep>>, deadline: Instant) {
+    match timer.as_mut().as_pin_mut() {
+        Some(sleep) => sleep.reset(deadline),
+        None => timer.set(Some(tokio::time::sleep_until(deadline))),
+    }
+}
+
+/// Waits for queue room or the backpressure deadline; on the deadline, parks the session in the
+/// worker's overflow set (the worker writes it on its next tick).
+fn poll_backpressure(
+    tracking: &mut Tracking,
+    timer: Pin<&mut Option<Sleep>>,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    let Some(reserve) = tracking.reserve.as_mut() else {
+        return Poll::Ready(());
+    };
+    match reserve.as_mut().poll(cx) {
+        Poll::Ready(Ok(permit)) => {
+            permit.send(tracking.slot.clone());
+        }
+        Poll::Ready(Err(_closed)) => {
+            metrics::counter!(m::DROPPED_AFTER_SHUTDOWN).increment(1);
+        }
+        Poll::Pending => {
+            let fired = timer
+                .as_pin_mut()
+                .is_none_or(|sleep| sleep.poll(cx).is_ready());
+            if !fired {
+                return Poll::Pending;
+            }
+            tracking.shared.park(tracking.slot.clone());
+        }
+    }
+    tracking.reserve = None;
+    Poll::Ready(())
+}
+
+/// The inner body is idle: send a heartbeat comment when the timer fires at a line boundary.
+fn poll_heartbeat<D, E>(
+    tracking: &mut Tracking,
+    every: Duration,
+    mut timer: Pin<&mut Option<Sleep>>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<D>, E>>>
+where
+    D: From<Bytes>,
+{
+    if timer.as_mut().as_pin_mut().is_none() {
+        arm(timer.as_mut(), Instant::now() + every);
+    }
+    let Some(sleep) = timer.as_mut().as_pin_mut() else {
+        return Poll::Pending;
+    };
+    if sleep.poll(cx).is_pending() {
+        return Poll::Pending;
+    }
+    arm(timer.as_mut(), Instant::now() + every);
+    // Re-register the new deadline with the waker.
+    if let Some(sleep) = timer.as_mut().as_pin_mut() {
+        let _ = sleep.poll(cx);
+    }
+    if !tracking.parser.at_line_boundary() {
+        // Mid-line (or right after a CR, or before the first byte, where a byte order mark may
+        // still come): a comment now would change the stream's meaning. Try again later.
+        return Poll::Pending;
+    }
+    metrics::counter!(m::HEARTBEATS).increment(1);
+    Poll::Ready(Some(Ok(Frame::data(D::from(Bytes::from_static(HEARTBEAT))))))
+}

@@ -1,0 +1,359 @@
+//! [`EventTrackingLayer`] and its builder.
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use http::{HeaderMap, HeaderName, Request, request::Parts};
+use tower_layer::Layer;
+
+use crate::{
+    DEFAULT_MAX_SESSION_KEY_LEN, FlushReport, InvalidSessionId, PersistenceWorker, SessionId,
+    ShutdownReport, WorkerConfig, WorkerFuture, WorkerGone, WorkerHandle,
+    parser::DEFAULT_MAX_ID_LEN,
+    service::EventTracking,
+    store::{MemoryStore, SessionStore},
+};
+
+/// Default time a stream may wait for room in the worker's queue.
+pub const DEFAULT_BACKPRESSURE_TIMEOUT: Duration = Duration::from_millis(100);
+
+type KeyFn = dyn Fn(&Parts) -> Option<String> + Send + Sync;
+
+/// Where a request's session key comes from.
+#[derive(Clone)]
+enum SessionSource {
+    /// A header on the request or, if the request has none, on the response.
+    Header(HeaderName),
+    /// A function of the request head.
+    Fn(Arc<KeyFn>),
+}
+
+impl fmt::Debug for SessionSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Header(name) => f.debug_tuple("Header").field(name).finish(),
+            Self::Fn(_) => f.write_str("Fn(..)"),
+        }
+    }
+}
+
+/// The session key a request gave.
+pub(crate) enum SessionKey {
+    Valid(SessionId),
+    Absent { response_may_name_it: bool },
+    Invalid(InvalidSessionId),
+}
+
+/// Settings shared by every service the layer builds.
+#[derive(Debug)]
+pub(crate) struct Config {
+    pub(crate) worker: WorkerHandle,
+    source: SessionSource,
+    max_key_len: usize,
+    pub(crate) max_id_len: usize,
+    pub(crate) backpressure_timeout: Duration,
+    pub(crate) heartbeat: Option<Duration>,
+    pub(crate) resume: bool,
+}
+
+impl Config {
+    /// The session key of a request. Takes the request and gives it back unchanged, since a
+    /// key function sees the request head as [`Parts`].
+    pub(crate) fn session_from_request<B>(&self, req: Request<B>) -> (Request<B>, SessionKey) {
+        match &self.source {
+            SessionSource::Header(name) => {
+                let key = match req.headers().get(name) {
+                    Some(value) => {
+                        to_key(SessionId::from_bytes(value.as_bytes(), self.max_key_len))
+                    }
+                    None => SessionKey::Absent {
+                        response_may_name_it: true,
+                    },
+                };
+                (req, key)
+            }
+            SessionSource::Fn(f) => {
+                let (parts, body) = req.into_parts();
+                let key = match f(&parts) {
+                    Some(key) => to_key(SessionId::with_max_len(&key, self.max_key_len)),
+                    None => SessionKey::Absent {
+                        response_may_name_it: false,
+                    },
+                };
+                (Request::from_parts(parts, body), key)
+            }
+        }
+    }
+
+    pub(crate) fn session_from_response(&self, headers: &HeaderMap) -> Option<SessionId> {
+        let SessionSource::Header(name) = &self.source else {
+            return None;
+        };
+        let value = headers.get(name)?;
+        match SessionId::from_bytes(value.as_bytes(), self.max_key_len) {
+            Ok(session) => Some(session),
+            Err(error) => {
+                metrics::counter!(crate::metrics::UNTRACKED, "reason" => "invalid_key")
+                    .increment(1);
+                tracing::debug!(%error, "invalid session key in response: not tracked");
+                None
+            }
+        }
+    }
+}
+
+fn to_key(result: Result<SessionId, InvalidSessionId>) -> SessionKey {
+    match result {
+        Ok(session) => SessionKey::Valid(session),
+        Err(error) => SessionKey::Invalid(error),
+    }
+}
+
+/// Tracks the last event ID of every session's `text/event-stream` responses and persists it
+/// through one shared worker.
+///
+/// Cloning the layer, or applying it to many routes, shares the one worker that
+/// [`build`](EventTrackingLayerBuilder::build) started.
+///
+/// ```
+/// use std::{convert::Infallible, time::Duration};
+/// use axum::{Router, routing::get, response::sse::{Event, Sse}};
+/// use futures_util::stream;
+/// use tower_sse_tracking::{EventTrackingLayer, store::MemoryStore};
+///
+/// async fn events() -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
+///     Sse::new(stream::iter((1..=3).map(|i| Ok(Event::default().id(i.to_string()).data("tick")))))
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let store = MemoryStore::new();
+/// let tracking = EventTrackingLayer::builder()
+///     .store(store.clone())
+///     .session_header("mcp-session-id")
+///     .build(); // spawns the persistence worker
+/// let app: Router = Router::new().route("/events", get(events)).layer(tracking.clone());
+/// // ... serve `app`; on shutdown:
+/// let report = tracking.shutdown(Duration::from_secs(5)).await.unwrap();
+/// assert!(report.unpersisted().is_empty());
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct EventTrackingLayer {
+    config: Arc<Config>,
+}
+
+impl EventTrackingLayer {
+    /// A builder with the defaults: [`MemoryStore`], session key from the `mcp-session-id`
+    /// header, no heartbeats, no resume.
+    pub fn builder() -> EventTrackingLayerBuilder {
+        EventTrackingLayerBuilder::default()
+    }
+
+    /// The worker's handle: flush, shutdown, and the in-memory view of sessions.
+    pub fn worker(&self) -> &WorkerHandle {
+        &self.config.worker
+    }
+
+    /// Writes everything recorded so far; see [`WorkerHandle::flush`].
+    ///
+    /// # Errors
+    ///
+    /// [`WorkerGone`] after shutdown.
+    pub async fn flush(&self) -> Result<FlushReport, WorkerGone> {
+        self.config.worker.flush().await
+    }
+
+    /// Stops tracking and writes everything left within `timeout`; see
+    /// [`WorkerHandle::shutdown`].
+    ///
+    /// # Errors
+    ///
+    /// [`WorkerGone`] if it had already shut down.
+    pub async fn shutdown(&self, timeout: Duration) -> Result<ShutdownReport, WorkerGone> {
+        self.config.worker.shutdown(timeout).await
+    }
+}
+
+impl<S> Layer<S> for EventTrackingLayer {
+    type Service = EventTracking<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        EventTracking::new(inner, self.config.clone())
+    }
+}
+
+/// Configures and builds an [`EventTrackingLayer`].
+pub struct EventTrackingLayerBuilder {
+    store: Option<Arc<dyn SessionStore>>,
+    source: SessionSource,
+    max_key_len: usize,
+    max_id_len: usize,
+    backpressure_timeout: Duration,
+    heartbeat: Option<Duration>,
+    resume: bool,
+    worker: WorkerConfig,
+}
+
+impl Default for EventTrackingLayerBuilder {
+    fn default() -> Self {
+        Self {
+            store: None,
+            source: SessionSource::Header(HeaderName::from_static("mcp-session-id")),
+            max_key_len: DEFAULT_MAX_SESSION_KEY_LEN,
+            max_id_len: DEFAULT_MAX_ID_LEN,
+            backpressure_timeout: DEFAULT_BACKPRESSURE_TIMEOUT,
+            heartbeat: None,
+            resume: false,
+            worker: WorkerConfig::default(),
+        }
+    }
+}
+
+impl fmt::Debug for EventTrackingLayerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventTrackingLayerBuilder")
+            .field("source", &self.source)
+            .field("max_key_len", &self.max_key_len)
+            .field("max_id_len", &self.max_id_len)
+            .field("backpressure_timeout", &self.backpressure_timeout)
+            .field("heartbeat", &self.heartbeat)
+            .field("resume", &self.resume)
+            .field("worker", &self.worker)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EventTrackingLayerBuilder {
+    /// Where last event IDs are persisted.
+    ///
+    /// Defaults to a new [`MemoryStore`].
+    pub fn store<S: SessionStore>(mut self, store: S) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// Takes the session key from this header of the request or, when the request has none,
+    /// of the response (servers such as MCP ones assign the session in their response).
+    ///
+    /// # Panics
+    ///
+    /// Panics if `name` is not a valid header name.
+    ///
+    /// Defaults to `mcp-session-id`.
+    pub fn session_header(mut self, name: &str) -> Self {
+        let name = HeaderName::try_from(name).expect("invalid session header name");
+        self.source = SessionSource::Header(name);
+        self
+    }
+
+    /// Takes the session key from a function of the request head (path, query, cookies, ...).
+    /// `None` leaves the request untracked.
+    ///
+    /// Defaults to the `mcp-session-id` header (see [`session_header`](Self::session_header)).
+    pub fn session_fn<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
+    {
+        self.source = SessionSource::Fn(Arc::new(f));
+        self
+    }
+
+    /// Longest accepted session key, in bytes. Longer keys, and keys with control characters,
+    /// leave the request untracked (counted as `sse_tracking_untracked_total{reason="invalid_key"}`).
+    ///
+    /// Defaults to 128.
+    pub fn max_session_key_len(mut self, max: usize) -> Self {
+        self.max_key_len = max;
+        self
+    }
+
+    /// Longest tracked event ID, in bytes; longer ones are ignored and counted.
+    ///
+    /// Defaults to 1024.
+    pub fn max_id_len(mut self, max: usize) -> Self {
+        self.max_id_len = max;
+        self
+    }
+
+    /// Recent event IDs remembered per session to spot duplicates, which are counted and not
+    /// persisted again (0 turns it off).
+    ///
+    /// Defaults to 64.
+    pub fn dedup_window(mut self, n: usize) -> Self {
+        self.worker = self.worker.dedup_window(n);
+        self
+    }
+
+    /// Longest time a stream waits for room in the worker's queue when its session turns
+    /// dirty and the queue is full. After it the session is parked and written on the worker's
+    /// next tick: no ID is lost and the stream is never stalled longer.
+    ///
+    /// Defaults to 100 ms.
+    pub fn backpressure_timeout(mut self, timeout: Duration) -> Self {
+        self.backpressure_timeout = timeout;
+        self
+    }
+
+    /// Sends a comment line (`:` LF) after `idle` without upstream bytes, at line boundaries
+    /// only, to keep idle connections open through proxies. Not for responses with a
+    /// `Content-Length`.
+    ///
+    /// Defaults to off.
+    pub fn heartbeat(mut self, idle: Duration) -> Self {
+        self.heartbeat = Some(idle).filter(|d| !d.is_zero());
+        self
+    }
+
+    /// When a request for a known session carries no `Last-Event-ID`, inserts the session's
+    /// last event ID (from memory, else from the store) before calling the inner service. A
+    /// client's own header is never overridden; a store error leaves the request as it was.
+    ///
+    /// Defaults to off.
+    pub fn resume(mut self, enabled: bool) -> Self {
+        self.resume = enabled;
+        self
+    }
+
+    /// Settings of the persistence worker and the in-memory registry.
+    ///
+    /// Defaults to [`WorkerConfig::default`].
+    pub fn worker(mut self, config: WorkerConfig) -> Self {
+        self.worker = config;
+        self
+    }
+
+    /// Builds the layer and spawns its persistence worker on the current Tokio runtime.
+    ///
+    /// # Panics
+    ///
+    /// Panics if called outside a Tokio runtime.
+    pub fn build(self) -> EventTrackingLayer {
+        let (layer, worker) = self.build_with_worker();
+        tokio::spawn(worker);
+        layer
+    }
+
+    /// Builds the layer and returns the worker future instead of spawning it, for other
+    /// executors and for tests. Nothing is persisted until the future runs.
+    pub fn build_with_worker(self) -> (EventTrackingLayer, WorkerFuture) {
+        let store = self
+            .store
+            .unwrap_or_else(|| Arc::new(MemoryStore::new()));
+        let (worker, future) = PersistenceWorker::pair(store, self.worker);
+        let config = Config {
+            worker,
+            source: self.source,
+            max_key_len: self.max_key_len,
+            max_id_len: self.max_id_len,
+            backpressure_timeout: self.backpressure_timeout,
+            heartbeat: self.heartbeat,
+            resume: self.resume,
+        };
+        (
+            EventTrackingLayer {
+                config: Arc::new(config),
+            },
+            future,
+        )
+    }
+}

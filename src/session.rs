@@ -69,10 +69,10 @@ impl SessionId {
         if key.iter().any(|b| b.is_ascii_control()) {
             return Err(InvalidSessionId::ControlCharacter);
         }
-        if let Ok(s) = std::str::from_utf8(key) {
-            if s.chars().any(char::is_control) {
-                return Err(InvalidSessionId::ControlCharacter);
-            }
+        if let Ok(s) = std::str::from_utf8(key)
+            && s.chars().any(char::is_control)
+        {
+            return Err(InvalidSessionId::ControlCharacter);
         }
         Ok(())
     }

@@ -31,7 +31,17 @@
 
 mod error;
 mod memory;
+#[cfg(feature = "redb")]
+mod redb;
+#[cfg(feature = "redis")]
+mod redis;
 
+#[cfg(feature = "redb")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redb")))]
+pub use self::redb::{RedbStore, RedbStoreBuilder};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::redis::{RedisStore, RedisStoreBuilder};
 pub use self::{error::StoreError, memory::MemoryStore};
 
 use std::{future::Future, pin::Pin, sync::Arc, time::SystemTime};

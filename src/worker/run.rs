@@ -100,14 +100,7 @@ impl Worker {
                 },
                 n = self.rx.recv_many(&mut buf, config.recv_batch) => {
                     if n == 0 {
-                        // Every handle and layer is gone: write what is left, then stop.
-                        let report = self.shutdown(Instant::now() + config.store_timeout).await;
-                        if !report.unpersisted.is_empty() {
-                            tracing::error!(
-                                sessions = report.unpersisted.len(),
-                                "tracking dropped without shutdown: last event ids not persisted"
-                            );
-                        }
+                        self.orphaned().await;
                         return;
                     }
                     self.pending.extend(buf.drain(..).map(|slot| (slot, 0)));
@@ -116,16 +109,34 @@ impl Worker {
                     }
                 }
                 _ = interval.tick() => {
+                    // The worker's own `Shared` holds a queue sender, so `recv_many` never sees
+                    // the queue close: the last handle, layer or stream gone is noticed here.
+                    if Arc::strong_count(&self.shared) == 1 {
+                        self.orphaned().await;
+                        return;
+                    }
                     self.ticks += 1;
                     self.collect_overflow();
                     self.collect_due_retries(Instant::now());
                     self.flush(Mode::Tick, None).await;
-                    if self.ticks % sweep_every == 0 {
+                    if self.ticks.is_multiple_of(sweep_every) {
                         self.shared.registry.sweep();
                     }
                     self.gauges();
                 }
             }
+        }
+    }
+
+    /// Every handle, layer and stream is gone: writes what is left, then the worker stops.
+    async fn orphaned(&mut self) {
+        let deadline = Instant::now() + self.shared.config.store_timeout;
+        let report = self.shutdown(deadline).await;
+        if !report.unpersisted.is_empty() {
+            tracing::error!(
+                sessions = report.unpersisted.len(),
+                "tracking dropped without shutdown: last event ids not persisted"
+            );
         }
     }
 

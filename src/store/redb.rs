@@ -1,0 +1,372 @@
+//! [`RedbStore`]: a durable store in one file, with [`redb`] (pure Rust, no C toolchain).
+
+use std::{
+    path::Path,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
+use tokio::time::Instant;
+
+use super::{LastEventId, SessionRecord, SessionStore, SessionUpdate, StoreError, StoreFuture};
+use crate::SessionId;
+
+/// Session key -> encoded [`SessionRecord`].
+const SESSIONS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("sse_tracking_sessions");
+/// Marks a file as ours, so that opening someone else's redb file is an error, not a mess.
+const META: TableDefinition<'_, &str, &str> = TableDefinition::new("sse_tracking_meta");
+const FORMAT_KEY: &str = "format";
+const FORMAT: &str = "tower-sse-tracking/1";
+/// Encoding of a record value: format byte, version, activity, cleared flag, then the ID.
+const RECORD_V1: u8 = 1;
+const HEADER_LEN: usize = 1 + 8 + 8 + 1;
+
+/// A durable store in a single file, for single-node deployments that must resume sessions
+/// across restarts.
+///
+/// Each batch is one write transaction (one `fsync`); versions only move forward. Sessions idle
+/// for longer than the TTL read as absent and are deleted by a cleanup that runs inside a write
+/// batch at most once per cleanup interval (or on [`purge_expired`](Self::purge_expired)).
+/// Calls run on Tokio's blocking thread pool.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use tower_sse_tracking::store::RedbStore;
+///
+/// # fn main() -> Result<(), tower_sse_tracking::store::StoreError> {
+/// let store = RedbStore::builder()
+///     .idle_ttl(Duration::from_secs(24 * 3600))
+///     .open("tracking.redb")?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedbStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Database,
+    idle_ttl: Duration,
+    cleanup_interval: Duration,
+    last_cleanup: Mutex<Option<Instant>>,
+}
+
+impl std::fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbStore")
+            .field("idle_ttl", &self.inner.idle_ttl)
+            .field("cleanup_interval", &self.inner.cleanup_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Options of a [`RedbStore`].
+#[derive(Clone, Debug)]
+pub struct RedbStoreBuilder {
+    idle_ttl: Duration,
+    cleanup_interval: Duration,
+}
+
+impl Default for RedbStoreBuilder {
+    fn default() -> Self {
+        Self {
+            idle_ttl: RedbStore::DEFAULT_IDLE_TTL,
+            cleanup_interval: Duration::from_secs(600),
+        }
+    }
+}
+
+impl RedbStoreBuilder {
+    /// How long a session is kept after its last activity.
+    ///
+    /// Defaults to 7 days.
+    pub fn idle_ttl(mut self, ttl: Duration) -> Self {
+        self.idle_ttl = ttl;
+        self
+    }
+
+    /// Least time between two cleanups of expired sessions.
+    ///
+    /// Defaults to 10 minutes.
+    pub fn cleanup_interval(mut self, interval: Duration) -> Self {
+        self.cleanup_interval = interval;
+        self
+    }
+
+    /// Opens the store at `path`, creating the file if needed.
+    ///
+    /// # Errors
+    ///
+    /// A permanent [`StoreError`] if the file cannot be opened or created, is not a redb file
+    /// (corrupt or foreign), is a redb file of another application, or is open elsewhere.
+    pub fn open(self, path: impl AsRef<Path>) -> Result<RedbStore, StoreError> {
+        let path = path.as_ref();
+        let db = Database::create(path).map_err(|e| {
+            StoreError::permanent(format!("cannot open redb file {}", path.display()))
+                .with_source(redb::Error::from(e))
+        })?;
+        check_format(&db, path)?;
+        Ok(RedbStore {
+            inner: Arc::new(Inner {
+                db,
+                idle_ttl: self.idle_ttl,
+                cleanup_interval: self.cleanup_interval,
+                last_cleanup: Mutex::new(None),
+            }),
+        })
+    }
+}
+
+/// Refuses redb files that belong to someone else; marks new ones as ours.
+fn check_format(db: &Database, path: &Path) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(permanent)?;
+    {
+        let tables: Vec<String> = txn
+            .list_tables()
+            .map_err(permanent)?
+            .map(|t| t.name().to_owned())
+            .collect();
+        let ours = tables.iter().any(|t| t == META.name());
+        if !ours && !tables.is_empty() {
+            return Err(StoreError::permanent(format!(
+                "{} is a redb file of another application (tables: {})",
+                path.display(),
+                tables.join(", ")
+            )));
+        }
+        let mut meta = txn.open_table(META).map_err(permanent)?;
+        let format = meta
+            .get(FORMAT_KEY)
+            .map_err(permanent)?
+            .map(|v| v.value().to_owned());
+        match format {
+            Some(format) if format == FORMAT => {}
+            Some(other) => {
+                return Err(StoreError::permanent(format!(
+                    "{} holds format {other:?}, expected {FORMAT:?}",
+                    path.display()
+                )));
+            }
+            None => {
+                meta.insert(FORMAT_KEY, FORMAT).map_err(permanent)?;
+            }
+        }
+        txn.open_table(SESSIONS).map_err(permanent)?;
+    }
+    txn.commit().map_err(permanent)
+}
+
+impl RedbStore {
+    /// Default time a session is kept after its last activity: 7 days.
+    pub const DEFAULT_IDLE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+    /// Opens the store at `path` with the default options (see [`builder`](Self::builder)).
+    ///
+    /// # Errors
+    ///
+    /// See [`RedbStoreBuilder::open`].
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        RedbStoreBuilder::default().open(path)
+    }
+
+    /// Options: idle TTL and cleanup interval.
+    pub fn builder() -> RedbStoreBuilder {
+        RedbStoreBuilder::default()
+    }
+
+    /// Deletes every session idle for longer than the TTL; returns how many.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] if the write transaction fails.
+    pub async fn purge_expired(&self) -> Result<usize, StoreError> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let txn = inner.db.begin_write().map_err(transient)?;
+            let removed = {
+                let mut table = txn.open_table(SESSIONS).map_err(transient)?;
+                inner.purge(&mut table)?
+            };
+            txn.commit().map_err(transient)?;
+            Ok(removed)
+        })
+        .await
+    }
+}
+
+impl Inner {
+    fn expired(&self, record: &SessionRecord, now: SystemTime) -> bool {
+        now.duration_since(record.last_activity)
+            .is_ok_and(|idle| idle > self.idle_ttl)
+    }
+
+    fn purge(&self, table: &mut redb::Table<'_, &str, &[u8]>) -> Result<usize, StoreError> {
+        let now = SystemTime::now();
+        let mut removed = 0;
+        table
+            .retain(|_, value| {
+                let keep = decode(value).is_ok_and(|r| !self.expired(&r, now));
+                removed += usize::from(!keep);
+                keep
+            })
+            .map_err(transient)?;
+        *self
+            .last_cleanup
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+        Ok(removed)
+    }
+
+    fn cleanup_due(&self) -> bool {
+        let last = *self
+            .last_cleanup
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        last.is_none_or(|t| t.elapsed() >= self.cleanup_interval)
+    }
+
+    fn save(&self, batch: &[SessionUpdate]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(transient)?;
+        {
+            let mut table = txn.open_table(SESSIONS).map_err(transient)?;
+            let now = SystemTime::now();
+            let mut buf = Vec::new();
+            for update in batch {
+                let existing = table
+                    .get(update.session.as_str())
+                    .map_err(transient)?
+                    .map(|v| decode(v.value()))
+                    .transpose()?;
+                let record = match existing {
+                    Some(mut record) if !self.expired(&record, now) => {
+                        record.apply(update);
+                        record
+                    }
+                    _ => SessionRecord::from(update),
+                };
+                encode(&record, &mut buf);
+                table
+                    .insert(update.session.as_str(), buf.as_slice())
+                    .map_err(transient)?;
+            }
+            if self.cleanup_due() {
+                self.purge(&mut table)?;
+            }
+        }
+        txn.commit().map_err(transient)
+    }
+
+    fn load(&self, session: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(transient)?;
+        let table = txn.open_table(SESSIONS).map_err(transient)?;
+        let Some(value) = table.get(session.as_str()).map_err(transient)? else {
+            return Ok(None);
+        };
+        let record = decode(value.value())?;
+        Ok((!self.expired(&record, SystemTime::now())).then_some(record))
+    }
+}
+
+impl SessionStore for RedbStore {
+    fn save_batch<'a>(&'a self, batch: &'a [SessionUpdate]) -> StoreFuture<'a, ()> {
+        let inner = self.inner.clone();
+        let batch = batch.to_vec();
+        Box::pin(blocking(move || inner.save(&batch)))
+    }
+
+    fn load<'a>(&'a self, session: &'a SessionId) -> StoreFuture<'a, Option<SessionRecord>> {
+        let inner = self.inner.clone();
+        let session = session.clone();
+        Box::pin(blocking(move || inner.load(&session)))
+    }
+}
+
+async fn blocking<T, F>(f: F) -> Result<T, StoreError>
+where
+    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::transient("redb task failed").with_source(e))?
+}
+
+fn transient(e: impl Into<redb::Error>) -> StoreError {
+    let e: redb::Error = e.into();
+    // Corruption is not cured by a retry; everything else (I/O, a busy lock) may be.
+    let permanent = matches!(
+        e,
+        redb::Error::Corrupted(_) | redb::Error::UpgradeRequired(_)
+    );
+    let error = if permanent {
+        StoreError::permanent("redb operation failed")
+    } else {
+        StoreError::transient("redb operation failed")
+    };
+    error.with_source(e)
+}
+
+fn permanent(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::permanent("redb operation failed").with_source(e.into())
+}
+
+fn encode(record: &SessionRecord, out: &mut Vec<u8>) {
+    out.clear();
+    out.push(RECORD_V1);
+    out.extend_from_slice(&record.version.to_le_bytes());
+    let nanos = record
+        .last_activity
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    out.extend_from_slice(&nanos.to_le_bytes());
+    match &record.last_event_id {
+        LastEventId::Set(id) => {
+            out.push(0);
+            out.extend_from_slice(id.as_bytes());
+        }
+        LastEventId::Cleared => out.push(1),
+    }
+}
+
+fn decode(value: &[u8]) -> Result<SessionRecord, StoreError> {
+    let corrupt = || StoreError::permanent("corrupt session record in redb file");
+    if value.len() < HEADER_LEN || value[0] != RECORD_V1 {
+        return Err(corrupt());
+    }
+    let version = u64::from_le_bytes(value[1..9].try_into().map_err(|_| corrupt())?);
+    let nanos = u64::from_le_bytes(value[9..17].try_into().map_err(|_| corrupt())?);
+    let last_event_id = match value[17] {
+        0 => LastEventId::Set(Arc::from(
+            std::str::from_utf8(&value[HEADER_LEN..]).map_err(|_| corrupt())?,
+        )),
+        1 => LastEventId::Cleared,
+        _ => return Err(corrupt()),
+    };
+    Ok(SessionRecord {
+        last_event_id,
+        version,
+        last_activity: UNIX_EPOCH + Duration::from_nanos(nanos),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip() {
+        let mut buf = Vec::new();
+        for id in [LastEventId::from("abc-é"), LastEventId::Cleared] {
+            let record = SessionRecord {
+                last_event_id: id,
+                version: 1_700_000_000_000_000_000,
+                last_activity: UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789),
+            };
+            encode(&record, &mut buf);
+            assert_eq!(decode(&buf).unwrap(), record);
+        }
+        assert!(decode(b"").is_err());
+        assert!(decode(&[9; 20]).is_err());
+    }
+}

@@ -1,0 +1,309 @@
+//! [`RedisStore`]: a store that several replicas share, on Redis.
+
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use redis::{
+    Client, RetryMethod, Script,
+    aio::{ConnectionManager, ConnectionManagerConfig},
+};
+
+use super::{LastEventId, SessionRecord, SessionStore, SessionUpdate, StoreError, StoreFuture};
+use crate::SessionId;
+
+/// Updates per `EVALSHA` inside a batch's pipeline: keeps each script run short, so Redis stays
+/// responsive to other clients during large batches.
+const CHUNK: usize = 512;
+
+/// Applies updates atomically with the forward-only rule, on the server.
+///
+/// KEYS: one hash per session. ARGV[1]: TTL in ms (0 = none); then, per key, four values:
+/// version (20 zero-padded digits, so that string order is numeric order and no precision is lost
+/// in Lua's doubles), activity (ms since the epoch), cleared flag ("1"/"0") and the ID.
+const APPLY: &str = r"
+local ttl = tonumber(ARGV[1])
+for i = 1, #KEYS do
+  local j = 2 + (i - 1) * 4
+  local version, activity = ARGV[j], ARGV[j + 1]
+  local current = redis.call('HMGET', KEYS[i], 'v', 'a')
+  if (not current[1]) or current[1] < version then
+    redis.call('HSET', KEYS[i], 'v', version, 'c', ARGV[j + 2], 'id', ARGV[j + 3])
+  end
+  if (not current[2]) or tonumber(current[2]) < tonumber(activity) then
+    redis.call('HSET', KEYS[i], 'a', activity)
+  end
+  if ttl > 0 then
+    redis.call('PEXPIRE', KEYS[i], ttl)
+  end
+end
+return #KEYS
+";
+
+/// A store on Redis, for deployments with several replicas: every replica reads and writes the
+/// same sessions, and the newer version wins whatever order writes arrive in.
+///
+/// - One round trip per batch: a pipeline of `EVALSHA` calls of a small Lua script, each applying
+///   up to 512 updates atomically with the forward-only rule (compared on the server).
+/// - Keys are `prefix + session key` (hashes with fields `v`, `a`, `c`, `id`), expiring after the
+///   idle TTL (refreshed on every write).
+/// - The connection is a [`ConnectionManager`]: it reconnects by itself after Redis restarts.
+/// - Errors are transient when a retry may help (I/O, timeouts, dropped connections, a loading
+///   or busy server), permanent otherwise.
+///
+/// # Redis Cluster
+///
+/// A script may only touch keys of one hash slot, and the keys of one batch would span slots.
+/// Use a prefix with a hash tag (for example `{sse-tracking}:`), so that every key lands in the
+/// same slot; this keeps batches atomic per chunk but puts all sessions on one shard. Connecting
+/// through a cluster client is not supported: point the store at the node that owns that slot
+/// (or at a non-cluster Redis).
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use tower_sse_tracking::store::RedisStore;
+///
+/// # async fn run() -> Result<(), tower_sse_tracking::store::StoreError> {
+/// let store = RedisStore::builder()
+///     .prefix("myapp:sse:")
+///     .idle_ttl(Duration::from_secs(24 * 3600))
+///     .connect("redis://127.0.0.1/")
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    connection: ConnectionManager,
+    script: Script,
+    prefix: String,
+    idle_ttl: Duration,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.inner.prefix)
+            .field("idle_ttl", &self.inner.idle_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Options of a [`RedisStore`].
+#[derive(Clone, Debug)]
+pub struct RedisStoreBuilder {
+    prefix: String,
+    idle_ttl: Duration,
+    response_timeout: Duration,
+    connection_timeout: Duration,
+}
+
+impl Default for RedisStoreBuilder {
+    fn default() -> Self {
+        Self {
+            prefix: "sse-tracking:".to_owned(),
+            idle_ttl: RedisStore::DEFAULT_IDLE_TTL,
+            response_timeout: Duration::from_secs(2),
+            connection_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl RedisStoreBuilder {
+    /// Prefix of every key.
+    ///
+    /// Defaults to `sse-tracking:`.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Expiry of a session's key after its last write (zero: keys never expire).
+    ///
+    /// Defaults to 7 days.
+    pub fn idle_ttl(mut self, ttl: Duration) -> Self {
+        self.idle_ttl = ttl;
+        self
+    }
+
+    /// Time limit of one request.
+    ///
+    /// Defaults to 2 s.
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+
+    /// Time limit of one connection attempt.
+    ///
+    /// Defaults to 2 s.
+    pub fn connection_timeout(mut self, timeout: Duration) -> Self {
+        self.connection_timeout = timeout;
+        self
+    }
+
+    /// Connects to Redis at `url` (`redis://host:port/db`).
+    ///
+    /// # Errors
+    ///
+    /// A permanent [`StoreError`] for a malformed URL, a transient one if Redis cannot be
+    /// reached.
+    pub async fn connect(self, url: &str) -> Result<RedisStore, StoreError> {
+        let client = Client::open(url).map_err(|e| {
+            StoreError::permanent(format!("invalid redis url {url:?}")).with_source(e)
+        })?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(self.response_timeout))
+            .set_connection_timeout(Some(self.connection_timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
+        let connection = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(classify)?;
+        Ok(RedisStore {
+            inner: Arc::new(Inner {
+                connection,
+                script: Script::new(APPLY),
+                prefix: self.prefix,
+                idle_ttl: self.idle_ttl,
+            }),
+        })
+    }
+}
+
+impl RedisStore {
+    /// Default expiry of a session's key after its last write: 7 days.
+    pub const DEFAULT_IDLE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+    /// Connects with the default options (see [`builder`](Self::builder)).
+    ///
+    /// # Errors
+    ///
+    /// See [`RedisStoreBuilder::connect`].
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        RedisStoreBuilder::default().connect(url).await
+    }
+
+    /// Options: key prefix, TTL, timeouts.
+    pub fn builder() -> RedisStoreBuilder {
+        RedisStoreBuilder::default()
+    }
+
+    /// The Redis key of a session.
+    pub fn key(&self, session: &SessionId) -> String {
+        format!("{}{}", self.inner.prefix, session.as_str())
+    }
+
+    async fn save(&self, batch: &[SessionUpdate]) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let ttl_ms = u64::try_from(self.inner.idle_ttl.as_millis()).unwrap_or(u64::MAX);
+        let mut pipe = redis::pipe();
+        for chunk in batch.chunks(CHUNK) {
+            let cmd = pipe
+                .cmd("EVALSHA")
+                .arg(self.inner.script.get_hash())
+                .arg(chunk.len());
+            for update in chunk {
+                cmd.arg(self.key(&update.session));
+            }
+            cmd.arg(ttl_ms);
+            for update in chunk {
+                let (cleared, id) = match &update.last_event_id {
+                    LastEventId::Set(id) => ("0", id.as_ref()),
+                    LastEventId::Cleared => ("1", ""),
+                };
+                cmd.arg(format!("{:020}", update.version))
+                    .arg(millis(update.last_activity))
+                    .arg(cleared)
+                    .arg(id);
+            }
+            cmd.ignore();
+        }
+        let mut connection = self.inner.connection.clone();
+        match pipe.query_async::<()>(&mut connection).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                // First use on this server (or after a restart, or SCRIPT FLUSH): load, retry.
+                self.inner
+                    .script
+                    .prepare_invoke()
+                    .load_async(&mut connection)
+                    .await
+                    .map_err(classify)?;
+                pipe.query_async::<()>(&mut connection)
+                    .await
+                    .map_err(classify)
+            }
+            Err(e) => Err(classify(e)),
+        }
+    }
+
+    async fn get(&self, session: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
+        let mut connection = self.inner.connection.clone();
+        let fields: (Option<String>, Option<u64>, Option<String>, Option<String>) =
+            redis::cmd("HMGET")
+                .arg(self.key(session))
+                .arg(&["v", "a", "c", "id"])
+                .query_async(&mut connection)
+                .await
+                .map_err(classify)?;
+        let corrupt =
+            || StoreError::permanent(format!("corrupt session record at {}", self.key(session)));
+        match fields {
+            (None, None, _, _) => Ok(None),
+            (version, activity, cleared, id) => {
+                let version = match version {
+                    Some(v) => v.parse::<u64>().map_err(|_| corrupt())?,
+                    // Activity written, never an ID (version 0 updates).
+                    None => 0,
+                };
+                let last_event_id = match (cleared.as_deref(), id) {
+                    (Some("0"), Some(id)) if !id.is_empty() => LastEventId::Set(Arc::from(id)),
+                    (Some("0"), _) => return Err(corrupt()),
+                    _ => LastEventId::Cleared,
+                };
+                Ok(Some(SessionRecord {
+                    last_event_id,
+                    version,
+                    last_activity: UNIX_EPOCH + Duration::from_millis(activity.unwrap_or(0)),
+                }))
+            }
+        }
+    }
+}
+
+impl SessionStore for RedisStore {
+    fn save_batch<'a>(&'a self, batch: &'a [SessionUpdate]) -> StoreFuture<'a, ()> {
+        Box::pin(self.save(batch))
+    }
+
+    fn load<'a>(&'a self, session: &'a SessionId) -> StoreFuture<'a, Option<SessionRecord>> {
+        Box::pin(self.get(session))
+    }
+}
+
+fn millis(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Transient when the client library says a retry may help.
+fn classify(e: redis::RedisError) -> StoreError {
+    let transient = e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || !matches!(e.retry_method(), RetryMethod::NoRetry);
+    let error = if transient {
+        StoreError::transient("redis request failed")
+    } else {
+        StoreError::permanent("redis request failed")
+    };
+    error.with_source(e)
+}

@@ -1,10 +1,15 @@
-//! The main demo: an axum SSE server with `EventTrackingLayer` over a `MemoryStore`, and a client
-//! that reads three sessions, loses one connection midway and resumes it without sending
-//! `Last-Event-ID`: the layer fills it in from what it tracked.
+//! The main demo: an axum SSE server with `EventTrackingLayer`, and a client that reads three
+//! sessions, loses one connection midway and resumes it without sending `Last-Event-ID`: the
+//! layer fills it in from what it tracked.
 //!
 //! ```text
-//! cargo run --example quickstart
+//! cargo run --example quickstart                                   # MemoryStore
+//! cargo run --features redb --example quickstart -- --store redb:/tmp/quickstart.redb
+//! cargo run --features redis --example quickstart -- --store redis://127.0.0.1/
 //! ```
+//!
+//! With a durable store, run it twice: the second run's sessions resume after the first run's
+//! IDs, read back from the store.
 
 use std::{convert::Infallible, net::SocketAddr, time::Duration};
 
@@ -21,12 +26,18 @@ use bytes::Bytes;
 use futures_util::stream;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
-use tower_sse_tracking::{EventTrackingLayer, SessionId, parser::SseParser, store::MemoryStore};
+use tower_sse_tracking::{
+    EventTrackingLayer, SessionId,
+    parser::SseParser,
+    store::{MemoryStore, SessionStore},
+};
 
 const SESSION_HEADER: &str = "mcp-session-id";
-const EVENTS_PER_SESSION: u64 = 5;
+/// Events per connection, numbered after the connection's `Last-Event-ID`.
+const EVENTS_PER_CONNECTION: u64 = 5;
+const SESSIONS: [&str; 3] = ["alpha", "beta", "gamma"];
 
-/// Emits events numbered after the client's `Last-Event-ID` (or from 1).
+/// Emits five events numbered after the client's `Last-Event-ID` (or from 1).
 async fn events(headers: HeaderMap) -> Response {
     let Some(session) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
         return (StatusCode::BAD_REQUEST, "missing mcp-session-id").into_response();
@@ -39,7 +50,7 @@ async fn events(headers: HeaderMap) -> Response {
     if last > 0 {
         println!("  server: session {session} resumes after event {last}");
     }
-    let end = EVENTS_PER_SESSION;
+    let end = last + EVENTS_PER_CONNECTION;
     let session = session.to_owned();
     let stream = stream::unfold(last + 1, move |n| {
         let session = session.clone();
@@ -92,22 +103,87 @@ async fn read_session(
     ids
 }
 
-fn print_table(title: &str, store: &MemoryStore) {
+/// The store named by `--store` (default: memory).
+async fn open_store() -> Result<(Box<dyn SessionStore>, String), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let choice = match args.iter().position(|a| a == "--store") {
+        Some(i) => args.get(i + 1).cloned().ok_or("--store needs a value")?,
+        None => "memory".to_owned(),
+    };
+    if choice == "memory" {
+        return Ok((Box::new(MemoryStore::new()), choice));
+    }
+    if let Some(path) = choice.strip_prefix("redb:") {
+        #[cfg(feature = "redb")]
+        return Ok((
+            Box::new(tower_sse_tracking::store::RedbStore::open(path)?),
+            choice.clone(),
+        ));
+        #[cfg(not(feature = "redb"))]
+        return Err(format!("--store redb:{path} needs `--features redb`").into());
+    }
+    if choice.starts_with("redis://") {
+        #[cfg(feature = "redis")]
+        return Ok((
+            Box::new(tower_sse_tracking::store::RedisStore::connect(&choice).await?),
+            choice.clone(),
+        ));
+        #[cfg(not(feature = "redis"))]
+        return Err("--store redis://... needs `--features redis`".into());
+    }
+    Err(format!("unknown store {choice:?}: use memory, redb:PATH or redis://HOST/").into())
+}
+
+/// Every session's persisted last event ID, read back through the store.
+async fn persisted(
+    store: &dyn SessionStore,
+) -> Result<Vec<(String, u64)>, Box<dyn std::error::Error>> {
+    let mut rows = Vec::new();
+    for name in SESSIONS {
+        let record = store.load(&SessionId::new(name)?).await?;
+        let id = record
+            .and_then(|r| r.last_event_id.as_str().and_then(|id| id.parse().ok()))
+            .unwrap_or(0);
+        rows.push((name.to_owned(), id));
+    }
+    Ok(rows)
+}
+
+fn print_table(title: &str, rows: &[(String, u64)]) {
     println!("\n{title}");
     println!("  {:<10} {:>16}", "session", "persisted id");
-    for (session, record) in store.snapshot() {
-        let id = record.last_event_id.as_str().unwrap_or("(cleared)");
-        println!("  {:<10} {:>16}", session.as_str(), id);
+    for (session, id) in rows {
+        let id = if *id == 0 {
+            "-".to_owned()
+        } else {
+            id.to_string()
+        };
+        println!("  {session:<10} {id:>16}");
     }
+}
+
+fn id_of(rows: &[(String, u64)], session: &str) -> u64 {
+    rows.iter()
+        .find(|(s, _)| s == session)
+        .map_or(0, |(_, id)| *id)
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let store = MemoryStore::new();
+    let (store, store_name) = open_store().await?;
+    let store: std::sync::Arc<dyn SessionStore> = store.into();
+    let before = persisted(store.as_ref()).await?;
+    if before.iter().any(|(_, id)| *id > 0) {
+        print_table(
+            &format!("already persisted in {store_name} (an earlier run):"),
+            &before,
+        );
+    }
+
     let tracking = EventTrackingLayer::builder()
         .store(store.clone())
         .session_header(SESSION_HEADER)
-        .resume(true)
+        .resume(true) // clients without Last-Event-ID continue after their tracked ID
         .build();
     let app = Router::new()
         .route("/events", get(events))
@@ -116,7 +192,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
-    println!("SSE server with event tracking on http://{addr}/events");
+    println!("SSE server with event tracking ({store_name}) on http://{addr}/events");
 
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
 
@@ -132,7 +208,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Let the server notice beta's disconnect, then write everything tracked.
     tokio::time::sleep(Duration::from_millis(100)).await;
     tracking.flush().await?;
-    print_table("persisted after the first round:", &store);
+    let first = persisted(store.as_ref()).await?;
+    print_table("persisted after the first round:", &first);
 
     let beta_id = SessionId::new("beta")?;
     let tracked = tracking
@@ -152,20 +229,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let report = tracking.shutdown(Duration::from_secs(5)).await?;
-    print_table("persisted after shutdown:", &store);
+    let after = persisted(store.as_ref()).await?;
+    print_table("persisted after shutdown:", &after);
     println!(
         "\nshutdown: {} session writes flushed, {} not persisted",
         report.persisted(),
         report.unpersisted().len()
     );
     assert!(report.unpersisted().is_empty());
-    for session in ["alpha", "beta", "gamma"] {
-        let record = store.get(&SessionId::new(session)?).expect("persisted");
-        assert_eq!(
-            record.last_event_id.as_str(),
-            Some(EVENTS_PER_SESSION.to_string().as_str())
-        );
+    // Each connection continued after what the store held at start (resume), and beta's second
+    // connection after what its first one was tracked to have sent.
+    for session in ["alpha", "gamma"] {
+        let expected = id_of(&before, session) + EVENTS_PER_CONNECTION;
+        assert_eq!(id_of(&after, session), expected, "{session}");
     }
+    let expected = tracked.parse::<u64>()? + EVENTS_PER_CONNECTION;
+    assert_eq!(id_of(&after, "beta"), expected, "beta");
     println!("every session's last event id is persisted: done");
     server.abort();
     Ok(())

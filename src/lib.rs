@@ -1,17 +1,50 @@
 //! Make Server-Sent-Events streams trackable and resumable.
 //!
-//! `tower-sse-tracking` reads the `text/event-stream` bodies that pass through it, byte for byte
-//! unchanged, and records the last event ID each session has been sent, so that a reconnecting
-//! client can resume where it left off.
+//! [`EventTrackingLayer`] wraps any tower service whose responses are `text/event-stream`. The
+//! body reaches the client byte for byte unchanged, while an incremental, spec-exact parser reads
+//! the same bytes and records the last event ID of each session. One bounded worker, started when
+//! the layer is built, persists the newest ID per session to a [`SessionStore`](store::SessionStore):
+//! in memory by default, [`RedbStore`](store::RedbStore) on disk, or
+//! [`RedisStore`](store::RedisStore) shared by replicas. A client that reconnects, with
+//! `Last-Event-ID` or (with [`resume`](EventTrackingLayerBuilder::resume)) without it, continues
+//! where it left off.
+//!
+//! ```
+//! use std::{convert::Infallible, time::Duration};
+//! use axum::{Router, routing::get, response::sse::{Event, KeepAlive, Sse}};
+//! use futures_util::{Stream, stream};
+//! use tower_sse_tracking::{EventTrackingLayer, store::MemoryStore};
+//!
+//! async fn events() -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+//!     let events = (1..=3).map(|i| Ok(Event::default().id(i.to_string()).data("hello")));
+//!     Sse::new(stream::iter(events)).keep_alive(KeepAlive::default())
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = MemoryStore::new();
+//! let tracking = EventTrackingLayer::builder()
+//!     .store(store.clone())
+//!     .session_header("mcp-session-id") // request header, or the response's (MCP assigns it there)
+//!     .resume(true)                      // fill in Last-Event-ID for clients that lost it
+//!     .build();                          // spawns the one persistence worker
+//! let app: Router = Router::new().route("/events", get(events)).layer(tracking.clone());
+//! // axum::serve(listener, app).await?;
+//! tracking.shutdown(Duration::from_secs(5)).await?; // flushes everything recorded
+//! # Ok(()) }
+//! ```
 //!
 //! The building blocks:
 //!
-//! - [`parser`]: an incremental, spec-exact `text/event-stream` parser that never copies `data`.
-//! - [`PersistenceWorker`]: one task per layer that writes each session's newest last event ID,
-//!   batched, coalesced, retried in time order, flushed on shutdown.
-//! - [`store`]: the [`SessionStore`](store::SessionStore) trait and the bounded
-//!   [`MemoryStore`](store::MemoryStore).
+//! - [`parser`]: the incremental `text/event-stream` parser, usable on its own.
+//! - [`PersistenceWorker`] and [`WorkerHandle`]: batching, coalescing, retries, shutdown.
+//! - [`store`]: the [`SessionStore`](store::SessionStore) trait and the stores.
 //! - [`metrics`]: the name of every metric recorded.
+//!
+//! # Feature flags
+//!
+//! - `redb`: [`RedbStore`](store::RedbStore), a durable embedded store.
+//! - `redis`: [`RedisStore`](store::RedisStore), a store shared by several replicas.
 
 #![warn(missing_docs, rust_2018_idioms, missing_debug_implementations)]
 #![deny(unreachable_pub, unsafe_code)]

@@ -162,11 +162,13 @@ impl Slot {
             st.version = clock::next_version(now);
             st.snap_id_seq = st.id_seq;
         }
-        let events = st.seq - st.snap_seq;
-        if events > 0 {
+        if st.seq > st.snap_seq {
             st.activity = now;
             st.snap_seq = st.seq;
         }
+        // Counted since the latest *successful* write: events of a failed write are reported
+        // by the retry that writes them, not lost.
+        let events = st.seq - st.persisted_seq;
         Some(Snapshot {
             update: SessionUpdate {
                 session: self.session.clone(),
@@ -213,7 +215,7 @@ impl Slot {
 pub(crate) struct Snapshot {
     pub(crate) update: SessionUpdate,
     pub(crate) seq: u64,
-    /// Events recorded since the previous snapshot.
+    /// Events recorded since the latest successful write (reported once that write succeeds).
     pub(crate) events: u64,
 }
 
@@ -380,6 +382,27 @@ mod tests {
         let snap2 = s.snapshot(SystemTime::now()).unwrap();
         assert_eq!(snap2.update.last_event_id.as_str(), Some("2"));
         assert!(snap2.update.version > snap.update.version);
+    }
+
+    #[test]
+    fn events_of_a_failed_write_are_counted_by_the_retry() {
+        let h = IdHasher::default();
+        let s = slot();
+        rec(&s, &h, "1");
+        rec(&s, &h, "2");
+        let failed = s.snapshot(SystemTime::now()).unwrap();
+        assert_eq!(failed.events, 2);
+        // The write failed (no mark_persisted); one more event before the retry.
+        rec(&s, &h, "3");
+        let retry = s.snapshot(SystemTime::now()).unwrap();
+        assert_eq!(retry.events, 3, "none lost");
+        s.mark_persisted(retry.seq);
+        rec(&s, &h, "4");
+        assert_eq!(
+            s.snapshot(SystemTime::now()).unwrap().events,
+            1,
+            "none twice"
+        );
     }
 
     #[test]

@@ -1,0 +1,207 @@
+//! Persistence worker costs: nanoseconds per recorded event, the extra cost of the event that
+//! turns a clean session dirty (it enqueues the session), and how many events one store write
+//! covers in a burst.
+//!
+//! What `WorkerHandle::record` measures: a lookup in the session registry (a mutex and a
+//! `HashMap` lookup by `SessionId`, which also refreshes the session's last-seen time), then the
+//! slot update (its mutex, the ID's fingerprint, a scan of the 64-entry duplicate window, the ID
+//! copied into the slot's buffer). Streams behind the layer pay only the slot update per event:
+//! they look the session up once per request. The slot-level `Slot::record` is `pub(crate)` and
+//! not reachable from here; `dirty/no_id` and `dirty/new_id_no_dedup` isolate parts of it.
+//!
+//! Run with `cargo bench --bench worker`. The events-per-write figures are printed first.
+
+use std::{
+    hint::black_box,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use criterion::{Criterion, Throughput, criterion_group};
+use tower_sse_tracking::{
+    PersistenceWorker, SessionId, WorkerConfig, WorkerHandle,
+    store::{SessionRecord, SessionStore, SessionUpdate, StoreFuture},
+};
+
+/// A store that only counts what it is asked to write.
+#[derive(Clone, Default)]
+struct CountingStore(Arc<Counts>);
+
+#[derive(Default)]
+struct Counts {
+    calls: AtomicU64,
+    updates: AtomicU64,
+}
+
+impl SessionStore for CountingStore {
+    fn save_batch<'a>(&'a self, batch: &'a [SessionUpdate]) -> StoreFuture<'a, ()> {
+        self.0.calls.fetch_add(1, Ordering::Relaxed);
+        self.0
+            .updates
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn load<'a>(&'a self, _session: &'a SessionId) -> StoreFuture<'a, Option<SessionRecord>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
+}
+
+fn sessions(n: usize, prefix: &str) -> Vec<SessionId> {
+    (0..n)
+        .map(|i| SessionId::new(&format!("{prefix}-{i:08}")).unwrap())
+        .collect()
+}
+
+/// Distinct IDs to cycle through: more than the duplicate window, so none is a duplicate.
+fn ids() -> Vec<String> {
+    (0..1024u32).map(|i| (1_000_000 + i).to_string()).collect()
+}
+
+/// A worker on a current-thread runtime that is only driven when the bench says so: between
+/// `flush` calls, recorded sessions stay dirty. 10 000 sessions are registered first, so that
+/// lookups happen in a realistically filled registry.
+fn idle_worker(rt: &tokio::runtime::Runtime, config: WorkerConfig) -> WorkerHandle {
+    let _enter = rt.enter();
+    let worker = PersistenceWorker::spawn(CountingStore::default(), config);
+    for session in sessions(10_000, "filler") {
+        worker.record(&session, Some("1"));
+    }
+    rt.block_on(worker.flush()).unwrap();
+    worker
+}
+
+fn record(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ids = ids();
+    let mut group = c.benchmark_group("record");
+    group.throughput(Throughput::Elements(1));
+
+    // (a) The hot path: the session is already dirty (queued), nothing is enqueued.
+    let worker = idle_worker(&rt, WorkerConfig::default());
+    let hot = SessionId::new("hot").unwrap();
+    worker.record(&hot, Some("0"));
+    let mut i = 0;
+    group.bench_function("dirty/new_id", |b| {
+        b.iter(|| {
+            i = (i + 1) & 1023;
+            worker.record(black_box(&hot), Some(black_box(&ids[i])))
+        })
+    });
+    group.bench_function("dirty/no_id", |b| {
+        b.iter(|| worker.record(black_box(&hot), None))
+    });
+    let no_dedup = idle_worker(&rt, WorkerConfig::default().dedup_window(0));
+    no_dedup.record(&hot, Some("0"));
+    group.bench_function("dirty/new_id_no_dedup", |b| {
+        b.iter(|| {
+            i = (i + 1) & 1023;
+            no_dedup.record(black_box(&hot), Some(black_box(&ids[i])))
+        })
+    });
+
+    // (b) Clean to dirty: every session was just written, so each record enqueues it. Rounds
+    // of 1024 sessions (the queue holds 8192), flushed between rounds outside the timing; the
+    // same round-robin over dirty sessions is the baseline.
+    let round = sessions(1024, "round");
+    let mut next_id = 0;
+    group.bench_function("clean_to_dirty/enqueue", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            let mut done = 0;
+            while done < iters {
+                let n = (iters - done).min(round.len() as u64) as usize;
+                rt.block_on(worker.flush()).unwrap();
+                next_id = (next_id + 1) & 1023;
+                let id = &ids[next_id];
+                let start = Instant::now();
+                for session in &round[..n] {
+                    black_box(worker.record(black_box(session), Some(id)));
+                }
+                total += start.elapsed();
+                done += n as u64;
+            }
+            total
+        })
+    });
+    group.bench_function("dirty/round_robin_1024", |b| {
+        for session in &round {
+            worker.record(session, Some("0"));
+        }
+        let mut s = 0;
+        b.iter(|| {
+            s = (s + 1) & 1023;
+            i = (i + 1) & 1023;
+            worker.record(black_box(&round[s]), Some(black_box(&ids[i])))
+        })
+    });
+    group.finish();
+}
+
+/// (c) A burst of 1 000 000 events over 1 000 sessions with default settings, recorded as fast
+/// as one thread can while the worker runs on a multi-thread runtime; prints how many events
+/// each store write covered.
+fn events_per_write() {
+    const EVENTS: usize = 1_000_000;
+    const SESSIONS: usize = 1_000;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = CountingStore::default();
+    let worker = {
+        let _enter = rt.enter();
+        PersistenceWorker::spawn(store.clone(), WorkerConfig::default())
+    };
+    let sessions = sessions(SESSIONS, "burst");
+    let mut id = String::new();
+    let start = Instant::now();
+    for i in 0..EVENTS {
+        id.clear();
+        id.push_str(itoa(i as u64, &mut [0; 20]));
+        worker.record(&sessions[i % SESSIONS], Some(&id));
+    }
+    let recorded = start.elapsed();
+    rt.block_on(worker.flush()).unwrap();
+    let calls = store.0.calls.load(Ordering::Relaxed);
+    let updates = store.0.updates.load(Ordering::Relaxed);
+    println!(
+        "worker/events_per_write: {EVENTS} events over {SESSIONS} sessions in {recorded:.2?} \
+         ({:.1} ns/event, default settings): {updates} session updates in {calls} save_batch \
+         calls = {:.1} events per session update, {:.1} events per save_batch call",
+        recorded.as_nanos() as f64 / EVENTS as f64,
+        EVENTS as f64 / updates as f64,
+        EVENTS as f64 / calls as f64,
+    );
+    rt.block_on(worker.shutdown(Duration::from_secs(5)))
+        .unwrap();
+}
+
+/// Formats `n` in decimal without allocating (the burst should measure `record`, not `format!`).
+fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[at..]).unwrap()
+}
+
+criterion_group!(benches, record);
+
+fn main() {
+    events_per_write();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

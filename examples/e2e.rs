@@ -1,0 +1,535 @@
+//! End-to-end load harness: an axum SSE server in a child process, with and without
+//! `EventTrackingLayer`, and a hyper client holding C concurrent SSE connections over loopback.
+//!
+//! ```text
+//! cargo run --release --example e2e                       # C = 1000, 5000, 10000; A B A B
+//! cargo run --release --example e2e -- --connections 1000 --seconds 10 --rate 20000
+//! ```
+//!
+//! For each connection count it runs the bare server (A) and the tracked one (B) alternately,
+//! `--rounds` times each, for `--seconds` of measurement after a warm-up, at a total of `--rate`
+//! events per second spread over the connections, and prints per run: events/s received, server
+//! CPU time per event (user + system, from /proc), client-measured event latency p50/p99/p999,
+//! server resident memory per connection, store writes, events per write and persistence lag
+//! (event emitted -> ID persisted) p50/p99. Linux only (reads /proc). Every loop is bounded in
+//! count and time, and only loopback addresses are used.
+
+use std::{
+    convert::Infallible,
+    io::{BufRead, BufReader, Write},
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use axum::{
+    Router,
+    http::HeaderMap,
+    response::sse::{Event, Sse},
+    routing::get,
+};
+use bytes::Bytes;
+use futures_util::{Stream, stream};
+use http_body_util::{BodyExt, Empty};
+use tower_sse_tracking::{
+    EventTrackingLayer, SessionId,
+    parser::SseParser,
+    store::{MemoryStore, SessionRecord, SessionStore, SessionUpdate, StoreFuture},
+};
+
+#[derive(Clone, Debug)]
+struct Args {
+    connections: Vec<usize>,
+    seconds: u64,
+    warmup: u64,
+    rate: u64,
+    rounds: usize,
+    modes: Vec<String>,
+    // Child mode.
+    serve: Option<String>,
+    per_connection_rate: f64,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        connections: vec![1000, 5000, 10000],
+        seconds: 10,
+        warmup: 3,
+        rate: 20_000,
+        rounds: 2,
+        modes: vec!["bare".into(), "tracked".into()],
+        serve: None,
+        per_connection_rate: 0.0,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < argv.len() {
+        let value = argv.get(i + 1).cloned().unwrap_or_default();
+        match argv[i].as_str() {
+            "--connections" => {
+                args.connections = value
+                    .split(',')
+                    .map(|v| v.parse().expect("count"))
+                    .collect();
+            }
+            "--seconds" => args.seconds = value.parse().expect("seconds"),
+            "--warmup" => args.warmup = value.parse().expect("seconds"),
+            "--rate" => args.rate = value.parse().expect("events per second"),
+            "--rounds" => args.rounds = value.parse().expect("rounds"),
+            "--modes" => args.modes = value.split(',').map(str::to_owned).collect(),
+            "--serve" => args.serve = Some(value),
+            "--per-connection-rate" => args.per_connection_rate = value.parse().expect("rate"),
+            other => panic!("unknown argument {other}"),
+        }
+        i += 2;
+    }
+    args
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server (child process)
+// ---------------------------------------------------------------------------------------------
+
+/// Wraps the store to count writes and measure persistence lag from the IDs, which carry the
+/// time their event was emitted (`seq-micros`).
+#[derive(Clone, Default)]
+struct LagStore {
+    inner: MemoryStore,
+    writes: Arc<AtomicU64>,
+    batches: Arc<AtomicU64>,
+    lags: Arc<Mutex<Vec<u32>>>,
+}
+
+impl SessionStore for LagStore {
+    fn save_batch<'a>(&'a self, batch: &'a [SessionUpdate]) -> StoreFuture<'a, ()> {
+        let now = now_micros();
+        self.writes.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        let mut lags = self.lags.lock().unwrap();
+        for update in batch {
+            let emitted = update
+                .last_event_id
+                .as_str()
+                .and_then(|id| id.split_once('-'))
+                .and_then(|(_, t)| t.parse::<u64>().ok());
+            if let Some(emitted) = emitted
+                && lags.len() < 2_000_000
+            {
+                lags.push(now.saturating_sub(emitted).min(u64::from(u32::MAX)) as u32);
+            }
+        }
+        drop(lags);
+        self.inner.save_batch(batch)
+    }
+
+    fn load<'a>(&'a self, session: &'a SessionId) -> StoreFuture<'a, Option<SessionRecord>> {
+        self.inner.load(session)
+    }
+}
+
+static EVENTS_SENT: AtomicU64 = AtomicU64::new(0);
+
+/// A stream of events at `rate` per second: `id: seq-micros`, data padded to ~60 bytes.
+fn events_stream(rate: f64) -> impl Stream<Item = Result<Event, Infallible>> {
+    let period = Duration::from_secs_f64(1.0 / rate.max(0.001));
+    // Spread connections' first events over one period.
+    let offset = Duration::from_micros(now_micros() % period.as_micros().max(1) as u64);
+    let start = tokio::time::Instant::now() + offset;
+    let interval = tokio::time::interval_at(start, period);
+    stream::unfold((interval, 0u64), |(mut interval, seq)| async move {
+        interval.tick().await;
+        let t = now_micros();
+        EVENTS_SENT.fetch_add(1, Ordering::Relaxed);
+        let event = Event::default()
+            .id(format!("{seq}-{t}"))
+            .data(format!("{t} xxxxxxxxxxxxxxxxxxxx"));
+        Some((Ok(event), (interval, seq + 1)))
+    })
+}
+
+fn serve(mode: &str, per_connection_rate: f64) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handler =
+            move |_headers: HeaderMap| async move { Sse::new(events_stream(per_connection_rate)) };
+        let store = LagStore::default();
+        let (app, tracking) = match mode {
+            "bare" => (Router::new().route("/events", get(handler)), None),
+            "tracked" => {
+                let tracking = EventTrackingLayer::builder()
+                    .store(store.clone())
+                    .session_header("mcp-session-id")
+                    .build();
+                let app = Router::new()
+                    .route("/events", get(handler))
+                    .layer(tracking.clone());
+                (app, Some(tracking))
+            }
+            other => panic!("unknown mode {other}"),
+        };
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        println!("listening {addr}");
+        std::io::stdout().flush().unwrap();
+        // Commands on stdin: "stats" prints a line of figures; end of input stops.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(4);
+        std::thread::spawn(move || {
+            for line in std::io::stdin().lock().lines() {
+                let Ok(line) = line else { break };
+                if tx.blocking_send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        while let Some(command) = rx.recv().await {
+            if command == "stats" {
+                if let Some(tracking) = &tracking {
+                    tracking.flush().await.unwrap();
+                }
+                let mut lags = store.lags.lock().unwrap().clone();
+                lags.sort_unstable();
+                println!(
+                    "stats sent={} writes={} batches={} lag_p50={} lag_p99={} tracked={}",
+                    EVENTS_SENT.load(Ordering::Relaxed),
+                    store.writes.load(Ordering::Relaxed),
+                    store.batches.load(Ordering::Relaxed),
+                    percentile(&lags, 0.50),
+                    percentile(&lags, 0.99),
+                    tracking
+                        .as_ref()
+                        .map_or(0, |t| t.worker().tracked_sessions()),
+                );
+                std::io::stdout().flush().unwrap();
+            }
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client (parent process)
+// ---------------------------------------------------------------------------------------------
+
+fn percentile(sorted: &[u32], p: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// user + system CPU time of a process, in seconds, and its resident memory in bytes.
+fn proc_usage(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may contain spaces) in parentheses.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of stat; here 0-based after the name: 11 and 12.
+    let clk_tck = 100.0;
+    let cpu = (ticks(11) + ticks(12)) / clk_tck;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss_kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    (cpu, rss_kb * 1024)
+}
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl Server {
+    fn start(mode: &str, per_connection_rate: f64) -> Self {
+        let exe = std::env::current_exe().expect("own path");
+        let mut child = Command::new(exe)
+            .args([
+                "--serve",
+                mode,
+                "--per-connection-rate",
+                &per_connection_rate.to_string(),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start server");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening ")
+            .expect("server address")
+            .parse()
+            .unwrap();
+        Self {
+            child,
+            addr,
+            stdout,
+        }
+    }
+
+    fn stats(&mut self) -> String {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "stats").unwrap();
+        stdin.flush().unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        line.trim().to_owned()
+    }
+
+    fn stop(mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn field(stats: &str, name: &str) -> u64 {
+    stats
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+struct Shared {
+    measuring: AtomicBool,
+    stop: AtomicBool,
+    received: AtomicU64,
+    latencies: Mutex<Vec<u32>>,
+}
+
+async fn connection(addr: SocketAddr, session: String, shared: Arc<Shared>) {
+    let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
+        return;
+    };
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(io).await
+    else {
+        return;
+    };
+    tokio::spawn(conn);
+    let request = http::Request::get(format!("http://{addr}/events"))
+        .header("mcp-session-id", session)
+        .body(Empty::new())
+        .unwrap();
+    let Ok(response) = sender.send_request(request).await else {
+        return;
+    };
+    let mut body = response.into_body();
+    let mut parser = SseParser::new();
+    let mut local = Vec::with_capacity(1024);
+    while !shared.stop.load(Ordering::Relaxed) {
+        let Some(Ok(frame)) = body.frame().await else {
+            break;
+        };
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        let measuring = shared.measuring.load(Ordering::Relaxed);
+        let now = now_micros();
+        parser.feed(data, |d| {
+            if !(d.is_event() && measuring) {
+                return;
+            }
+            let emitted = d
+                .last_event_id()
+                .split_once('-')
+                .and_then(|(_, t)| t.parse::<u64>().ok())
+                .unwrap_or(now);
+            local.push(now.saturating_sub(emitted).min(u64::from(u32::MAX)) as u32);
+        });
+        if local.len() >= 1024 {
+            shared
+                .received
+                .fetch_add(local.len() as u64, Ordering::Relaxed);
+            shared.latencies.lock().unwrap().extend(local.drain(..));
+        }
+    }
+    shared
+        .received
+        .fetch_add(local.len() as u64, Ordering::Relaxed);
+    shared.latencies.lock().unwrap().extend(local.drain(..));
+}
+
+struct RunResult {
+    events_per_sec: f64,
+    cpu_us_per_event: f64,
+    p50: u32,
+    p99: u32,
+    p999: u32,
+    rss_per_conn: f64,
+    writes: u64,
+    events_per_write: f64,
+    lag_p50: u32,
+    lag_p99: u32,
+}
+
+fn run(
+    mode: &str,
+    connections: usize,
+    args: &Args,
+    runtime: &tokio::runtime::Runtime,
+) -> RunResult {
+    let per_connection = args.rate as f64 / connections as f64;
+    let mut server = Server::start(mode, per_connection);
+    std::thread::sleep(Duration::from_millis(200));
+    let (_, rss_idle) = proc_usage(server.child.id());
+    let shared = Arc::new(Shared {
+        measuring: AtomicBool::new(false),
+        stop: AtomicBool::new(false),
+        received: AtomicU64::new(0),
+        latencies: Mutex::new(Vec::new()),
+    });
+    let addr = server.addr;
+    let tasks: Vec<_> = (0..connections)
+        .map(|i| {
+            let shared = shared.clone();
+            runtime.spawn(connection(addr, format!("session-{i}"), shared))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(args.warmup));
+    let stats_before = server.stats();
+    let (cpu_before, _) = proc_usage(server.child.id());
+    shared.received.store(0, Ordering::Relaxed);
+    shared.measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(args.seconds));
+    shared.measuring.store(false, Ordering::Relaxed);
+    let elapsed = started.elapsed().as_secs_f64();
+    let (cpu_after, rss_loaded) = proc_usage(server.child.id());
+    let stats_after = server.stats();
+    shared.stop.store(true, Ordering::Relaxed);
+    server.stop();
+    runtime.block_on(async {
+        for task in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+    });
+    let sent = field(&stats_after, "sent") - field(&stats_before, "sent");
+    let received = shared.received.load(Ordering::Relaxed);
+    let mut latencies = std::mem::take(&mut *shared.latencies.lock().unwrap());
+    latencies.sort_unstable();
+    let writes = field(&stats_after, "writes");
+    RunResult {
+        events_per_sec: received as f64 / elapsed,
+        cpu_us_per_event: (cpu_after - cpu_before) * 1e6 / sent.max(1) as f64,
+        p50: percentile(&latencies, 0.5),
+        p99: percentile(&latencies, 0.99),
+        p999: percentile(&latencies, 0.999),
+        rss_per_conn: rss_loaded.saturating_sub(rss_idle) as f64 / connections as f64,
+        writes,
+        events_per_write: if writes == 0 {
+            0.0
+        } else {
+            field(&stats_after, "sent") as f64 / writes as f64
+        },
+        lag_p50: field(&stats_after, "lag_p50") as u32,
+        lag_p99: field(&stats_after, "lag_p99") as u32,
+    }
+}
+
+fn main() {
+    let args = parse_args();
+    if let Some(mode) = &args.serve {
+        serve(mode, args.per_connection_rate);
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    println!(
+        "e2e: {} events/s in total, {} s measured after {} s warm-up, {} rounds A (bare) B (tracked); {} cores",
+        args.rate,
+        args.seconds,
+        args.warmup,
+        args.rounds,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "{:>6} {:>8} {:>10} {:>9} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>8} {:>8}",
+        "conns",
+        "mode",
+        "events/s",
+        "cpu us/ev",
+        "p50 us",
+        "p99 us",
+        "p999 us",
+        "rss B/conn",
+        "writes",
+        "ev/write",
+        "lag p50",
+        "lag p99"
+    );
+    for &connections in &args.connections {
+        let mut sums = [(0.0, 0.0, 0.0), (0.0, 0.0, 0.0)];
+        for round in 0..args.rounds {
+            for (m, mode) in ["bare", "tracked"].into_iter().enumerate() {
+                if !args.modes.iter().any(|x| x == mode) {
+                    continue;
+                }
+                let r = run(mode, connections, &args, &runtime);
+                println!(
+                    "{:>6} {:>8} {:>10.0} {:>9.2} {:>8} {:>8} {:>8} {:>9.0} {:>9} {:>9.1} {:>8} {:>8}",
+                    connections,
+                    format!("{mode}{}", round + 1),
+                    r.events_per_sec,
+                    r.cpu_us_per_event,
+                    r.p50,
+                    r.p99,
+                    r.p999,
+                    r.rss_per_conn,
+                    r.writes,
+                    r.events_per_write,
+                    if m == 1 {
+                        r.lag_p50.to_string()
+                    } else {
+                        "-".into()
+                    },
+                    if m == 1 {
+                        r.lag_p99.to_string()
+                    } else {
+                        "-".into()
+                    },
+                );
+                sums[m].0 += r.events_per_sec;
+                sums[m].1 += r.cpu_us_per_event;
+                sums[m].2 += r.rss_per_conn;
+            }
+        }
+        let n = args.rounds as f64;
+        let (bare, tracked) = (sums[0], sums[1]);
+        println!(
+            "{:>6} summary: tracked/bare events/s {:.3}, cpu/event {:.3}, rss/conn +{:.0} B",
+            connections,
+            tracked.0 / bare.0,
+            tracked.1 / bare.1,
+            (tracked.2 - bare.2) / n
+        );
+    }
+}

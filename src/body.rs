@@ -139,6 +139,11 @@ impl Tracking {
 
 impl Drop for Tracking {
     fn drop(&mut self) {
+        // Dropped while a frame waited for queue room (the client went away): the slot is
+        // already marked queued, so it must reach the worker now or it would never be written.
+        if self.reserve.take().is_some() {
+            self.shared.enqueue_or_park(self.slot.clone());
+        }
         // For idle eviction: the stream left the session.
         self.slot.touch();
     }
@@ -376,5 +381,7 @@ where
         return Poll::Pending;
     }
     metrics::counter!(m::HEARTBEATS).increment(1);
-    Poll::Ready(Some(Ok(Frame::data(D::from(Bytes::from_static(HEARTBEAT))))))
+    Poll::Ready(Some(Ok(Frame::data(D::from(Bytes::from_static(
+        HEARTBEAT,
+    ))))))
 }

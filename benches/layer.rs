@@ -1,0 +1,249 @@
+//! Cost of the layer per event: the same body of 10,000 small events (about 60 bytes each, one
+//! event per frame, as axum emits them) drained bare and through the layer's `TrackingBody`.
+//!
+//! Each iteration calls the service once through `oneshot` and drains the body with
+//! `BodyExt::frame`; the only difference between the two sides is the layer. Between
+//! iterations (outside the measured time) the worker is flushed, so every iteration pays for the
+//! one queue send of a session turning dirty, as a live stream does once per flush interval.
+//! A summary line gives ns/event for both, the difference, and the parser's share of it.
+//!
+//! Run with `cargo bench --bench layer`.
+
+use std::{
+    convert::Infallible,
+    future::{Ready, ready},
+    hint::black_box,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use futures_util::stream;
+use http::{Request, Response, header};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, StreamBody};
+use tokio::runtime::Runtime;
+use tower::{Layer, ServiceExt, service_fn};
+use tower_sse_tracking::{EventTrackingLayer, parser::SseParser, store::MemoryStore};
+
+const EVENTS: usize = 10_000;
+
+type Frames = StreamBody<stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
+
+/// One frame per event, about 60 bytes each.
+fn events() -> Vec<Bytes> {
+    (0..EVENTS)
+        .map(|i| {
+            Bytes::from(format!(
+                "id: {i:08}\nevent: tick\ndata: {{\"seq\":{i},\"msg\":\"hello\"}}\n\n"
+            ))
+        })
+        .collect()
+}
+
+fn body(events: &[Bytes]) -> Frames {
+    let frames: Vec<_> = events.iter().cloned().map(|e| Ok(Frame::data(e))).collect();
+    StreamBody::new(stream::iter(frames))
+}
+
+/// The body prepared for one iteration, handed out by the handler.
+fn handler(body: Frames) -> Arc<Mutex<Option<Frames>>> {
+    Arc::new(Mutex::new(Some(body)))
+}
+
+/// A handler (clonable, as the layer needs) that answers with the prepared body.
+fn service(
+    prepared: Arc<Mutex<Option<Frames>>>,
+) -> impl tower::Service<
+    Request<()>,
+    Response = Response<Frames>,
+    Error = Infallible,
+    Future = Ready<Result<Response<Frames>, Infallible>>,
+> + Clone
++ Send
++ 'static {
+    service_fn(move |_req: Request<()>| {
+        let body = prepared.lock().unwrap().take().expect("one call per body");
+        let res = Response::builder()
+            .header(header::CONTENT_TYPE, "text/event-stream")
+            .body(body)
+            .unwrap();
+        ready(Ok(res))
+    })
+}
+
+fn request() -> Request<()> {
+    Request::builder()
+        .header("mcp-session-id", "bench-session")
+        .body(())
+        .unwrap()
+}
+
+/// Drains a body frame by frame; returns the bytes seen.
+async fn drain<B>(body: B) -> usize
+where
+    B: Body<Data = Bytes, Error = Infallible>,
+{
+    let mut body = std::pin::pin!(body);
+    let mut n = 0;
+    while let Some(frame) = body.frame().await {
+        n += frame.unwrap().into_data().map_or(0, |d| black_box(d).len());
+    }
+    n
+}
+
+struct Setup {
+    rt: Runtime,
+    layer: EventTrackingLayer,
+    /// The same with heartbeats on (the idle timer is reset on every frame).
+    beating: EventTrackingLayer,
+    events: Vec<Bytes>,
+    total: usize,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (layer, beating) = rt.block_on(async {
+            let layer = EventTrackingLayer::builder()
+                .store(MemoryStore::new())
+                .build();
+            let beating = EventTrackingLayer::builder()
+                .store(MemoryStore::new())
+                .heartbeat(Duration::from_secs(15))
+                .build();
+            (layer, beating)
+        });
+        let events = events();
+        let total = events.iter().map(Bytes::len).sum();
+        Self {
+            rt,
+            layer,
+            beating,
+            events,
+            total,
+        }
+    }
+
+    /// Time to call the service and drain one body, bare.
+    fn bare(&self) -> Duration {
+        let prepared = handler(body(&self.events));
+        let start = Instant::now();
+        let n = self.rt.block_on(async {
+            let res = service(prepared).oneshot(request()).await.unwrap();
+            drain(res.into_body()).await
+        });
+        let elapsed = start.elapsed();
+        assert_eq!(n, self.total);
+        elapsed
+    }
+
+    /// Time to call the service and drain one body, through the layer.
+    fn tracked(&self) -> Duration {
+        self.through(&self.layer)
+    }
+
+    /// The same, with heartbeats on.
+    fn tracked_with_heartbeats(&self) -> Duration {
+        self.through(&self.beating)
+    }
+
+    fn through(&self, layer: &EventTrackingLayer) -> Duration {
+        let prepared = handler(body(&self.events));
+        let start = Instant::now();
+        let n = self.rt.block_on(async {
+            let res = layer
+                .layer(service(prepared))
+                .oneshot(request())
+                .await
+                .unwrap();
+            assert!(res.body().is_tracked());
+            drain(res.into_body()).await
+        });
+        let elapsed = start.elapsed();
+        assert_eq!(n, self.total);
+        // Outside the measured time: the worker writes the session, which turns clean again.
+        self.rt.block_on(layer.flush()).unwrap();
+        elapsed
+    }
+}
+
+impl Setup {
+    /// For comparison: the parser alone over the same frames (its share of the layer's cost).
+    fn parse_only(&self) -> Duration {
+        let start = Instant::now();
+        let mut parser = SseParser::new();
+        let mut ids = 0usize;
+        for frame in &self.events {
+            parser.feed(frame, |d| ids += usize::from(d.id_set()));
+        }
+        black_box(parser.last_event_id());
+        let elapsed = start.elapsed();
+        assert_eq!(ids, EVENTS);
+        elapsed
+    }
+}
+
+fn per_event(d: Duration) -> f64 {
+    d.as_nanos() as f64 / EVENTS as f64
+}
+
+fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+fn layer_overhead(c: &mut Criterion) {
+    let setup = Setup::new();
+    let mut group = c.benchmark_group("layer/10k-events-60B");
+    group.throughput(Throughput::Elements(EVENTS as u64));
+    group.sample_size(50);
+    group.measurement_time(Duration::from_secs(5));
+    group.bench_function("bare", |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| setup.bare()).sum())
+    });
+    group.bench_function("tracked", |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| setup.tracked()).sum())
+    });
+    group.bench_function("tracked+heartbeat", |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| setup.tracked_with_heartbeats()).sum())
+    });
+    group.bench_function("parser-only", |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| setup.parse_only()).sum())
+    });
+    group.finish();
+
+    // A summary from interleaved runs, so that both sides see the same machine state.
+    let (mut bare, mut tracked, mut beating, mut parse) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..200 {
+        bare.push(per_event(setup.bare()));
+        tracked.push(per_event(setup.tracked()));
+        beating.push(per_event(setup.tracked_with_heartbeats()));
+        parse.push(per_event(setup.parse_only()));
+    }
+    let (bare, tracked, beating, parse) = (
+        median(bare),
+        median(tracked),
+        median(beating),
+        median(parse),
+    );
+    println!(
+        "layer: bare {bare:.1} ns/event, tracked {tracked:.1} ns/event, added {:.1} ns/event, \
+         of which parsing {parse:.1} ns/event (median of 200 interleaved runs of {EVENTS} \
+         events of ~{} bytes, one per frame)",
+        tracked - bare,
+        setup.total / EVENTS,
+    );
+    println!(
+        "layer: with heartbeats on, tracked {beating:.1} ns/event, added {:.1} ns/event",
+        beating - bare
+    );
+}
+
+criterion_group!(benches, layer_overhead);
+criterion_main!(benches);

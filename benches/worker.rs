@@ -6,8 +6,9 @@
 //! `HashMap` lookup by `SessionId`, which also refreshes the session's last-seen time), then the
 //! slot update (its mutex, the ID's fingerprint, a scan of the 64-entry duplicate window, the ID
 //! copied into the slot's buffer). Streams behind the layer pay only the slot update per event:
-//! they look the session up once per request. The slot-level `Slot::record` is `pub(crate)` and
-//! not reachable from here; `dirty/no_id` and `dirty/new_id_no_dedup` isolate parts of it.
+//! they look the session up once per request; `session/*` measures that path, through a
+//! `TrackedSession` (the slot update alone). `dirty/no_id` and `dirty/new_id_no_dedup` isolate
+//! parts of it.
 //!
 //! Run with `cargo bench --bench worker`. The events-per-write figures are printed first.
 
@@ -94,6 +95,16 @@ fn record(c: &mut Criterion) {
             worker.record(black_box(&hot), Some(black_box(&ids[i])))
         })
     });
+    // The same through a `TrackedSession`: the slot update alone, which is what a stream behind
+    // the layer pays per event (it looks the session up once per request).
+    let tracked = worker.session(&hot).unwrap();
+    group.bench_function("session/dirty/new_id", |b| {
+        b.iter(|| {
+            i = (i + 1) & 1023;
+            tracked.record(Some(black_box(&ids[i])))
+        })
+    });
+    group.bench_function("session/dirty/no_id", |b| b.iter(|| tracked.record(None)));
     group.bench_function("dirty/no_id", |b| {
         b.iter(|| worker.record(black_box(&hot), None))
     });

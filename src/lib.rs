@@ -70,7 +70,7 @@ pub use self::{
     session::{DEFAULT_MAX_SESSION_KEY_LEN, InvalidSessionId, SessionId},
     tracker::DEFAULT_DEDUP_WINDOW,
     worker::{
-        FlushReport, PersistenceWorker, ShutdownReport, WorkerConfig, WorkerFuture, WorkerGone,
-        WorkerHandle,
+        FlushReport, PersistenceWorker, ShutdownReport, TrackedSession, WorkerConfig, WorkerFuture,
+        WorkerGone, WorkerHandle,
     },
 };

@@ -191,6 +191,11 @@ impl Slot {
         dirty
     }
 
+    /// Takes the slot back from the worker without a write (the worker is gone).
+    pub(crate) fn release(&self) {
+        self.lock().queued = false;
+    }
+
     /// Whether the slot has events not yet written.
     pub(crate) fn is_dirty(&self) -> bool {
         let st = self.lock();

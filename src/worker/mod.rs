@@ -41,7 +41,7 @@ use tokio::{
     time::Instant,
 };
 
-use crate::{SessionId, store::SessionStore};
+use crate::{SessionId, store::SessionStore, tracker::Slot};
 
 pub(crate) enum Control {
     Flush(oneshot::Sender<FlushReport>),
@@ -125,6 +125,30 @@ impl WorkerHandle {
         self.shared.record(session, id).is_some()
     }
 
+    /// The session's handle for recording many events without looking it up each time (the
+    /// path streams behind the layer take). `None` if the registry is full.
+    ///
+    /// ```
+    /// use tower_sse_tracking::{PersistenceWorker, SessionId, WorkerConfig, store::MemoryStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let worker = PersistenceWorker::spawn(MemoryStore::new(), WorkerConfig::default());
+    /// let session = worker.session(&SessionId::new("ws-42").unwrap()).unwrap();
+    /// for id in ["1", "2", "3"] {
+    ///     session.record(Some(id));
+    /// }
+    /// assert_eq!(session.last_event_id().as_deref(), Some("3"));
+    /// # }
+    /// ```
+    pub fn session(&self, session: &SessionId) -> Option<TrackedSession> {
+        let slot = self.shared.registry.get_or_insert(session)?;
+        Some(TrackedSession {
+            slot,
+            shared: self.shared.clone(),
+        })
+    }
+
     /// The session's newest last event ID known in memory: `None` if this process recorded no
     /// `id` for it, `Some("")` if the stream cleared it.
     pub fn last_event_id(&self, session: &SessionId) -> Option<String> {
@@ -178,6 +202,48 @@ impl WorkerHandle {
             .await
             .map_err(|_| WorkerGone(()))?;
         rx.await.map_err(|_| WorkerGone(()))
+    }
+}
+
+/// One tracked session, for recording its events directly (for example from a WebSocket or a
+/// custom transport). Holding it keeps the session in memory.
+#[derive(Clone)]
+pub struct TrackedSession {
+    slot: Arc<Slot>,
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for TrackedSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("TrackedSession")
+            .field(self.slot.session())
+            .finish()
+    }
+}
+
+impl TrackedSession {
+    /// Records one event: `id` is its `id` field if it had one (`Some("")` clears). Updates the
+    /// session's slot in place; queues the session for the worker only when it turns dirty
+    /// (parking it if the queue is full). Never waits. Returns `true` if the ID is a duplicate
+    /// of a recent one (counted, not persisted again).
+    pub fn record(&self, id: Option<&str>) -> bool {
+        self.shared.record_in(&self.slot, id)
+    }
+
+    /// The session key.
+    pub fn id(&self) -> &SessionId {
+        self.slot.session()
+    }
+
+    /// The newest last event ID recorded in this process (`Some("")`: cleared).
+    pub fn last_event_id(&self) -> Option<String> {
+        self.slot.last_event_id()
+    }
+}
+
+impl Drop for TrackedSession {
+    fn drop(&mut self) {
+        self.slot.touch();
     }
 }
 

@@ -98,16 +98,8 @@ impl Worker {
                         return;
                     }
                 },
-                n = self.rx.recv_many(&mut buf, config.recv_batch) => {
-                    if n == 0 {
-                        self.orphaned().await;
-                        return;
-                    }
-                    self.pending.extend(buf.drain(..).map(|slot| (slot, 0)));
-                    if self.pending.len() >= config.max_batch {
-                        self.flush(Mode::Tick, None).await;
-                    }
-                }
+                // The tick comes before the queue: under sustained enqueueing it must not starve
+                // (parked sessions and due retries are collected on ticks).
                 _ = interval.tick() => {
                     // The worker's own `Shared` holds a queue sender, so `recv_many` never sees
                     // the queue close: the last handle, layer or stream gone is noticed here.
@@ -123,6 +115,16 @@ impl Worker {
                         self.shared.registry.sweep();
                     }
                     self.gauges();
+                }
+                n = self.rx.recv_many(&mut buf, config.recv_batch) => {
+                    if n == 0 {
+                        self.orphaned().await;
+                        return;
+                    }
+                    self.pending.extend(buf.drain(..).map(|slot| (slot, 0)));
+                    if self.pending.len() >= config.max_batch {
+                        self.flush(Mode::Tick, None).await;
+                    }
                 }
             }
         }

@@ -83,8 +83,10 @@ impl Shared {
         match self.queue.try_send(slot) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(slot)) => Err(TryEnqueueError::Full(slot)),
-            Err(mpsc::error::TrySendError::Closed(_)) => {
+            Err(mpsc::error::TrySendError::Closed(slot)) => {
                 metrics::counter!(m::DROPPED_AFTER_SHUTDOWN).increment(1);
+                // Nobody will write it: let the registry forget it once idle.
+                slot.release();
                 Err(TryEnqueueError::Closed)
             }
         }
@@ -95,6 +97,7 @@ impl Shared {
     pub(crate) fn park(&self, slot: Arc<Slot>) {
         if self.is_closed() {
             metrics::counter!(m::DROPPED_AFTER_SHUTDOWN).increment(1);
+            slot.release();
             return;
         }
         metrics::counter!(m::OVERFLOW_PARKED).increment(1);
@@ -119,13 +122,18 @@ impl Shared {
     /// turned dirty. Returns `None` if the session cannot be tracked (registry full).
     pub(crate) fn record(&self, session: &SessionId, id: Option<&str>) -> Option<bool> {
         let slot = self.registry.get_or_insert(session)?;
+        Some(self.record_in(&slot, id))
+    }
+
+    /// Records one event in a slot already looked up; returns whether it was a duplicate.
+    pub(crate) fn record_in(&self, slot: &Arc<Slot>, id: Option<&str>) -> bool {
         let recorded = slot.record(id.map(|id| (id, self.hasher.hash(id))));
         if recorded.duplicate {
             metrics::counter!(m::DUPLICATE_EVENTS).increment(1);
         }
         if recorded.enqueue {
-            self.enqueue_or_park(slot);
+            self.enqueue_or_park(slot.clone());
         }
-        Some(recorded.duplicate)
+        recorded.duplicate
     }
 }

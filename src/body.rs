@@ -333,6 +333,7 @@ fn poll_backpressure(
     match reserve.as_mut().poll(cx) {
         Poll::Ready(Ok(permit)) => {
             permit.send(tracking.slot.clone());
+            tracking.shared.wake_if_filling();
         }
         Poll::Ready(Err(_closed)) => {
             metrics::counter!(m::DROPPED_AFTER_SHUTDOWN).increment(1);

@@ -98,16 +98,15 @@ impl Worker {
                         return;
                     }
                 },
-                // The tick comes before the queue: under sustained enqueueing it must not starve
-                // (parked sessions and due retries are collected on ticks).
                 _ = interval.tick() => {
-                    // The worker's own `Shared` holds a queue sender, so `recv_many` never sees
-                    // the queue close: the last handle, layer or stream gone is noticed here.
+                    // The worker's own `Shared` holds a queue sender, so the queue never closes:
+                    // the last handle, layer or stream gone is noticed here.
                     if Arc::strong_count(&self.shared) == 1 {
                         self.orphaned().await;
                         return;
                     }
                     self.ticks += 1;
+                    self.drain_queue(&mut buf).await;
                     self.collect_overflow();
                     self.collect_due_retries(Instant::now());
                     self.flush(Mode::Tick, None).await;
@@ -116,12 +115,11 @@ impl Worker {
                     }
                     self.gauges();
                 }
-                n = self.rx.recv_many(&mut buf, config.recv_batch) => {
-                    if n == 0 {
-                        self.orphaned().await;
-                        return;
-                    }
-                    self.pending.extend(buf.drain(..).map(|slot| (slot, 0)));
+                // Senders wake the worker only when the queue is half full: between ticks there
+                // is nothing to do with a queued session (writes happen on ticks or once
+                // `max_batch` sessions wait), so a wake-up per enqueue would be wasted work.
+                () = self.shared.wake.notified() => {
+                    self.drain_queue(&mut buf).await;
                     if self.pending.len() >= config.max_batch {
                         self.flush(Mode::Tick, None).await;
                     }
@@ -162,17 +160,21 @@ impl Worker {
         }
     }
 
-    /// Takes everything already queued, without waiting.
-    fn drain_queue(&mut self) {
-        while let Ok(slot) = self.rx.try_recv() {
-            self.pending.push((slot, 0));
+    /// Takes everything already queued, in `recv_many` batches, without waiting for more.
+    async fn drain_queue(&mut self, buf: &mut Vec<Arc<Slot>>) {
+        while !self.rx.is_empty() {
+            // Returns at once: messages are available.
+            if self.rx.recv_many(buf, self.shared.config.recv_batch).await == 0 {
+                break;
+            }
+            self.pending.extend(buf.drain(..).map(|slot| (slot, 0)));
         }
-        self.collect_overflow();
     }
 
     /// An explicit flush: everything queued, parked or retrying is tried now, once.
     async fn flush_now(&mut self) -> FlushReport {
-        self.drain_queue();
+        self.drain_queue(&mut Vec::new()).await;
+        self.collect_overflow();
         while let Some(retry) = self.retries.pop() {
             self.pending.push((retry.slot, retry.attempts));
         }

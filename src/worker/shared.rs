@@ -6,7 +6,7 @@ use std::sync::{
     atomic::{AtomicBool, Ordering},
 };
 
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use super::{Control, WorkerConfig};
 use crate::{
@@ -35,6 +35,10 @@ pub(crate) struct Shared {
     /// Bounded by the number of sessions: a slot is here at most once.
     overflow: Mutex<Vec<Arc<Slot>>>,
     closed: AtomicBool,
+    /// Wakes the worker early, when the queue is half full.
+    pub(crate) wake: Notify,
+    /// Free queue capacity at or below which an enqueue wakes the worker.
+    wake_below: usize,
 }
 
 impl std::fmt::Debug for Shared {
@@ -53,6 +57,10 @@ impl Shared {
         queue: mpsc::Sender<Arc<Slot>>,
         control: mpsc::Sender<Control>,
     ) -> Self {
+        // Wake once half the queue (or `max_batch` sessions, if fewer) is taken.
+        let wake_below = config
+            .queue_capacity
+            .saturating_sub(config.max_batch.min(config.queue_capacity / 2).max(1));
         let registry = Registry::new(RegistryLimits {
             max_sessions: config.max_sessions,
             idle_ttl: config.idle_ttl,
@@ -67,6 +75,8 @@ impl Shared {
             control,
             overflow: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
+            wake: Notify::new(),
+            wake_below,
         }
     }
 
@@ -81,7 +91,10 @@ impl Shared {
     /// Queues a slot that just turned dirty, without waiting.
     pub(crate) fn try_enqueue(&self, slot: Arc<Slot>) -> Result<(), TryEnqueueError> {
         match self.queue.try_send(slot) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.wake_if_filling();
+                Ok(())
+            }
             Err(mpsc::error::TrySendError::Full(slot)) => Err(TryEnqueueError::Full(slot)),
             Err(mpsc::error::TrySendError::Closed(slot)) => {
                 metrics::counter!(m::DROPPED_AFTER_SHUTDOWN).increment(1);
@@ -89,6 +102,13 @@ impl Shared {
                 slot.release();
                 Err(TryEnqueueError::Closed)
             }
+        }
+    }
+
+    /// Wakes the worker if the queue is filling up (called after every successful send).
+    pub(crate) fn wake_if_filling(&self) {
+        if self.queue.capacity() <= self.wake_below {
+            self.wake.notify_one();
         }
     }
 

@@ -185,20 +185,32 @@ mod tests {
         ] {
             assert!(is_event_stream(yes), "{yes:?}");
         }
-        for no in [&b"text/plain"[..], b"text/event-streams", b"", b"application/json"] {
+        for no in [
+            &b"text/plain"[..],
+            b"text/event-streams",
+            b"",
+            b"application/json",
+        ] {
             assert!(!is_event_stream(no), "{no:?}");
         }
     }
 
     #[test]
     fn encoded_or_failed_responses_are_not_tracked() {
-        let sse = || {
-            Response::builder()
-                .header(header::CONTENT_TYPE, "text/event-stream")
-        };
+        let sse = || Response::builder().header(header::CONTENT_TYPE, "text/event-stream");
         assert!(is_trackable(&sse().body(()).unwrap()));
-        assert!(is_trackable(&sse().header(header::CONTENT_ENCODING, "identity").body(()).unwrap()));
-        assert!(!is_trackable(&sse().header(header::CONTENT_ENCODING, "gzip").body(()).unwrap()));
+        assert!(is_trackable(
+            &sse()
+                .header(header::CONTENT_ENCODING, "identity")
+                .body(())
+                .unwrap()
+        ));
+        assert!(!is_trackable(
+            &sse()
+                .header(header::CONTENT_ENCODING, "gzip")
+                .body(())
+                .unwrap()
+        ));
         assert!(!is_trackable(&sse().status(500).body(()).unwrap()));
         assert!(!is_trackable(&Response::new(())));
     }

@@ -336,9 +336,7 @@ impl EventTrackingLayerBuilder {
     /// Builds the layer and returns the worker future instead of spawning it, for other
     /// executors and for tests. Nothing is persisted until the future runs.
     pub fn build_with_worker(self) -> (EventTrackingLayer, WorkerFuture) {
-        let store = self
-            .store
-            .unwrap_or_else(|| Arc::new(MemoryStore::new()));
+        let store = self.store.unwrap_or_else(|| Arc::new(MemoryStore::new()));
         let (worker, future) = PersistenceWorker::pair(store, self.worker);
         let config = Config {
             worker,

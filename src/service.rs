@@ -10,7 +10,7 @@ use http_body::Body;
 use tower_service::Service;
 
 use crate::{
-    future::{RequestInfo, Resume, ResponseFuture},
+    future::{RequestInfo, ResponseFuture, Resume},
     layer::{Config, SessionKey},
     metrics as m,
 };
@@ -70,7 +70,9 @@ where
         let (mut req, key) = self.config.session_from_request(req);
         let (session, session_from_response) = match key {
             SessionKey::Valid(session) => (Some(session), false),
-            SessionKey::Absent { response_may_name_it } => (None, response_may_name_it),
+            SessionKey::Absent {
+                response_may_name_it,
+            } => (None, response_may_name_it),
             SessionKey::Invalid(error) => {
                 // Untrusted input: such requests pass through untracked.
                 metrics::counter!(m::UNTRACKED, "reason" => "invalid_key").increment(1);

@@ -227,9 +227,13 @@ pub(crate) struct Snapshot {
 /// The fingerprints of the last `N` distinct event IDs of a session, in a ring.
 ///
 /// Fingerprints are 64-bit keyed hashes ([`foldhash`] with a per-process random seed): a false
-/// duplicate needs a collision among at most `N` values, about `N / 2^64` per event.
+/// duplicate needs a collision among at most `N` values, about `N / 2^64` per event. Beside the
+/// ring, one tag byte per entry (the hash's top byte) is scanned first with `memchr`: a lookup
+/// reads one cache line of tags, and a full fingerprint only where a tag matches (a quarter of
+/// the time for an absent ID in a full window of 64), instead of all eight lines of the ring.
 struct DedupWindow {
     ring: Box<[u64]>,
+    tags: Box<[u8]>,
     len: usize,
     next: usize,
 }
@@ -238,15 +242,18 @@ impl DedupWindow {
     fn new(capacity: usize) -> Self {
         Self {
             ring: vec![0; capacity].into_boxed_slice(),
+            tags: vec![0; capacity].into_boxed_slice(),
             len: 0,
             next: 0,
         }
     }
 
+    fn tag(hash: u64) -> u8 {
+        (hash >> 56) as u8
+    }
+
     fn contains(&self, hash: u64) -> bool {
-        // A linear scan of at most N words: branch-free and vectorised, faster than a hash set
-        // for the window sizes that make sense.
-        self.ring[..self.len].contains(&hash)
+        memchr::memchr_iter(Self::tag(hash), &self.tags[..self.len]).any(|i| self.ring[i] == hash)
     }
 
     fn insert(&mut self, hash: u64) {
@@ -254,6 +261,7 @@ impl DedupWindow {
             return;
         }
         self.ring[self.next] = hash;
+        self.tags[self.next] = Self::tag(hash);
         self.next = (self.next + 1) % self.ring.len();
         self.len = (self.len + 1).min(self.ring.len());
     }
@@ -445,6 +453,21 @@ mod tests {
         // Window of 4: "1" and "2" fell out.
         assert!(!rec(&s, &h, "1").duplicate);
         assert!(rec(&s, &h, "6").duplicate);
+    }
+
+    #[test]
+    fn window_checks_full_fingerprints_behind_equal_tags() {
+        let mut w = DedupWindow::new(4);
+        // Same top byte, different fingerprints.
+        let (a, b) = (0xAB00_0000_0000_0001, 0xAB00_0000_0000_0002);
+        w.insert(a);
+        assert!(w.contains(a));
+        assert!(!w.contains(b), "a tag match alone is not a duplicate");
+        for h in [b, 3, 4, 5] {
+            w.insert(h);
+        }
+        assert!(!w.contains(a), "evicted after 4 newer entries");
+        assert!(w.contains(b) && w.contains(5));
     }
 
     #[test]

@@ -36,7 +36,9 @@ struct Inner {
 
 #[derive(Default)]
 struct State {
-    map: HashMap<SessionId, SessionRecord>,
+    /// Keyed by foldhash (randomly seeded per process): keys are client input, so the hasher
+    /// must resist crafted collisions, and SipHash would dominate the cost of a write.
+    map: HashMap<SessionId, SessionRecord, foldhash::fast::RandomState>,
     evictions: u64,
 }
 

@@ -236,12 +236,20 @@ impl Inner {
                 let existing = table
                     .get(update.session.as_str())
                     .map_err(transient)?
-                    .map(|v| decode(v.value()))
-                    .transpose()?;
+                    .map(|v| decode(v.value()));
                 let record = match existing {
-                    Some(mut record) if !self.expired(&record, now) => {
+                    Some(Ok(mut record)) if !self.expired(&record, now) => {
                         record.apply(update);
                         record
+                    }
+                    // An unreadable record is replaced, as the cleanup would delete it: failing
+                    // would fail every batch this session is part of, for good.
+                    Some(Err(_)) => {
+                        tracing::warn!(
+                            session = update.session.as_str(),
+                            "undecodable session record in redb file: replaced"
+                        );
+                        SessionRecord::from(update)
                     }
                     _ => SessionRecord::from(update),
                 };

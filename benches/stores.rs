@@ -1,0 +1,216 @@
+//! Store write latency: one `save_batch` of 1, 100 and 1000 updates, beside a naive loop that
+//! writes the same updates one `save_batch(&[update])` call at a time, on the same store in the
+//! same run. Every iteration carries a newer version, so every update really replaces the ID.
+//!
+//! - `memory`: the in-process map (one lock per call).
+//! - `redb` (feature `redb`): a file in a temporary directory; one write transaction and one
+//!   `fsync` per call.
+//! - `redis` (feature `redis`): a `redis-server` this bench starts on a free loopback port (from
+//!   `PATH`, as the tests do); one round trip per call.
+//!
+//! Run with `cargo bench --bench stores --all-features`. After the criterion output, a table
+//! gives the time per update of both ways and the ratio naive / batched.
+
+use std::{
+    cell::Cell,
+    path::PathBuf,
+    time::{Duration, SystemTime},
+};
+
+use criterion::{BatchSize, BenchmarkId, Criterion, SamplingMode, Throughput};
+use tokio::runtime::Runtime;
+use tower_sse_tracking::{
+    SessionId,
+    store::{LastEventId, MemoryStore, SessionStore, SessionUpdate},
+};
+
+#[cfg(feature = "redis")]
+#[path = "../tests/support/redis.rs"]
+mod redis_server;
+
+const SIZES: [usize; 3] = [1, 100, 1000];
+
+/// Criterion group names, one per store compiled in.
+fn groups() -> Vec<&'static str> {
+    let mut groups = vec!["stores-memory"];
+    if cfg!(feature = "redb") {
+        groups.push("stores-redb");
+    }
+    if cfg!(feature = "redis") {
+        groups.push("stores-redis");
+    }
+    groups
+}
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// `n` updates of sessions `bench-0..n`, all with the next version (so each one is applied).
+fn updates(sessions: &[SessionId], version: &Cell<u64>) -> Vec<SessionUpdate> {
+    let v = version.get() + 1;
+    version.set(v);
+    let now = SystemTime::now();
+    let id = LastEventId::from(format!("event-{v}").as_str());
+    sessions
+        .iter()
+        .map(|session| SessionUpdate {
+            session: session.clone(),
+            last_event_id: id.clone(),
+            version: v,
+            last_activity: now,
+        })
+        .collect()
+}
+
+/// Benchmarks `batched/n` and `naive/n` for every size on `store`.
+fn bench_store<S: SessionStore>(
+    c: &mut Criterion,
+    group: &str,
+    store: &S,
+    rt: &Runtime,
+    slow: bool,
+) {
+    let mut group = c.benchmark_group(group);
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    if slow {
+        // Each call syncs to disk or crosses the network: the same few iterations per sample,
+        // and room for ten samples of the slowest case (1000 fsyncs, about 0.3 s).
+        group
+            .sampling_mode(SamplingMode::Flat)
+            .measurement_time(Duration::from_secs(3));
+    }
+    let version = Cell::new(0);
+    for n in SIZES {
+        let sessions: Vec<_> = (0..n)
+            .map(|i| SessionId::new(&format!("bench-{i}")).unwrap())
+            .collect();
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_function(BenchmarkId::new("batched", n), |b| {
+            b.iter_batched(
+                || updates(&sessions, &version),
+                |batch| rt.block_on(store.save_batch(&batch)).unwrap(),
+                BatchSize::SmallInput,
+            );
+        });
+        group.bench_function(BenchmarkId::new("naive", n), |b| {
+            b.iter_batched(
+                || updates(&sessions, &version),
+                |batch| {
+                    rt.block_on(async {
+                        for update in &batch {
+                            store
+                                .save_batch(std::slice::from_ref(update))
+                                .await
+                                .unwrap();
+                        }
+                    });
+                },
+                BatchSize::SmallInput,
+            );
+        });
+    }
+    group.finish();
+}
+
+fn memory(c: &mut Criterion) {
+    let rt = runtime();
+    bench_store(c, "stores-memory", &MemoryStore::new(), &rt, false);
+}
+
+#[cfg(feature = "redb")]
+fn redb(c: &mut Criterion) {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let store = tower_sse_tracking::store::RedbStore::open(dir.path().join("bench.redb")).unwrap();
+    bench_store(c, "stores-redb", &store, &rt, true);
+}
+
+#[cfg(feature = "redis")]
+fn redis(c: &mut Criterion) {
+    let rt = runtime();
+    let server = redis_server::RedisServer::start();
+    let store = rt
+        .block_on(
+            tower_sse_tracking::store::RedisStore::builder()
+                .prefix("bench:")
+                .connect(&server.url()),
+        )
+        .unwrap();
+    bench_store(c, "stores-redis", &store, &rt, true);
+}
+
+/// Where criterion keeps its results.
+fn criterion_dir() -> PathBuf {
+    if let Some(home) = std::env::var_os("CRITERION_HOME") {
+        return home.into();
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR").unwrap_or_else(|| "target".into());
+    PathBuf::from(target).join("criterion")
+}
+
+/// The mean time of one iteration, in nanoseconds, from criterion's `estimates.json`.
+fn mean_ns(group: &str, function: &str, n: usize) -> Option<f64> {
+    let path = criterion_dir()
+        .join(group)
+        .join(function)
+        .join(n.to_string())
+        .join("new/estimates.json");
+    let json = std::fs::read_to_string(path).ok()?;
+    let mean = &json[json.find("\"mean\"")?..];
+    let value = &mean[mean.find("\"point_estimate\":")? + "\"point_estimate\":".len()..];
+    let end = value.find([',', '}'])?;
+    value[..end].trim().parse().ok()
+}
+
+fn human(ns: f64) -> String {
+    match ns {
+        ns if ns >= 1e6 => format!("{:.2} ms", ns / 1e6),
+        ns if ns >= 1e3 => format!("{:.2} µs", ns / 1e3),
+        ns => format!("{ns:.0} ns"),
+    }
+}
+
+/// Per-update latency of both ways and their ratio, from the results just measured.
+fn summary() {
+    println!();
+    println!(
+        "{:<14} {:>5} {:>16} {:>16} {:>14}",
+        "store", "batch", "batched/update", "naive/update", "naive/batched"
+    );
+    for group in groups() {
+        for n in SIZES {
+            let (Some(batched), Some(naive)) =
+                (mean_ns(group, "batched", n), mean_ns(group, "naive", n))
+            else {
+                continue;
+            };
+            let per = n as f64;
+            println!(
+                "{:<14} {:>5} {:>16} {:>16} {:>13.1}x",
+                group.trim_start_matches("stores-"),
+                n,
+                human(batched / per),
+                human(naive / per),
+                naive / batched
+            );
+        }
+    }
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    memory(&mut c);
+    #[cfg(feature = "redb")]
+    redb(&mut c);
+    #[cfg(feature = "redis")]
+    redis(&mut c);
+    c.final_summary();
+    summary();
+}

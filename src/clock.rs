@@ -1,47 +1,37 @@
-//! Versions for last event IDs: strictly increasing within the process, and following wall-clock
-//! time (nanoseconds since the Unix epoch) across restarts and replicas.
+//! Versions for last event IDs: the wall-clock time (nanoseconds since the Unix epoch) at which
+//! the ID was recorded, made strictly increasing per session.
+//!
+//! Stamping at record time, not when the worker writes, is what lets the newer write win across
+//! replicas: a replica that writes late (a slow flush, an open circuit breaker) still carries the
+//! time its events happened, so it cannot roll back an ID another replica recorded later.
 
-use std::{
-    sync::atomic::{AtomicU64, Ordering},
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-static LAST: AtomicU64 = AtomicU64::new(0);
-
-/// The next version: the current time in nanoseconds since the Unix epoch, or one more than the
-/// previous version if the clock has not moved (or moved back).
-pub(crate) fn next_version(now: SystemTime) -> u64 {
-    let wall = now
+/// Nanoseconds since the Unix epoch now.
+fn wall_nanos() -> u64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-    let mut prev = LAST.load(Ordering::Relaxed);
-    loop {
-        let next = wall.max(prev.saturating_add(1));
-        match LAST.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
-            Ok(_) => return next,
-            Err(actual) => prev = actual,
-        }
-    }
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// The version of an ID recorded now, after one of version `prev`: the current time, or one more
+/// than `prev` if the clock has not moved past it (or went back).
+pub(crate) fn stamp(prev: u64) -> u64 {
+    wall_nanos().max(prev.saturating_add(1))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
-    fn versions_strictly_increase_even_if_the_clock_goes_back() {
-        let now = SystemTime::now();
-        let a = next_version(now);
-        let b = next_version(now);
-        let c = next_version(now - Duration::from_secs(3600));
-        assert!(a < b && b < c);
-        let d = next_version(now + Duration::from_secs(10));
-        assert!(
-            d >= (now + Duration::from_secs(10))
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        );
+    fn stamps_follow_the_clock_and_strictly_increase() {
+        let before = wall_nanos();
+        let a = stamp(0);
+        assert!(a >= before);
+        let far_future = u64::MAX - 10;
+        assert_eq!(stamp(far_future), far_future + 1, "clock behind: prev + 1");
+        assert_eq!(stamp(u64::MAX), u64::MAX, "saturates");
+        assert!(stamp(a) > a);
     }
 }

@@ -48,14 +48,11 @@ struct SlotState {
     id_known: bool,
     /// Events recorded so far.
     seq: u64,
-    /// `seq` at the latest change of `id`.
-    id_seq: u64,
-    /// `seq` and `id_seq` covered by the latest snapshot handed to the worker.
+    /// `seq` covered by the latest snapshot handed to the worker.
     snap_seq: u64,
-    snap_id_seq: u64,
     /// `seq` covered by the latest successful write.
     persisted_seq: u64,
-    /// The version given to `id` at the snapshot that first carried it.
+    /// The version of `id`: when it was recorded (see `clock`).
     version: u64,
     /// The activity time given at the latest snapshot that carried new events.
     activity: SystemTime,
@@ -87,9 +84,7 @@ impl Slot {
                 id: String::new(),
                 id_known: false,
                 seq: 0,
-                id_seq: 0,
                 snap_seq: 0,
-                snap_id_seq: 0,
                 persisted_seq: 0,
                 version: 0,
                 activity: SystemTime::UNIX_EPOCH,
@@ -122,7 +117,7 @@ impl Slot {
                 if !st.id_known || !st.id.is_empty() {
                     st.id.clear();
                     st.id_known = true;
-                    st.id_seq = st.seq;
+                    st.version = clock::stamp(st.version);
                 }
                 st.dedup.clear();
             } else if st.dedup.contains(hash) {
@@ -133,7 +128,9 @@ impl Slot {
                     st.id.clear();
                     st.id.push_str(id);
                     st.id_known = true;
-                    st.id_seq = st.seq;
+                    // One clock read per new ID (a vDSO call): the version is the time the ID
+                    // was recorded, see `clock`.
+                    st.version = clock::stamp(st.version);
                 }
             }
         }
@@ -150,17 +147,13 @@ impl Slot {
     }
 
     /// Takes the slot's newest state for a write, or `None` if everything is written already.
-    /// A new version is given only when the ID changed since the previous snapshot, and the
-    /// activity time moves only when events were recorded since. Before any `id` was recorded
+    /// The version is the one stamped when the newest ID was recorded; the activity time moves
+    /// only when events were recorded since the previous snapshot. Before any `id` was recorded
     /// the version is 0: the write records activity and never replaces a stored ID.
     pub(crate) fn snapshot(&self, now: SystemTime) -> Option<Snapshot> {
         let mut st = self.lock();
         if st.seq == st.persisted_seq {
             return None;
-        }
-        if st.id_seq > st.snap_id_seq {
-            st.version = clock::next_version(now);
-            st.snap_id_seq = st.id_seq;
         }
         if st.seq > st.snap_seq {
             st.activity = now;

@@ -503,14 +503,11 @@ async fn a_replicas_late_write_does_not_roll_back_a_newer_one() {
     assert_eq!(stored.version, b_sent.version);
 }
 
-/// Known issue, kept as a reproduction: a session's version is taken when the worker snapshots
-/// its slot, not when the event is recorded. A replica that cannot write (breaker open) takes no
-/// snapshot, so the ID its client read *before* moving to another replica gets a version from
-/// the moment the store is reachable again, newer than the other replica's genuinely newer ID,
-/// and rolls the session back.
+/// A replica that cannot write (breaker open) writes late the ID its client read *before*
+/// moving to another replica. Versions are stamped when an ID is recorded, not when the worker
+/// writes it, so that late write is older than the other replica's newer ID and cannot roll the
+/// session back. (With versions taken at write time, this test failed.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known issue: versions are assigned at snapshot time, so a replica whose writes were \
-            deferred by its circuit breaker rolls back a newer ID written by another replica"]
 async fn a_replica_cut_off_from_redis_does_not_roll_back_a_newer_id() {
     let server = RedisServer::start();
     let prefix = "replicas:cut-off:";

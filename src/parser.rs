@@ -287,10 +287,10 @@ impl SseParser {
                 self.bom_matched = Some(matched as u8);
                 return;
             } else {
-                // Not a byte order mark: the bytes held back are ordinary stream bytes.
+                // Not a byte order mark: the matched bytes (held back from earlier chunks or
+                // taken from this one) are ordinary stream bytes.
                 self.bom_matched = None;
-                let held = matched - taken;
-                self.parse(&BOM[..held], &mut on_dispatch);
+                self.parse(&BOM[..matched], &mut on_dispatch);
                 chunk = &chunk[taken..];
             }
         }
@@ -839,7 +839,14 @@ mod tests {
     fn endless_line_uses_bounded_memory() {
         let mut p = SseParser::new();
         let mb = vec![b'x'; 1 << 20];
-        for prefix in [&b"data: "[..], b"id: ", b"event: ", b"retry: ", b"whatever: ", b"xx"] {
+        for prefix in [
+            &b"data: "[..],
+            b"id: ",
+            b"event: ",
+            b"retry: ",
+            b"whatever: ",
+            b"xx",
+        ] {
             p.feed(prefix, |_| panic!("no dispatch"));
             for _ in 0..64 {
                 p.feed(&mb, |_| panic!("no dispatch"));

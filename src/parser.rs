@@ -77,17 +77,34 @@ enum Field {
 /// valid UTF-8 (it is then decoded with U+FFFD replacement characters, never rejected).
 #[derive(Clone)]
 pub struct SseParser {
+    // Per-line and per-block state first: what every line touches.
     state: State,
+    /// The previous chunk ended with a CR: an LF starting the next chunk belongs to it.
+    after_cr: bool,
+    /// The current block had a `data` field.
+    has_data: bool,
+    /// An `id` field took effect in the current block.
+    id_in_block: bool,
+    /// `pending_id` holds the last event ID buffer, not yet committed.
+    commit_pending: bool,
     /// Bytes of the byte order mark matched so far at the start of the stream, or `None` once the
     /// start of the stream has been decided.
     bom_matched: Option<u8>,
-    /// The previous chunk ended with a CR: an LF starting the next chunk belongs to it.
-    after_cr: bool,
+    /// The reconnection time in milliseconds, once a valid `retry` field was seen.
+    retry: Option<u64>,
 
+    /// The last event ID string, committed at each blank line.
+    last_event_id: String,
+    /// The last event ID buffer when it differs from `last_event_id` (see `commit_pending`).
+    /// Committing swaps the two strings: no copy.
+    pending_id: String,
+    /// The event type buffer of the current block.
+    event_type: String,
+
+    // Lines split across chunks.
     name: [u8; MAX_NAME_LEN],
     /// Length of the field name so far; more than `MAX_NAME_LEN` means "too long to matter".
     name_len: usize,
-
     /// The current `id` or `event` value, up to its cap.
     value: Vec<u8>,
     /// The current value went over its cap.
@@ -96,20 +113,6 @@ pub struct SseParser {
     retry_acc: u64,
     retry_digits: bool,
     retry_empty: bool,
-
-    /// The last event ID buffer: persists across blocks.
-    id_buffer: String,
-    /// An `id` field took effect in the current block.
-    id_in_block: bool,
-    /// The event type buffer of the current block.
-    event_type: String,
-    /// The current block had a `data` field.
-    has_data: bool,
-
-    /// The last event ID string, committed at each blank line.
-    last_event_id: String,
-    /// The reconnection time in milliseconds, once a valid `retry` field was seen.
-    retry: Option<u64>,
 
     max_id_len: usize,
     max_event_type_len: usize,
@@ -121,8 +124,15 @@ impl Default for SseParser {
     fn default() -> Self {
         Self {
             state: State::LineStart,
-            bom_matched: Some(0),
             after_cr: false,
+            has_data: false,
+            id_in_block: false,
+            commit_pending: false,
+            bom_matched: Some(0),
+            retry: None,
+            last_event_id: String::new(),
+            pending_id: String::new(),
+            event_type: String::new(),
             name: [0; MAX_NAME_LEN],
             name_len: 0,
             value: Vec::new(),
@@ -130,12 +140,6 @@ impl Default for SseParser {
             retry_acc: 0,
             retry_digits: true,
             retry_empty: true,
-            id_buffer: String::new(),
-            id_in_block: false,
-            event_type: String::new(),
-            has_data: false,
-            last_event_id: String::new(),
-            retry: None,
             max_id_len: DEFAULT_MAX_ID_LEN,
             max_event_type_len: DEFAULT_MAX_EVENT_TYPE_LEN,
             oversized_ids: 0,
@@ -300,27 +304,23 @@ impl SseParser {
     /// Ends the stream: an unterminated final block is discarded, as the spec requires.
     ///
     /// The last event ID and reconnection time stay readable; feeding again starts a new stream
-    /// (with its own byte order mark and last event ID buffer).
+    /// (with its own byte order mark, and a last event ID buffer that starts empty, so its first
+    /// dispatch commits an empty ID unless the stream sets one).
     pub fn finish(&mut self) {
-        let last_event_id = std::mem::take(&mut self.last_event_id);
-        let retry = self.retry;
-        let (oversized_ids, oversized_event_types) =
-            (self.oversized_ids, self.oversized_event_types);
-        let (max_id_len, max_event_type_len) = (self.max_id_len, self.max_event_type_len);
-        let value = std::mem::take(&mut self.value);
-        *self = Self {
-            last_event_id,
-            retry,
-            oversized_ids,
-            oversized_event_types,
-            max_id_len,
-            max_event_type_len,
-            value,
-            ..Self::default()
-        };
+        self.state = State::LineStart;
+        self.after_cr = false;
+        self.has_data = false;
+        self.id_in_block = false;
+        self.bom_matched = Some(0);
+        self.event_type.clear();
         self.value.clear();
+        self.value_overflow = false;
+        self.name_len = 0;
+        self.pending_id.clear();
+        self.commit_pending = !self.last_event_id.is_empty();
     }
 
+    #[inline]
     fn parse<F>(&mut self, chunk: &[u8], on_dispatch: &mut F)
     where
         F: FnMut(&Dispatch<'_>),
@@ -332,65 +332,157 @@ impl SseParser {
                 i = 1;
             }
         }
+        // A line begun in an earlier chunk: carry on with it until it ends.
+        if self.state != State::LineStart {
+            match self.continue_line(&chunk[i..]) {
+                None => return,
+                Some(end) => i = self.end_of_line(chunk, i + end),
+            }
+        }
+        // Whole lines: one search for the line end, then the line is read in place.
         while i < chunk.len() {
+            let rest = &chunk[i..];
+            match find_eol(rest) {
+                Some(len) => {
+                    self.line(&rest[..len], on_dispatch);
+                    i = self.end_of_line(chunk, i + len);
+                }
+                None => {
+                    self.begin_line(rest);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A complete line (without its line break).
+    #[inline]
+    fn line<F>(&mut self, line: &[u8], on_dispatch: &mut F)
+    where
+        F: FnMut(&Dispatch<'_>),
+    {
+        let Some(&first) = line.first() else {
+            return self.dispatch(on_dispatch);
+        };
+        if first == b':' {
+            return; // A comment.
+        }
+        // The fields we act on have names of at most five bytes: a colon further on (or none in
+        // a longer line) means a field we ignore.
+        let head = &line[..line.len().min(MAX_NAME_LEN + 1)];
+        let (name, value) = match head.iter().position(|&b| b == b':') {
+            Some(colon) => {
+                let value = &line[colon + 1..];
+                (&line[..colon], value.strip_prefix(b" ").unwrap_or(value))
+            }
+            None if line.len() <= MAX_NAME_LEN => (line, &[][..]),
+            None => return,
+        };
+        match classify(name) {
+            Field::Data => self.has_data = true,
+            Field::Id => self.set_id(value),
+            Field::Event => self.set_event_type(value),
+            Field::Retry => {
+                if !value.is_empty() && value.iter().all(u8::is_ascii_digit) {
+                    self.retry = Some(value.iter().fold(0u64, |acc, &d| {
+                        acc.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+                    }));
+                }
+            }
+            Field::Ignored => {}
+        }
+    }
+
+    #[inline]
+    fn set_id(&mut self, value: &[u8]) {
+        if value.len() > self.max_id_len {
+            self.oversized_ids += 1;
+        } else if !value.contains(&0) {
+            decode_into(&mut self.pending_id, value);
+            self.commit_pending = true;
+            self.id_in_block = true;
+        }
+    }
+
+    fn set_event_type(&mut self, value: &[u8]) {
+        if value.len() > self.max_event_type_len {
+            self.oversized_event_types += 1;
+        } else {
+            decode_into(&mut self.event_type, value);
+        }
+    }
+
+    /// The start of a line that the chunk does not finish.
+    fn begin_line(&mut self, bytes: &[u8]) {
+        if bytes[0] == b':' {
+            self.state = State::Value(Field::Ignored);
+            return;
+        }
+        self.name_len = 0;
+        self.state = State::Name;
+        let ended = self.continue_line(bytes);
+        debug_assert!(ended.is_none(), "the line has no end in this chunk");
+    }
+
+    /// Continues the current line with `bytes`; returns the index of its line break, if there.
+    #[inline]
+    fn continue_line(&mut self, bytes: &[u8]) -> Option<usize> {
+        let mut i = 0;
+        loop {
             match self.state {
-                State::LineStart => match chunk[i] {
-                    b'\n' | b'\r' => {
-                        i = self.end_of_line(chunk, i);
-                        self.dispatch(on_dispatch);
-                    }
-                    b':' => {
-                        // A comment.
-                        self.state = State::Value(Field::Ignored);
-                        i += 1;
-                    }
-                    _ => {
-                        self.name_len = 0;
-                        self.state = State::Name;
-                    }
-                },
+                State::LineStart => unreachable!("only called inside a line"),
                 State::Name => {
-                    let rest = &chunk[i..];
-                    match memchr::memchr3(b':', b'\r', b'\n', rest) {
-                        None => {
-                            self.push_name(rest);
-                            i = chunk.len();
-                        }
+                    // Names that matter are short: look at a few bytes, not the whole rest.
+                    let window = &bytes[i..bytes.len().min(i + MAX_NAME_LEN + 1 - self.name_len)];
+                    match window
+                        .iter()
+                        .position(|&b| matches!(b, b':' | b'\r' | b'\n'))
+                    {
                         Some(pos) => {
-                            self.push_name(&rest[..pos]);
+                            self.push_name(&window[..pos]);
                             let field = self.field();
                             self.start_value(field);
-                            if rest[pos] == b':' {
+                            if window[pos] == b':' {
                                 self.state = State::AfterColon(field);
                                 i += pos + 1;
                             } else {
-                                // A line without a colon: the whole line is the name, the value
-                                // is empty.
+                                // No colon: the whole line is the name, the value is empty.
                                 self.end_field(field);
-                                i = self.end_of_line(chunk, i + pos);
+                                return Some(i + pos);
+                            }
+                        }
+                        None => {
+                            self.push_name(window);
+                            i += window.len();
+                            if self.name_len > MAX_NAME_LEN {
+                                // Too long to be a field we act on.
+                                self.state = State::Value(Field::Ignored);
+                            } else if i == bytes.len() {
+                                return None;
                             }
                         }
                     }
                 }
                 State::AfterColon(field) => {
-                    if chunk[i] == b' ' {
+                    let &b = bytes.get(i)?;
+                    if b == b' ' {
                         i += 1;
                     }
                     self.state = State::Value(field);
                 }
                 State::Value(field) => {
-                    let rest = &chunk[i..];
-                    match memchr::memchr2(b'\r', b'\n', rest) {
+                    let rest = &bytes[i..];
+                    return match find_eol(rest) {
                         None => {
                             self.push_value(field, rest);
-                            i = chunk.len();
+                            None
                         }
                         Some(pos) => {
                             self.push_value(field, &rest[..pos]);
                             self.end_field(field);
-                            i = self.end_of_line(chunk, i + pos);
+                            Some(i + pos)
                         }
-                    }
+                    };
                 }
             }
         }
@@ -398,6 +490,7 @@ impl SseParser {
 
     /// Consumes the line break at `chunk[at]` (CR, LF or CRLF, with the LF possibly in the next
     /// chunk) and returns the index after it.
+    #[inline]
     fn end_of_line(&mut self, chunk: &[u8], at: usize) -> usize {
         self.state = State::LineStart;
         if chunk[at] == b'\r' {
@@ -422,13 +515,7 @@ impl SseParser {
         if self.name_len > MAX_NAME_LEN {
             return Field::Ignored;
         }
-        match &self.name[..self.name_len] {
-            b"id" => Field::Id,
-            b"event" => Field::Event,
-            b"data" => Field::Data,
-            b"retry" => Field::Retry,
-            _ => Field::Ignored,
-        }
+        classify(&self.name[..self.name_len])
     }
 
     fn start_value(&mut self, field: Field) {
@@ -446,6 +533,7 @@ impl SseParser {
         }
     }
 
+    #[inline]
     fn push_value(&mut self, field: Field, bytes: &[u8]) {
         match field {
             Field::Id | Field::Event => {
@@ -485,14 +573,16 @@ impl SseParser {
         }
     }
 
+    /// Ends a field whose value was gathered across chunks.
     fn end_field(&mut self, field: Field) {
         match field {
             Field::Id => {
                 if self.value_overflow {
                     self.oversized_ids += 1;
-                } else if memchr::memchr(0, &self.value).is_none() {
-                    decode_into(&mut self.id_buffer, &self.value);
-                    self.id_in_block = true;
+                } else {
+                    let value = std::mem::take(&mut self.value);
+                    self.set_id(&value);
+                    self.value = value;
                 }
             }
             Field::Event => {
@@ -512,13 +602,17 @@ impl SseParser {
         }
     }
 
+    #[inline]
     fn dispatch<F>(&mut self, on_dispatch: &mut F)
     where
         F: FnMut(&Dispatch<'_>),
     {
-        // The spec commits the buffer at every blank line. Copies into the existing allocation
-        // once it is large enough.
-        self.last_event_id.clone_from(&self.id_buffer);
+        // The spec sets the last event ID string to the buffer at every blank line; the two only
+        // differ when an id took effect since, and then a swap commits it without a copy.
+        if self.commit_pending {
+            std::mem::swap(&mut self.last_event_id, &mut self.pending_id);
+            self.commit_pending = false;
+        }
         on_dispatch(&Dispatch {
             is_event: self.has_data,
             id_set: self.id_in_block,
@@ -532,7 +626,61 @@ impl SseParser {
     }
 }
 
+/// The field a name stands for.
+#[inline]
+fn classify(name: &[u8]) -> Field {
+    match name {
+        b"data" => Field::Data,
+        b"id" => Field::Id,
+        b"event" => Field::Event,
+        b"retry" => Field::Retry,
+        _ => Field::Ignored,
+    }
+}
+
+/// The length of the line at the start of `bytes`: the index of its first CR or LF.
+///
+/// Most lines are short: their end is found eight bytes at a time in a machine word, where
+/// memchr's vector set-up would cost more than the scan; past 64 bytes (long `data` lines),
+/// memchr takes over.
+#[inline]
+fn find_eol(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    const LF: u64 = u64::from_ne_bytes([b'\n'; 8]);
+    const CR: u64 = u64::from_ne_bytes([b'\r'; 8]);
+    const WORDS: usize = 8;
+    if bytes.len() < 8 {
+        // The tail of a small chunk.
+        return bytes.iter().position(|&b| b == b'\n' || b == b'\r');
+    }
+    let mut i = 0;
+    let mut words = bytes.chunks_exact(8);
+    for word in words.by_ref().take(WORDS) {
+        let w = u64::from_le_bytes([
+            word[0], word[1], word[2], word[3], word[4], word[5], word[6], word[7],
+        ]);
+        // A zero byte in `w ^ LF` or `w ^ CR` marks an LF or CR. The lowest marked byte is
+        // exact (borrows only run towards higher bytes).
+        let (lf, cr) = (w ^ LF, w ^ CR);
+        let found = ((lf.wrapping_sub(ONES) & !lf) | (cr.wrapping_sub(ONES) & !cr)) & HIGHS;
+        if found != 0 {
+            return Some(i + (found.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    let rest = &bytes[i..];
+    if rest.len() >= 16 {
+        memchr::memchr2(b'\n', b'\r', rest).map(|p| i + p)
+    } else {
+        rest.iter()
+            .position(|&b| b == b'\n' || b == b'\r')
+            .map(|p| i + p)
+    }
+}
+
 /// Replaces `out` with `bytes` decoded as UTF-8, invalid sequences as U+FFFD.
+#[inline]
 fn decode_into(out: &mut String, bytes: &[u8]) {
     out.clear();
     match std::str::from_utf8(bytes) {
@@ -880,6 +1028,24 @@ mod tests {
         p.feed(b"\n", |_| {});
         assert!(p.at_line_boundary());
         assert!(!p.at_stream_start());
+    }
+
+    #[test]
+    fn line_ends_are_found_at_every_offset() {
+        // Exercises the word-at-a-time search: every position, both terminators, long lines.
+        for len in 0..200 {
+            for eol in [b'\n', b'\r'] {
+                let mut line = vec![b'x'; len];
+                line.push(eol);
+                line.extend_from_slice(b"yy\nzz");
+                assert_eq!(find_eol(&line), Some(len), "{len} {eol}");
+            }
+            // Bytes just around the terminators' values are not terminators.
+            let line = vec![0x0B; len];
+            assert_eq!(find_eol(&line), None);
+            let line = vec![0x8D; len];
+            assert_eq!(find_eol(&line), None);
+        }
     }
 
     #[test]

@@ -95,11 +95,11 @@ pub struct SseParser {
 
     /// The last event ID string, committed at each blank line.
     last_event_id: String,
-    /// The last event ID buffer when it differs from `last_event_id` (see `commit_pending`).
-    /// Committing swaps the two strings: no copy.
-    pending_id: String,
-    /// The event type buffer of the current block.
-    event_type: String,
+    /// The last event ID buffer when it differs from `last_event_id` (see `commit_pending`), as
+    /// raw bytes: checked as UTF-8 when committed, which moves the buffer, never copies it.
+    pending_id: Vec<u8>,
+    /// The event type buffer of the current block, as raw bytes (checked at dispatch).
+    event_type: Vec<u8>,
 
     // Lines split across chunks.
     name: [u8; MAX_NAME_LEN],
@@ -131,8 +131,8 @@ impl Default for SseParser {
             bom_matched: Some(0),
             retry: None,
             last_event_id: String::new(),
-            pending_id: String::new(),
-            event_type: String::new(),
+            pending_id: Vec::new(),
+            event_type: Vec::new(),
             name: [0; MAX_NAME_LEN],
             name_len: 0,
             value: Vec::new(),
@@ -398,7 +398,8 @@ impl SseParser {
         if value.len() > self.max_id_len {
             self.oversized_ids += 1;
         } else if !value.contains(&0) {
-            decode_into(&mut self.pending_id, value);
+            self.pending_id.clear();
+            self.pending_id.extend_from_slice(value);
             self.commit_pending = true;
             self.id_in_block = true;
         }
@@ -408,7 +409,8 @@ impl SseParser {
         if value.len() > self.max_event_type_len {
             self.oversized_event_types += 1;
         } else {
-            decode_into(&mut self.event_type, value);
+            self.event_type.clear();
+            self.event_type.extend_from_slice(value);
         }
     }
 
@@ -576,20 +578,21 @@ impl SseParser {
     /// Ends a field whose value was gathered across chunks.
     fn end_field(&mut self, field: Field) {
         match field {
+            // The gathered value becomes the buffer by a swap, not a copy.
             Field::Id => {
                 if self.value_overflow {
                     self.oversized_ids += 1;
-                } else {
-                    let value = std::mem::take(&mut self.value);
-                    self.set_id(&value);
-                    self.value = value;
+                } else if !self.value.contains(&0) {
+                    std::mem::swap(&mut self.pending_id, &mut self.value);
+                    self.commit_pending = true;
+                    self.id_in_block = true;
                 }
             }
             Field::Event => {
                 if self.value_overflow {
                     self.oversized_event_types += 1;
                 } else {
-                    decode_into(&mut self.event_type, &self.value);
+                    std::mem::swap(&mut self.event_type, &mut self.value);
                 }
             }
             Field::Data => self.has_data = true,
@@ -608,18 +611,31 @@ impl SseParser {
         F: FnMut(&Dispatch<'_>),
     {
         // The spec sets the last event ID string to the buffer at every blank line; the two only
-        // differ when an id took effect since, and then a swap commits it without a copy.
+        // differ when an id took effect since, and then the buffer moves in without a copy.
         if self.commit_pending {
-            std::mem::swap(&mut self.last_event_id, &mut self.pending_id);
             self.commit_pending = false;
+            match String::from_utf8(std::mem::take(&mut self.pending_id)) {
+                Ok(id) => {
+                    self.pending_id = std::mem::replace(&mut self.last_event_id, id).into_bytes();
+                }
+                Err(invalid) => {
+                    let bytes = invalid.into_bytes();
+                    self.last_event_id.clear();
+                    self.last_event_id
+                        .push_str(&String::from_utf8_lossy(&bytes));
+                    self.pending_id = bytes;
+                }
+            }
         }
+        let event_type = String::from_utf8_lossy(&self.event_type);
         on_dispatch(&Dispatch {
             is_event: self.has_data,
             id_set: self.id_in_block,
-            event_type: &self.event_type,
+            event_type: &event_type,
             last_event_id: &self.last_event_id,
             retry: self.retry,
         });
+        drop(event_type);
         self.id_in_block = false;
         self.has_data = false;
         self.event_type.clear();
@@ -676,16 +692,6 @@ fn find_eol(bytes: &[u8]) -> Option<usize> {
         rest.iter()
             .position(|&b| b == b'\n' || b == b'\r')
             .map(|p| i + p)
-    }
-}
-
-/// Replaces `out` with `bytes` decoded as UTF-8, invalid sequences as U+FFFD.
-#[inline]
-fn decode_into(out: &mut String, bytes: &[u8]) {
-    out.clear();
-    match std::str::from_utf8(bytes) {
-        Ok(s) => out.push_str(s),
-        Err(_) => out.push_str(&String::from_utf8_lossy(bytes)),
     }
 }
 

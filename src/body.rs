@@ -44,7 +44,8 @@ pin_project! {
     /// The only ways the body differs from the inner one: a data frame may be held for up to the
     /// backpressure timeout when the worker's queue is full at the moment the session turns
     /// dirty, and, when heartbeats are on, comment lines (`:` LF) are inserted at line boundaries
-    /// after the configured idle time.
+    /// after the configured idle time (also before the upstream's first byte; a byte order mark
+    /// that then starts the upstream is dropped, since it would no longer be at the start).
     pub struct TrackingBody<B: Body> {
         #[pin]
         inner: B,
@@ -67,6 +68,10 @@ pub(crate) struct Tracking {
     heartbeat: Option<Duration>,
     reserve: Option<Reserve>,
     oversized_ids: u64,
+    /// A heartbeat went out before the first upstream byte: a byte order mark starting the
+    /// upstream would now land mid-stream for the client, so it is dropped from what is
+    /// forwarded (the parser still sees it). `Some(n)`: `n` bytes of it dropped so far.
+    strip_bom: Option<u8>,
 }
 
 impl Tracking {
@@ -85,6 +90,7 @@ impl Tracking {
             heartbeat,
             reserve: None,
             oversized_ids: 0,
+            strip_bom: None,
         }
     }
 
@@ -258,11 +264,16 @@ where
             // Upstream spoke: the idle timer starts again.
             arm(this.timer.as_mut(), Instant::now() + every);
         }
+        let mut frame = frame;
         let Some(data) = frame.data_ref() else {
             return Poll::Ready(Some(Ok(frame)));
         };
         let mut enqueue = false;
-        if tracking.feed_buf(data, &mut enqueue).is_err() {
+        let fed = tracking.feed_buf(data, &mut enqueue);
+        if tracking.strip_bom.is_some() {
+            strip_leading_bom(&mut tracking.strip_bom, &mut frame);
+        }
+        if fed.is_err() {
             tracing::warn!(
                 session = %tracking.slot.session(),
                 "data frame in more than {MAX_IOVECS} pieces: stream no longer tracked"
@@ -352,6 +363,51 @@ fn poll_backpressure(
     Poll::Ready(())
 }
 
+/// Drops a byte order mark at the start of the upstream (possibly split across frames) from a
+/// frame about to be forwarded; see `Tracking::strip_bom`. Bytes that looked like the start of
+/// one but were not are put back in front of the frame.
+fn strip_leading_bom<D>(strip: &mut Option<u8>, frame: &mut Frame<D>)
+where
+    D: Buf + From<Bytes>,
+{
+    const BOM: [u8; 3] = [0xEF, 0xBB, 0xBF];
+    while let Some(n) = *strip {
+        let n = usize::from(n);
+        let Some(data) = frame.data_mut() else {
+            return;
+        };
+        if !data.has_remaining() {
+            return;
+        }
+        let chunk = data.chunk();
+        let k = chunk
+            .iter()
+            .zip(&BOM[n..])
+            .take_while(|(a, b)| a == b)
+            .count();
+        if n + k == BOM.len() {
+            data.advance(k);
+            *strip = None;
+        } else if k == chunk.len() {
+            // Still a prefix of the mark: drop it for now.
+            data.advance(k);
+            *strip = Some((n + k) as u8);
+        } else {
+            *strip = None;
+            if n > 0 {
+                // Not a byte order mark after all: the bytes dropped earlier go back in front.
+                let mut bytes = BOM[..n].to_vec();
+                while data.has_remaining() {
+                    let len = data.chunk().len();
+                    bytes.extend_from_slice(data.chunk());
+                    data.advance(len);
+                }
+                *frame = Frame::data(D::from(Bytes::from(bytes)));
+            }
+        }
+    }
+}
+
 /// The inner body is idle: send a heartbeat comment when the timer fires at a line boundary.
 fn poll_heartbeat<D, E>(
     tracking: &mut Tracking,
@@ -376,10 +432,14 @@ where
     if let Some(sleep) = timer.as_mut().as_pin_mut() {
         let _ = sleep.poll(cx);
     }
-    if !tracking.parser.at_line_boundary() {
-        // Mid-line (or right after a CR, or before the first byte, where a byte order mark may
-        // still come): a comment now would change the stream's meaning. Try again later.
+    let at_start = tracking.parser.at_stream_start();
+    if !(tracking.parser.at_line_boundary() || at_start) {
+        // Mid-line, right after a CR (an LF may follow), or inside what may be a byte order
+        // mark: a comment now would change the stream's meaning. Try again later.
         return Poll::Pending;
+    }
+    if at_start && tracking.strip_bom.is_none() {
+        tracking.strip_bom = Some(0);
     }
     metrics::counter!(m::HEARTBEATS).increment(1);
     Poll::Ready(Some(Ok(Frame::data(D::from(Bytes::from_static(

@@ -1507,12 +1507,77 @@ async fn heartbeat_timer_resets_on_every_upstream_frame() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn no_heartbeat_before_the_first_upstream_byte() {
-    // A byte order mark may still come at the start of the stream: a comment before it would
-    // change the meaning of the stream.
+async fn heartbeats_keep_an_upstream_that_has_not_spoken_yet_alive() {
     let tracking = heartbeat_layer();
     let frames = timed_frames(&tracking, vec![(3500, b"id: 1\n\n")], 1200).await;
-    assert_eq!(frames, owned(&[(3500, b"id: 1\n\n"), (4500, HB)]));
+    assert_eq!(
+        frames,
+        owned(&[
+            (1000, HB),
+            (2000, HB),
+            (3000, HB),
+            (3500, b"id: 1\n\n"),
+            (4500, HB)
+        ])
+    );
+    assert_eq!(
+        tracking.worker().last_event_id(&sid("hb")).as_deref(),
+        Some("1")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_byte_order_mark_after_an_early_heartbeat_is_dropped() {
+    // The client's stream now starts with the heartbeat: the upstream's BOM would land
+    // mid-stream and turn its first field name into "\u{FEFF}id". Dropping it keeps the meaning.
+    let tracking = heartbeat_layer();
+    let frames = timed_frames(
+        &tracking,
+        vec![(1500, b"\xEF\xBB\xBFid: 1\ndata: a\n\n")],
+        0,
+    )
+    .await;
+    assert_eq!(frames, owned(&[(1000, HB), (1500, b"id: 1\ndata: a\n\n")]));
+    assert_eq!(
+        tracking.worker().last_event_id(&sid("hb")).as_deref(),
+        Some("1")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_byte_order_mark_split_across_frames_after_an_early_heartbeat_is_dropped() {
+    let tracking = heartbeat_layer();
+    let script = vec![(1500, &b"\xEF"[..]), (10, b"\xBB"), (10, b"\xBFid: 7\n\n")];
+    let frames = timed_frames(&tracking, script, 0).await;
+    let all: Vec<u8> = frames.iter().flat_map(|(_, b)| b.to_vec()).collect();
+    assert_eq!(all, b":\nid: 7\n\n");
+    assert_eq!(
+        tracking.worker().last_event_id(&sid("hb")).as_deref(),
+        Some("7")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn bytes_that_only_looked_like_a_byte_order_mark_are_forwarded() {
+    let tracking = heartbeat_layer();
+    let script = vec![(1500, &b"\xEF\xBB"[..]), (10, b"x\nid: 2\n\n")];
+    let frames = timed_frames(&tracking, script, 0).await;
+    let all: Vec<u8> = frames.iter().flat_map(|(_, b)| b.to_vec()).collect();
+    assert_eq!(
+        all, b":\n\xEF\xBBx\nid: 2\n\n",
+        "every upstream byte, in order"
+    );
+    assert_eq!(
+        tracking.worker().last_event_id(&sid("hb")).as_deref(),
+        Some("2")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_byte_order_mark_is_kept_when_no_heartbeat_went_first() {
+    let tracking = heartbeat_layer();
+    let frames = timed_frames(&tracking, vec![(500, b"\xEF\xBB\xBFid: 3\n\n")], 0).await;
+    assert_eq!(frames, owned(&[(500, b"\xEF\xBB\xBFid: 3\n\n")]));
 }
 
 #[tokio::test(start_paused = true)]

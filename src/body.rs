@@ -39,7 +39,8 @@ pin_project! {
     ///
     /// Every frame of the inner body reaches the client unchanged, in order, with errors and
     /// trailers as they are; the data also feeds an [`SseParser`] that records each event's ID in
-    /// the session's slot. Responses that are not tracked pass through with no parsing at all.
+    /// the session's slot. Responses that are not event streams pass through with no parsing at
+    /// all; event streams without a valid session are parsed only if heartbeats are on.
     ///
     /// The only ways the body differs from the inner one: a data frame may be held for up to the
     /// backpressure timeout when the worker's queue is full at the moment the session turns
@@ -62,7 +63,9 @@ pin_project! {
 /// Per-stream tracking state, boxed so that untracked bodies stay small.
 pub(crate) struct Tracking {
     parser: SseParser,
-    slot: Arc<Slot>,
+    /// The session's slot; `None` for an event stream that only gets heartbeats (no valid
+    /// session, or the registry was full).
+    slot: Option<Arc<Slot>>,
     shared: Arc<Shared>,
     backpressure_timeout: Duration,
     heartbeat: Option<Duration>,
@@ -76,7 +79,7 @@ pub(crate) struct Tracking {
 
 impl Tracking {
     pub(crate) fn new(
-        slot: Arc<Slot>,
+        slot: Option<Arc<Slot>>,
         shared: Arc<Shared>,
         max_id_len: usize,
         backpressure_timeout: Duration,
@@ -103,6 +106,11 @@ impl Tracking {
             shared,
             ..
         } = self;
+        let Some(slot) = slot.as_ref() else {
+            // Heartbeats only: the parser just follows the line boundaries.
+            parser.feed(chunk, |_| {});
+            return;
+        };
         parser.feed(chunk, |d| {
             if !(d.is_event() || d.id_set()) {
                 return;
@@ -145,20 +153,23 @@ impl Tracking {
 
 impl Drop for Tracking {
     fn drop(&mut self) {
+        let Some(slot) = &self.slot else {
+            return;
+        };
         // Dropped while a frame waited for queue room (the client went away): the slot is
         // already marked queued, so it must reach the worker now or it would never be written.
         if self.reserve.take().is_some() {
-            self.shared.enqueue_or_park(self.slot.clone());
+            self.shared.enqueue_or_park(slot.clone());
         }
         // For idle eviction: the stream left the session.
-        self.slot.touch();
+        slot.touch();
     }
 }
 
 impl fmt::Debug for Tracking {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Tracking")
-            .field("session", self.slot.session())
+            .field("session", &self.slot.as_ref().map(|slot| slot.session()))
             .field("parser", &self.parser)
             .finish_non_exhaustive()
     }
@@ -184,9 +195,10 @@ impl<B: Body> TrackingBody<B> {
         }
     }
 
-    /// Whether this body tracks its stream.
+    /// Whether this body records its stream's event IDs (an event stream without a valid session
+    /// may still get heartbeats, but is not tracked).
     pub fn is_tracked(&self) -> bool {
-        self.tracking.is_some()
+        self.tracking.as_ref().is_some_and(|t| t.slot.is_some())
     }
 
     /// The inner body.
@@ -275,16 +287,16 @@ where
         }
         if fed.is_err() {
             tracing::warn!(
-                session = %tracking.slot.session(),
+                session = ?tracking.slot.as_ref().map(|slot| slot.session()),
                 "data frame in more than {MAX_IOVECS} pieces: stream no longer tracked"
             );
             *this.tracking = None;
             return Poll::Ready(Some(Ok(frame)));
         }
-        if !enqueue {
+        let Some(slot) = tracking.slot.clone().filter(|_| enqueue) else {
             return Poll::Ready(Some(Ok(frame)));
-        }
-        match tracking.shared.try_enqueue(tracking.slot.clone()) {
+        };
+        match tracking.shared.try_enqueue(slot) {
             Ok(()) | Err(TryEnqueueError::Closed) => Poll::Ready(Some(Ok(frame))),
             Err(TryEnqueueError::Full(_)) => {
                 // The queue is full right when the session turned dirty: wait for room, at most
@@ -338,12 +350,12 @@ fn poll_backpressure(
     timer: Pin<&mut Option<Sleep>>,
     cx: &mut Context<'_>,
 ) -> Poll<()> {
-    let Some(reserve) = tracking.reserve.as_mut() else {
+    let (Some(reserve), Some(slot)) = (tracking.reserve.as_mut(), tracking.slot.clone()) else {
         return Poll::Ready(());
     };
     match reserve.as_mut().poll(cx) {
         Poll::Ready(Ok(permit)) => {
-            permit.send(tracking.slot.clone());
+            permit.send(slot);
             tracking.shared.wake_if_filling();
         }
         Poll::Ready(Err(_closed)) => {
@@ -356,7 +368,7 @@ fn poll_backpressure(
             if !fired {
                 return Poll::Pending;
             }
-            tracking.shared.park(tracking.slot.clone());
+            tracking.shared.park(slot);
         }
     }
     tracking.reserve = None;

@@ -121,18 +121,25 @@ fn wrap<B: Body>(response: Response<B>, info: RequestInfo) -> Response<TrackingB
         None if info.session_from_response => config.session_from_response(response.headers()),
         None => None,
     };
-    let Some(session) = session else {
-        return response.map(TrackingBody::passthrough);
-    };
-    let Some(slot) = config.worker.shared.registry.get_or_insert(&session) else {
-        metrics::counter!(m::UNTRACKED, "reason" => "registry_full").increment(1);
-        tracing::warn!(%session, "session registry full: stream not tracked");
-        return response.map(TrackingBody::passthrough);
+    let slot = match session {
+        Some(session) => {
+            let slot = config.worker.shared.registry.get_or_insert(&session);
+            if slot.is_none() {
+                metrics::counter!(m::UNTRACKED, "reason" => "registry_full").increment(1);
+                tracing::warn!(%session, "session registry full: stream not tracked");
+            }
+            slot
+        }
+        None => None,
     };
     // Injected bytes would break a declared length.
     let heartbeat = config
         .heartbeat
         .filter(|_| !response.headers().contains_key(header::CONTENT_LENGTH));
+    if slot.is_none() && heartbeat.is_none() {
+        return response.map(TrackingBody::passthrough);
+    }
+    // An event stream without a session still gets heartbeats when they are on.
     let tracking = crate::body::Tracking::new(
         slot,
         config.worker.shared.clone(),

@@ -74,10 +74,15 @@ where
                 response_may_name_it,
             } => (None, response_may_name_it),
             SessionKey::Invalid(error) => {
-                // Untrusted input: such requests pass through untracked.
+                // Untrusted input: such requests pass through untracked (with heartbeats, if on).
                 metrics::counter!(m::UNTRACKED, "reason" => "invalid_key").increment(1);
                 tracing::debug!(%error, "invalid session key: request not tracked");
-                return ResponseFuture::new(self.inner.call(req), None);
+                let info = self.config.heartbeat.is_some().then(|| RequestInfo {
+                    config: self.config.clone(),
+                    session: None,
+                    session_from_response: false,
+                });
+                return ResponseFuture::new(self.inner.call(req), info);
             }
         };
         let info = RequestInfo {

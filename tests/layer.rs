@@ -1581,6 +1581,28 @@ async fn a_byte_order_mark_is_kept_when_no_heartbeat_went_first() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn event_streams_without_a_session_get_heartbeats_but_are_not_tracked() {
+    let store = MemoryStore::new();
+    let tracking = layer_builder(&store).heartbeat(IDLE).build();
+    let too_long = "k".repeat(200);
+    for req in [request(None), request(Some(&too_long))] {
+        let svc = service_fn(|_req: Request<()>| {
+            ready(Ok::<_, Infallible>(sse(scripted(
+                vec![(1500, &b"id: 9\n\n"[..])],
+                0,
+            ))))
+        });
+        let res = tracking.layer(svc).oneshot(req).await.unwrap();
+        assert!(!res.body().is_tracked());
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&bytes[..], b":\nid: 9\n\n");
+    }
+    tracking.flush().await.unwrap();
+    assert!(store.is_empty(), "nothing recorded");
+    assert_eq!(tracking.worker().tracked_sessions(), 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn heartbeats_are_off_by_default() {
     let tracking = layer_builder(&MemoryStore::new()).build();
     let frames = timed_frames(&tracking, idling_script(), 1700).await;

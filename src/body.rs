@@ -293,7 +293,10 @@ where
             *this.tracking = None;
             return Poll::Ready(Some(Ok(frame)));
         }
-        let Some(slot) = tracking.slot.clone().filter(|_| enqueue) else {
+        if !enqueue {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        let Some(slot) = tracking.slot.clone() else {
             return Poll::Ready(Some(Ok(frame)));
         };
         match tracking.shared.try_enqueue(slot) {

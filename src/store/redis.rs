@@ -264,8 +264,8 @@ impl RedisStore {
                     None => 0,
                 };
                 let last_event_id = match (cleared.as_deref(), id) {
-                    (Some("0"), Some(id)) if !id.is_empty() => LastEventId::Set(Arc::from(id)),
-                    (Some("0"), _) => return Err(corrupt()),
+                    (Some("0"), Some(id)) => LastEventId::Set(Arc::from(id)),
+                    (Some("0"), None) => return Err(corrupt()),
                     _ => LastEventId::Cleared,
                 };
                 Ok(Some(SessionRecord {
@@ -293,13 +293,19 @@ fn millis(time: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// Transient when the client library says a retry may help.
+/// Transient when the client library says a retry may help, except cluster redirects: this
+/// store does not follow them, so a store pointed at the wrong node would retry forever.
 fn classify(e: redis::RedisError) -> StoreError {
-    let transient = e.is_io_error()
-        || e.is_timeout()
-        || e.is_connection_dropped()
-        || e.is_connection_refusal()
-        || !matches!(e.retry_method(), RetryMethod::NoRetry);
+    let redirect = matches!(
+        e.retry_method(),
+        RetryMethod::MovedRedirect | RetryMethod::AskRedirect
+    );
+    let transient = !redirect
+        && (e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || !matches!(e.retry_method(), RetryMethod::NoRetry));
     let error = if transient {
         StoreError::transient("redis request failed")
     } else {

@@ -42,6 +42,8 @@ pin_project! {
     /// the session's slot. Responses that are not event streams pass through with no parsing at
     /// all; event streams without a valid session are parsed only if heartbeats are on.
     ///
+    /// See [`EventTracking`](crate::EventTracking) for an example.
+    ///
     /// The only ways the body differs from the inner one: a data frame may be held for up to the
     /// backpressure timeout when the worker's queue is full at the moment the session turns
     /// dirty, and, when heartbeats are on, comment lines (`:` LF) are inserted at line boundaries

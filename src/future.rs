@@ -32,7 +32,10 @@ pub(crate) struct RequestInfo {
 }
 
 pin_project! {
-    /// The response future of [`EventTracking`](crate::EventTracking).
+    /// The response future of [`EventTracking`](crate::EventTracking): resolves to the inner
+    /// service's response with its body wrapped in a [`TrackingBody`] (see
+    /// [`EventTracking`](crate::EventTracking) for an example). When resuming needs the store, it
+    /// first reads the session's last event ID, then calls the inner service.
     pub struct ResponseFuture<F> {
         #[pin]
         inner: Option<F>,

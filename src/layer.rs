@@ -183,6 +183,27 @@ impl<S> Layer<S> for EventTrackingLayer {
 }
 
 /// Configures and builds an [`EventTrackingLayer`].
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_sse_tracking::{EventTrackingLayer, WorkerConfig, store::MemoryStore};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let tracking = EventTrackingLayer::builder()
+///     .store(MemoryStore::new())
+///     // The session key from a query parameter instead of a header.
+///     .session_fn(|parts| {
+///         let query = parts.uri.query()?;
+///         query.strip_prefix("session=").map(str::to_owned)
+///     })
+///     .heartbeat(Duration::from_secs(15))
+///     .backpressure_timeout(Duration::from_millis(50))
+///     .worker(WorkerConfig::default().flush_interval(Duration::from_millis(20)))
+///     .build();
+/// # let _ = tracking;
+/// # }
+/// ```
 pub struct EventTrackingLayerBuilder {
     store: Option<Arc<dyn SessionStore>>,
     source: SessionSource,

@@ -72,7 +72,20 @@ enum Field {
 
 /// An incremental `text/event-stream` parser that reports every dispatch (blank line).
 ///
-/// See the [module documentation](self) for an example. The parser allocates only while its
+/// ```
+/// use tower_sse_tracking::parser::SseParser;
+///
+/// let mut parser = SseParser::new().max_id_len(64);
+/// let mut ids = Vec::new();
+/// // A CR at the end of one chunk and the LF at the start of the next are one line break.
+/// for chunk in [&b"retry: 3000\rid: a\r"[..], b"\ndata: x\r\n\r\n"] {
+///     parser.feed(chunk, |d| ids.push(d.last_event_id().to_owned()));
+/// }
+/// assert_eq!(ids, ["a"]);
+/// assert_eq!(parser.retry(), Some(3000));
+/// ```
+///
+/// See also the [module documentation](self). The parser allocates only while its
 /// `id` and `event` buffers grow to their working size, and when an `id` or `event` value is not
 /// valid UTF-8 (it is then decoded with U+FFFD replacement characters, never rejected).
 #[derive(Clone)]
@@ -163,6 +176,19 @@ impl fmt::Debug for SseParser {
 /// One dispatch: a blank line that ended a block of fields.
 ///
 /// Borrowed from the parser for the duration of the callback; copy out what you keep.
+///
+/// ```
+/// use tower_sse_tracking::parser::SseParser;
+///
+/// let mut parser = SseParser::new();
+/// parser.feed(b"event: ping\nid: 1\n\n", |d| {
+///     assert!(!d.is_event(), "no data field: nothing dispatched to the page");
+///     assert!(d.id_set());
+///     assert_eq!(d.event_type(), "ping");
+///     assert_eq!(d.last_event_id(), "1");
+///     assert_eq!(d.retry(), None);
+/// });
+/// ```
 #[derive(Clone, Copy, Debug)]
 pub struct Dispatch<'a> {
     is_event: bool,

@@ -20,8 +20,36 @@ pub(crate) static LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-even
 
 /// Middleware that tracks the last event ID of every session's `text/event-stream` responses.
 ///
-/// Built by [`EventTrackingLayer`](crate::EventTrackingLayer); see there for an example. The
-/// error type is the inner service's: tracking never fails or alters a response.
+/// Built by [`EventTrackingLayer`](crate::EventTrackingLayer). The error type is the inner
+/// service's: tracking never fails or alters a response.
+///
+/// ```
+/// use std::convert::Infallible;
+/// use bytes::Bytes;
+/// use http::{Request, Response};
+/// use http_body_util::{BodyExt, Full};
+/// use tower::{ServiceExt, service_fn};
+/// use tower_layer::Layer;
+/// use tower_sse_tracking::{EventTrackingLayer, SessionId};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let tracking = EventTrackingLayer::builder().build();
+/// let service = tracking.layer(service_fn(|_req: Request<()>| async {
+///     let body = Full::new(Bytes::from_static(b"id: 42\ndata: hi\n\n"));
+///     Ok::<_, Infallible>(
+///         Response::builder().header("content-type", "text/event-stream").body(body).unwrap(),
+///     )
+/// }));
+/// let request = Request::get("/events").header("mcp-session-id", "s1").body(()).unwrap();
+/// let response = service.oneshot(request).await.unwrap();
+/// assert!(response.body().is_tracked());
+/// let bytes = response.into_body().collect().await.unwrap().to_bytes();
+/// assert_eq!(&bytes[..], b"id: 42\ndata: hi\n\n"); // unchanged
+/// let session = SessionId::new("s1").unwrap();
+/// assert_eq!(tracking.worker().last_event_id(&session).as_deref(), Some("42"));
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct EventTracking<S> {
     inner: S,

@@ -7,6 +7,17 @@ type BoxError = Box<dyn Error + Send + Sync + 'static>;
 /// Transient errors (a lost connection, a timeout, a busy database) are worth retrying; permanent
 /// ones (a corrupt file, a value the store refuses, a wrong configuration) are not, although the
 /// worker still keeps the data and tries again after its circuit breaker's cool-down.
+///
+/// ```
+/// use std::error::Error;
+/// use tower_sse_tracking::store::StoreError;
+///
+/// let io = std::io::Error::other("connection reset by peer");
+/// let error = StoreError::transient("write failed").with_source(io);
+/// assert!(error.is_transient());
+/// assert_eq!(error.to_string(), "transient store error: write failed");
+/// assert!(error.source().is_some());
+/// ```
 #[derive(Debug)]
 pub struct StoreError {
     transient: bool,

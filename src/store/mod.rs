@@ -53,6 +53,13 @@ use crate::SessionId;
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
 /// A session's last event ID as persisted: an ID, or cleared by an empty `id` field.
+///
+/// ```
+/// use tower_sse_tracking::store::LastEventId;
+///
+/// assert_eq!(LastEventId::from("7").as_str(), Some("7"));
+/// assert_eq!(LastEventId::from(""), LastEventId::Cleared);
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
 pub enum LastEventId {
     /// The stream set this ID.

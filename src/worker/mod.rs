@@ -52,7 +52,8 @@ pub(crate) enum Control {
 }
 
 /// Builds the persistence worker. It is started once, by [`spawn`](Self::spawn) or by running
-/// the future [`pair`](Self::pair) returns; the layer's builder does this for you.
+/// the future [`pair`](Self::pair) returns; the layer's builder does this for you. See the
+/// [`WorkerHandle`] and [module](self) examples.
 #[derive(Debug)]
 pub struct PersistenceWorker {
     _private: (),
@@ -108,6 +109,23 @@ impl Future for WorkerFuture {
 }
 
 /// A cheap, cloneable handle to the worker and the in-memory session registry.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_sse_tracking::{PersistenceWorker, SessionId, WorkerConfig, store::MemoryStore};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let (worker, task) = PersistenceWorker::pair(MemoryStore::new(), WorkerConfig::default());
+/// tokio::spawn(task); // or any executor with a Tokio timer
+/// let session = SessionId::new("s1").unwrap();
+/// worker.record(&session, Some("1"));
+/// let report = worker.flush().await.unwrap();
+/// assert_eq!(report.persisted, 1);
+/// assert!(worker.shutdown(Duration::from_secs(1)).await.unwrap().unpersisted().is_empty());
+/// assert!(worker.flush().await.is_err(), "after shutdown");
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct WorkerHandle {
     pub(crate) shared: Arc<Shared>,

@@ -53,7 +53,7 @@ pub(crate) enum Control {
 
 /// Builds the persistence worker. It is started once, by [`spawn`](Self::spawn) or by running
 /// the future [`pair`](Self::pair) returns; the layer's builder does this for you. See the
-/// [`WorkerHandle`] and [module](self) examples.
+/// [`WorkerHandle`] and [`TrackedSession`] examples.
 #[derive(Debug)]
 pub struct PersistenceWorker {
     _private: (),

@@ -51,9 +51,37 @@ pub(crate) enum Control {
     },
 }
 
-/// Builds the persistence worker. It is started once, by [`spawn`](Self::spawn) or by running
-/// the future [`pair`](Self::pair) returns; the layer's builder does this for you. See the
-/// [`WorkerHandle`] and [`TrackedSession`] examples.
+/// Builds the persistence worker: one task per layer that writes every session's newest last
+/// event ID.
+///
+/// Streams never talk to the store. Recording an event updates the session's slot in memory; a
+/// session that turns dirty is queued once on a bounded queue. The worker takes queued sessions
+/// in batches (`recv_many`), writes each session's *newest* state once per flush (on a timer,
+/// or early when `max_batch` sessions wait), retries failures in due-time order with exponential
+/// backoff, stops calling a failing store for a cool-down (circuit breaker), and on shutdown
+/// closes intake for real, drains and flushes everything within a deadline.
+///
+/// It is started once, by [`spawn`](Self::spawn) or by running the future
+/// [`pair`](Self::pair) returns; the layer's builder does this for you.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_sse_tracking::{PersistenceWorker, SessionId, WorkerConfig, store::MemoryStore};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let store = MemoryStore::new();
+/// let worker = PersistenceWorker::spawn(store.clone(), WorkerConfig::default());
+/// let session = SessionId::new("s1").unwrap();
+/// for id in ["1", "2", "3"] {
+///     worker.record(&session, Some(id));
+/// }
+/// worker.flush().await.unwrap();
+/// // Only the newest ID was written.
+/// assert_eq!(store.get(&session).unwrap().last_event_id.as_str(), Some("3"));
+/// worker.shutdown(Duration::from_secs(5)).await.unwrap();
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct PersistenceWorker {
     _private: (),

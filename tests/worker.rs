@@ -1064,3 +1064,29 @@ async fn flush_returns_after_everything_recorded_before_it_is_written() {
     }
     assert_eq!(store.regressions(), Vec::<String>::new());
 }
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_paces_rewrites_of_streams_that_keep_recording() {
+    // A stream that keeps recording during shutdown turns its session dirty during every write:
+    // the worker writes it again once per flush interval until the deadline, never back to back.
+    let store = TestStore::new(|_, _, _| Action::SleepThenApply(Duration::from_millis(1)));
+    let config = WorkerConfig::default().flush_interval(Duration::from_millis(50));
+    let worker = PersistenceWorker::spawn(store.clone(), config);
+    let session = worker.session(&sid("busy")).unwrap();
+    session.record(Some("0"));
+    let producer = tokio::spawn(async move {
+        for i in 1..=5_000u32 {
+            session.record(Some(&i.to_string()));
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let report = worker.shutdown(Duration::from_secs(1)).await.unwrap();
+    producer.abort();
+    let calls = store.calls();
+    assert!(
+        calls <= 1 + 1000 / 50 + 2,
+        "{calls} writes in a 1 s shutdown with a 50 ms flush interval"
+    );
+    assert!(report.persisted() >= 1);
+}

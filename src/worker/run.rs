@@ -396,17 +396,17 @@ impl Worker {
                 }
                 // Newer events that arrived during the writes, and failed writes after backoff.
                 self.collect_overflow();
-                match self.retries.next_due() {
-                    None if self.pending.is_empty() => break,
-                    None => {}
-                    Some(due) => {
-                        let due = due.min(deadline);
-                        if self.pending.is_empty() {
-                            tokio::time::sleep_until(due).await;
-                        }
-                        self.collect_due_retries(due);
-                    }
-                }
+                let next = if !self.pending.is_empty() {
+                    // Sessions that got events while being written (streams may still run):
+                    // write them a flush interval later rather than spin.
+                    Instant::now() + self.shared.config.flush_interval
+                } else if let Some(due) = self.retries.next_due() {
+                    due
+                } else {
+                    break;
+                };
+                tokio::time::sleep_until(next.min(deadline)).await;
+                self.collect_due_retries(Instant::now());
             }
             let mut unpersisted: Vec<_> = self
                 .pending

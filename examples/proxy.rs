@@ -93,6 +93,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .store(MemoryStore::new())
         .session_header("mcp-session-id")
         .resume(true)
+        // Keep idle connections open through proxies and load balancers.
+        .heartbeat(Duration::from_secs(15))
         .build();
     let upstream = Upstream {
         client: Client::builder(TokioExecutor::new()).build_http(),

@@ -32,6 +32,7 @@
 //! assert_eq!(parser.last_event_id(), "2");
 //! ```
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// The byte order mark, stripped once when it starts the stream.
@@ -46,17 +47,25 @@ pub const DEFAULT_MAX_EVENT_TYPE_LEN: usize = 1024;
 /// Longest field name we need to recognise (`event`, `retry`).
 const MAX_NAME_LEN: usize = 5;
 
-/// What the parser is in the middle of.
+/// What the parser is in the middle of: the start of a line, or a line that an earlier chunk
+/// began and did not end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     /// At the first byte of a line.
     LineStart,
-    /// Reading a field name (up to a colon or the end of the line).
-    Name,
-    /// Right after the colon: one leading space is stripped.
+    /// The first bytes of a line, no colon among them yet: up to `MAX_NAME_LEN` bytes, in `name`.
+    Head,
+    /// Right after the colon of an `id`, `event` or `retry` field: one leading space is stripped.
     AfterColon(Field),
-    /// Reading a field value (up to the end of the line).
-    Value(Field),
+    /// An `id` or `event` value, gathered in `value` up to its cap.
+    Keep(Field),
+    /// An `id` or `event` value over its cap: skipped, and counted when the line ends.
+    Oversized(Field),
+    /// The digits of a `retry` value, accumulated in `retry_acc`.
+    Retry,
+    /// The rest of a line that changes nothing when it ends: `data` (noted already), comments
+    /// and unknown fields.
+    Skip,
 }
 
 /// The fields the parser acts on; everything else is skipped.
@@ -116,12 +125,10 @@ pub struct SseParser {
 
     // Lines split across chunks.
     name: [u8; MAX_NAME_LEN],
-    /// Length of the field name so far; more than `MAX_NAME_LEN` means "too long to matter".
+    /// How many bytes of `name` the line has so far (in `State::Head`).
     name_len: usize,
-    /// The current `id` or `event` value, up to its cap.
+    /// The current `id` or `event` value, up to its cap (in `State::Keep`).
     value: Vec<u8>,
-    /// The current value went over its cap.
-    value_overflow: bool,
     /// The current `retry` value so far (saturating), and whether it is still all digits.
     retry_acc: u64,
     retry_digits: bool,
@@ -149,7 +156,6 @@ impl Default for SseParser {
             name: [0; MAX_NAME_LEN],
             name_len: 0,
             value: Vec::new(),
-            value_overflow: false,
             retry_acc: 0,
             retry_digits: true,
             retry_empty: true,
@@ -296,35 +302,56 @@ impl SseParser {
     /// Feeds the next chunk of the stream, calling `on_dispatch` for every blank line in it.
     ///
     /// Chunks may be split anywhere and may be empty.
+    #[inline]
     pub fn feed<F>(&mut self, chunk: &[u8], mut on_dispatch: F)
     where
         F: FnMut(&Dispatch<'_>),
     {
         let mut chunk = chunk;
-        if let Some(matched) = self.bom_matched {
-            let mut matched = usize::from(matched);
-            let mut taken = 0;
-            while matched < BOM.len() && taken < chunk.len() && chunk[taken] == BOM[matched] {
-                matched += 1;
-                taken += 1;
-            }
-            if matched == BOM.len() {
-                // A whole byte order mark: stripped.
-                self.bom_matched = None;
-                chunk = &chunk[taken..];
-            } else if taken == chunk.len() {
-                // The chunk ended inside what may still be a byte order mark.
-                self.bom_matched = Some(matched as u8);
-                return;
-            } else {
-                // Not a byte order mark: the matched bytes (held back from earlier chunks or
-                // taken from this one) are ordinary stream bytes.
-                self.bom_matched = None;
-                self.parse(&BOM[..matched], &mut on_dispatch);
-                chunk = &chunk[taken..];
+        if self.bom_matched.is_some() {
+            match self.strip_bom(chunk) {
+                Some(rest) => chunk = rest,
+                None => return,
             }
         }
-        self.parse(chunk, &mut on_dispatch);
+        // First the end of a line that an earlier chunk began, if any. Most chunk boundaries
+        // fall inside `data` lines: those are skipped right here.
+        let mut i = 0;
+        match self.state {
+            State::LineStart => {
+                if self.after_cr {
+                    let Some(&first) = chunk.first() else { return };
+                    self.after_cr = false;
+                    i = usize::from(first == b'\n');
+                }
+            }
+            State::Skip => match find_eol(chunk) {
+                Some(end) => i = self.end_of_line(chunk, end),
+                None => return,
+            },
+            _ => match self.resume(chunk) {
+                Some(end) => i = self.end_of_line(chunk, end),
+                None => return,
+            },
+        }
+        // Then whole lines, each read in place after one search for its end.
+        while i < chunk.len() {
+            let rest = &chunk[i..];
+            match find_eol(rest) {
+                Some(0) => {
+                    self.dispatch(&mut on_dispatch);
+                    i = self.end_of_line(chunk, i);
+                }
+                Some(len) => {
+                    self.field_line(&rest[..len]);
+                    i = self.end_of_line(chunk, i + len);
+                }
+                None => {
+                    self.begin_line(rest);
+                    return;
+                }
+            }
+        }
     }
 
     /// Ends the stream: an unterminated final block is discarded, as the spec requires.
@@ -340,57 +367,39 @@ impl SseParser {
         self.bom_matched = Some(0);
         self.event_type.clear();
         self.value.clear();
-        self.value_overflow = false;
         self.name_len = 0;
         self.pending_id.clear();
         self.commit_pending = !self.last_event_id.is_empty();
     }
 
-    #[inline]
-    fn parse<F>(&mut self, chunk: &[u8], on_dispatch: &mut F)
-    where
-        F: FnMut(&Dispatch<'_>),
-    {
-        let mut i = 0;
-        if self.after_cr && !chunk.is_empty() {
-            self.after_cr = false;
-            if chunk[0] == b'\n' {
-                i = 1;
-            }
+    /// Strips a byte order mark, whole or split across chunks, from the start of the stream, and
+    /// returns what follows it in `chunk`; `None` when the chunk ended inside what may still be
+    /// one.
+    #[cold]
+    fn strip_bom<'c>(&mut self, chunk: &'c [u8]) -> Option<&'c [u8]> {
+        let mut matched = usize::from(self.bom_matched.unwrap_or(0));
+        let mut taken = 0;
+        while matched < BOM.len() && taken < chunk.len() && chunk[taken] == BOM[matched] {
+            matched += 1;
+            taken += 1;
         }
-        // A line begun in an earlier chunk: carry on with it until it ends.
-        if self.state != State::LineStart {
-            match self.continue_line(&chunk[i..]) {
-                None => return,
-                Some(end) => i = self.end_of_line(chunk, i + end),
-            }
+        if matched < BOM.len() && taken == chunk.len() {
+            self.bom_matched = Some(matched as u8);
+            return None;
         }
-        // Whole lines: one search for the line end, then the line is read in place.
-        while i < chunk.len() {
-            let rest = &chunk[i..];
-            match find_eol(rest) {
-                Some(len) => {
-                    self.line(&rest[..len], on_dispatch);
-                    i = self.end_of_line(chunk, i + len);
-                }
-                None => {
-                    self.begin_line(rest);
-                    return;
-                }
-            }
+        self.bom_matched = None;
+        if matched < BOM.len() && matched > 0 {
+            // Not a byte order mark: the bytes matched so far (held back from earlier chunks or
+            // taken from this one) begin the first line. They hold no colon or line break.
+            self.begin_line(&BOM[..matched]);
         }
+        Some(&chunk[taken..])
     }
 
-    /// A complete line (without its line break).
+    /// A complete, non-empty line (without its line break).
     #[inline]
-    fn line<F>(&mut self, line: &[u8], on_dispatch: &mut F)
-    where
-        F: FnMut(&Dispatch<'_>),
-    {
-        let Some(&first) = line.first() else {
-            return self.dispatch(on_dispatch);
-        };
-        if first == b':' {
+    fn field_line(&mut self, line: &[u8]) {
+        if line[0] == b':' {
             return; // A comment.
         }
         // The fields we act on have names of at most five bytes: a colon further on (or none in
@@ -440,84 +449,163 @@ impl SseParser {
         }
     }
 
-    /// The start of a line that the chunk does not finish.
+    /// The start of a line that the chunk does not end (`bytes` is not empty and holds no line
+    /// break).
     fn begin_line(&mut self, bytes: &[u8]) {
         if bytes[0] == b':' {
-            self.state = State::Value(Field::Ignored);
+            self.state = State::Skip; // A comment.
             return;
         }
-        self.name_len = 0;
-        self.state = State::Name;
-        let ended = self.continue_line(bytes);
-        debug_assert!(ended.is_none(), "the line has no end in this chunk");
-    }
-
-    /// Continues the current line with `bytes`; returns the index of its line break, if there.
-    #[inline]
-    fn continue_line(&mut self, bytes: &[u8]) -> Option<usize> {
-        let mut i = 0;
-        loop {
-            match self.state {
-                State::LineStart => unreachable!("only called inside a line"),
-                State::Name => {
-                    // Names that matter are short: look at a few bytes, not the whole rest.
-                    let window = &bytes[i..bytes.len().min(i + MAX_NAME_LEN + 1 - self.name_len)];
-                    match window
-                        .iter()
-                        .position(|&b| matches!(b, b':' | b'\r' | b'\n'))
-                    {
-                        Some(pos) => {
-                            self.push_name(&window[..pos]);
-                            let field = self.field();
-                            self.start_value(field);
-                            if window[pos] == b':' {
-                                self.state = State::AfterColon(field);
-                                i += pos + 1;
-                            } else {
-                                // No colon: the whole line is the name, the value is empty.
-                                self.end_field(field);
-                                return Some(i + pos);
-                            }
-                        }
-                        None => {
-                            self.push_name(window);
-                            i += window.len();
-                            if self.name_len > MAX_NAME_LEN {
-                                // Too long to be a field we act on.
-                                self.state = State::Value(Field::Ignored);
-                            } else if i == bytes.len() {
-                                return None;
-                            }
-                        }
-                    }
-                }
-                State::AfterColon(field) => {
-                    let &b = bytes.get(i)?;
-                    if b == b' ' {
-                        i += 1;
-                    }
-                    self.state = State::Value(field);
-                }
-                State::Value(field) => {
-                    let rest = &bytes[i..];
-                    return match find_eol(rest) {
-                        None => {
-                            self.push_value(field, rest);
-                            None
-                        }
-                        Some(pos) => {
-                            self.push_value(field, &rest[..pos]);
-                            self.end_field(field);
-                            Some(i + pos)
-                        }
-                    };
-                }
+        let head = &bytes[..bytes.len().min(MAX_NAME_LEN + 1)];
+        match head.iter().position(|&b| b == b':') {
+            Some(colon) => {
+                self.enter_value(classify(&bytes[..colon]));
+                let ended = self.resume(&bytes[colon + 1..]);
+                debug_assert!(ended.is_none(), "the line has no end in this chunk");
+            }
+            // Too long to be the name of a field we act on.
+            None if head.len() > MAX_NAME_LEN => self.state = State::Skip,
+            None => {
+                self.name[..bytes.len()].copy_from_slice(bytes);
+                self.name_len = bytes.len();
+                self.state = State::Head;
             }
         }
     }
 
-    /// Consumes the line break at `chunk[at]` (CR, LF or CRLF, with the LF possibly in the next
-    /// chunk) and returns the index after it.
+    /// The state after the colon of a field.
+    fn enter_value(&mut self, field: Field) {
+        self.state = match field {
+            Field::Data => {
+                // Noted now: the block can only dispatch after this line has ended.
+                self.has_data = true;
+                State::Skip
+            }
+            Field::Ignored => State::Skip,
+            Field::Id | Field::Event => {
+                self.value.clear();
+                State::AfterColon(field)
+            }
+            Field::Retry => {
+                self.retry_acc = 0;
+                self.retry_digits = true;
+                self.retry_empty = true;
+                State::AfterColon(field)
+            }
+        };
+    }
+
+    /// Continues a line begun in an earlier chunk with `bytes`; returns the index of its line
+    /// break, if there, once the line has taken effect.
+    #[inline]
+    fn resume(&mut self, bytes: &[u8]) -> Option<usize> {
+        let mut i = 0;
+        loop {
+            let rest = &bytes[i..];
+            match self.state {
+                State::LineStart => unreachable!("only called inside a line"),
+                State::Head => {
+                    // Names that matter are short: look at a few bytes, not the whole rest.
+                    let room = MAX_NAME_LEN - self.name_len;
+                    let window = &rest[..rest.len().min(room + 1)];
+                    let Some(pos) = window
+                        .iter()
+                        .position(|&b| matches!(b, b':' | b'\r' | b'\n'))
+                    else {
+                        if window.len() > room {
+                            // Too long to be the name of a field we act on.
+                            self.state = State::Skip;
+                            i += window.len();
+                            continue;
+                        }
+                        self.name[self.name_len..][..window.len()].copy_from_slice(window);
+                        self.name_len += window.len();
+                        return None;
+                    };
+                    let mut name = self.name;
+                    name[self.name_len..][..pos].copy_from_slice(&window[..pos]);
+                    let name = &name[..self.name_len + pos];
+                    if window[pos] == b':' {
+                        self.enter_value(classify(name));
+                        i += pos + 1;
+                    } else {
+                        // No colon: the whole line is the name, and the value is empty.
+                        self.field_line(name);
+                        return Some(i + pos);
+                    }
+                }
+                State::AfterColon(field) => {
+                    let &first = rest.first()?;
+                    i += usize::from(first == b' ');
+                    self.state = if field == Field::Retry {
+                        State::Retry
+                    } else {
+                        State::Keep(field)
+                    };
+                }
+                State::Keep(field) => {
+                    let cap = if field == Field::Id {
+                        self.max_id_len
+                    } else {
+                        self.max_event_type_len
+                    };
+                    let end = find_eol(rest);
+                    let part = &rest[..end.unwrap_or(rest.len())];
+                    if self.value.len() + part.len() > cap {
+                        self.value.clear();
+                        self.state = State::Oversized(field);
+                        continue;
+                    }
+                    self.value.extend_from_slice(part);
+                    let end = end?;
+                    // The gathered value becomes the buffer by a swap, not a copy.
+                    if field == Field::Event {
+                        std::mem::swap(&mut self.event_type, &mut self.value);
+                    } else if !self.value.contains(&0) {
+                        std::mem::swap(&mut self.pending_id, &mut self.value);
+                        self.commit_pending = true;
+                        self.id_in_block = true;
+                    }
+                    return Some(i + end);
+                }
+                State::Oversized(field) => {
+                    let end = find_eol(rest)?;
+                    if field == Field::Id {
+                        self.oversized_ids += 1;
+                    } else {
+                        self.oversized_event_types += 1;
+                    }
+                    return Some(i + end);
+                }
+                State::Retry => {
+                    let end = find_eol(rest);
+                    let digits = &rest[..end.unwrap_or(rest.len())];
+                    if self.retry_digits && !digits.is_empty() {
+                        self.retry_empty = false;
+                        for &b in digits {
+                            if !b.is_ascii_digit() {
+                                self.retry_digits = false;
+                                break;
+                            }
+                            self.retry_acc = self
+                                .retry_acc
+                                .saturating_mul(10)
+                                .saturating_add(u64::from(b - b'0'));
+                        }
+                    }
+                    let end = end?;
+                    if self.retry_digits && !self.retry_empty {
+                        self.retry = Some(self.retry_acc);
+                    }
+                    return Some(i + end);
+                }
+                State::Skip => return find_eol(rest).map(|end| i + end),
+            }
+        }
+    }
+
+    /// Ends the line whose line break is at `chunk[at]` (CR, LF or CRLF, with the LF possibly in
+    /// the next chunk) and returns the index after the line break.
     #[inline]
     fn end_of_line(&mut self, chunk: &[u8], at: usize) -> usize {
         self.state = State::LineStart;
@@ -529,106 +617,6 @@ impl SseParser {
             }
         }
         at + 1
-    }
-
-    fn push_name(&mut self, bytes: &[u8]) {
-        let end = self.name_len + bytes.len();
-        if end <= MAX_NAME_LEN {
-            self.name[self.name_len..end].copy_from_slice(bytes);
-        }
-        self.name_len = end.min(MAX_NAME_LEN + 1);
-    }
-
-    fn field(&self) -> Field {
-        if self.name_len > MAX_NAME_LEN {
-            return Field::Ignored;
-        }
-        classify(&self.name[..self.name_len])
-    }
-
-    fn start_value(&mut self, field: Field) {
-        match field {
-            Field::Id | Field::Event => {
-                self.value.clear();
-                self.value_overflow = false;
-            }
-            Field::Retry => {
-                self.retry_acc = 0;
-                self.retry_digits = true;
-                self.retry_empty = true;
-            }
-            Field::Data | Field::Ignored => {}
-        }
-    }
-
-    #[inline]
-    fn push_value(&mut self, field: Field, bytes: &[u8]) {
-        match field {
-            Field::Id | Field::Event => {
-                if self.value_overflow || bytes.is_empty() {
-                    return;
-                }
-                let cap = if field == Field::Id {
-                    self.max_id_len
-                } else {
-                    self.max_event_type_len
-                };
-                if self.value.len() + bytes.len() > cap {
-                    // Over the cap: stop buffering; the field will be ignored.
-                    self.value_overflow = true;
-                    self.value.clear();
-                } else {
-                    self.value.extend_from_slice(bytes);
-                }
-            }
-            Field::Retry => {
-                if !self.retry_digits || bytes.is_empty() {
-                    return;
-                }
-                self.retry_empty = false;
-                for &b in bytes {
-                    if !b.is_ascii_digit() {
-                        self.retry_digits = false;
-                        return;
-                    }
-                    self.retry_acc = self
-                        .retry_acc
-                        .saturating_mul(10)
-                        .saturating_add(u64::from(b - b'0'));
-                }
-            }
-            Field::Data | Field::Ignored => {}
-        }
-    }
-
-    /// Ends a field whose value was gathered across chunks.
-    fn end_field(&mut self, field: Field) {
-        match field {
-            // The gathered value becomes the buffer by a swap, not a copy.
-            Field::Id => {
-                if self.value_overflow {
-                    self.oversized_ids += 1;
-                } else if !self.value.contains(&0) {
-                    std::mem::swap(&mut self.pending_id, &mut self.value);
-                    self.commit_pending = true;
-                    self.id_in_block = true;
-                }
-            }
-            Field::Event => {
-                if self.value_overflow {
-                    self.oversized_event_types += 1;
-                } else {
-                    std::mem::swap(&mut self.event_type, &mut self.value);
-                }
-            }
-            Field::Data => self.has_data = true,
-            Field::Retry => {
-                if self.retry_digits && !self.retry_empty {
-                    self.retry = Some(self.retry_acc);
-                }
-            }
-            Field::Ignored => {}
-        }
     }
 
     #[inline]
@@ -653,7 +641,10 @@ impl SseParser {
                 }
             }
         }
-        let event_type = String::from_utf8_lossy(&self.event_type);
+        let event_type = match std::str::from_utf8(&self.event_type) {
+            Ok(valid) => Cow::Borrowed(valid),
+            Err(_) => String::from_utf8_lossy(&self.event_type),
+        };
         on_dispatch(&Dispatch {
             is_event: self.has_data,
             id_set: self.id_in_block,
@@ -682,20 +673,53 @@ fn classify(name: &[u8]) -> Field {
 
 /// The length of the line at the start of `bytes`: the index of its first CR or LF.
 ///
-/// Most lines are short: their end is found eight bytes at a time in a machine word, where
-/// memchr's vector set-up would cost more than the scan; past 64 bytes (long `data` lines),
-/// memchr takes over.
-#[inline]
+/// Most lines are short, and so are the chunk tails that split lines: up to seven bytes are
+/// looked at one by one, inline; longer inputs go to [`find_eol_long`].
+#[inline(always)]
 fn find_eol(bytes: &[u8]) -> Option<usize> {
+    match bytes.len() {
+        0..4 => bytes.iter().position(|&b| b == b'\n' || b == b'\r'),
+        // Two words of four bytes, the second one overlapping the first when there are fewer
+        // than eight: no loop, so no branch that depends on where the line ends.
+        4..8 => {
+            let head = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+            let at = bytes.len() - 4;
+            let tail = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+            match eol_mask32(head) {
+                0 => match eol_mask32(tail) {
+                    0 => None,
+                    mask => Some(at + (mask.trailing_zeros() / 8) as usize),
+                },
+                mask => Some((mask.trailing_zeros() / 8) as usize),
+            }
+        }
+        _ => find_eol_long(bytes),
+    }
+}
+
+/// The high bit of every byte of `w` that is CR or LF, and possibly of bytes after the first
+/// such byte (borrows run towards higher bytes): the lowest set bit is exact.
+#[inline(always)]
+fn eol_mask32(w: u32) -> u32 {
+    const ONES: u32 = u32::from_ne_bytes([0x01; 4]);
+    const HIGHS: u32 = u32::from_ne_bytes([0x80; 4]);
+    let (lf, cr) = (
+        w ^ u32::from_ne_bytes([b'\n'; 4]),
+        w ^ u32::from_ne_bytes([b'\r'; 4]),
+    );
+    ((lf.wrapping_sub(ONES) & !lf) | (cr.wrapping_sub(ONES) & !cr)) & HIGHS
+}
+
+/// [`find_eol`] for eight bytes or more: the line end is found eight bytes at a time in a
+/// machine word, where memchr's vector set-up would cost more than the scan; past 64 bytes (long
+/// `data` lines), memchr takes over.
+#[inline(never)]
+fn find_eol_long(bytes: &[u8]) -> Option<usize> {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
     const LF: u64 = u64::from_ne_bytes([b'\n'; 8]);
     const CR: u64 = u64::from_ne_bytes([b'\r'; 8]);
     const WORDS: usize = 8;
-    if bytes.len() < 8 {
-        // The tail of a small chunk.
-        return bytes.iter().position(|&b| b == b'\n' || b == b'\r');
-    }
     let mut i = 0;
     let mut words = bytes.chunks_exact(8);
     for word in words.by_ref().take(WORDS) {

@@ -107,7 +107,7 @@ fn run<'a>(
         dispatches.push(Record {
             is_event: d.is_event(),
             id_set: d.id_set(),
-            event_type: d.event_type().to_owned(),
+            event_type: d.event_type().into_owned(),
             last_event_id: d.last_event_id().to_owned(),
             retry: d.retry(),
         });

@@ -17,7 +17,7 @@
 //! let mut seen = Vec::new();
 //! for chunk in [&b"id: 1\ndata: hel"[..], b"lo\n\nid: 2\r", b"\nevent: ping\n\n"] {
 //!     parser.feed(chunk, |d| {
-//!         seen.push((d.is_event(), d.event_type().to_owned(), d.last_event_id().to_owned()));
+//!         seen.push((d.is_event(), d.event_type().into_owned(), d.last_event_id().to_owned()));
 //!     });
 //! }
 //! parser.finish();
@@ -120,7 +120,7 @@ pub struct SseParser {
     /// The last event ID buffer when it differs from `last_event_id` (see `commit_pending`), as
     /// raw bytes: checked as UTF-8 when committed, which moves the buffer, never copies it.
     pending_id: Vec<u8>,
-    /// The event type buffer of the current block, as raw bytes (checked at dispatch).
+    /// The event type buffer of the current block, as raw bytes (decoded only when asked for).
     event_type: Vec<u8>,
 
     // Lines split across chunks.
@@ -199,7 +199,8 @@ impl fmt::Debug for SseParser {
 pub struct Dispatch<'a> {
     is_event: bool,
     id_set: bool,
-    event_type: &'a str,
+    /// Raw: decoded only if asked for, since tracking has no use for it.
+    event_type: &'a [u8],
     last_event_id: &'a str,
     retry: Option<u64>,
 }
@@ -220,11 +221,14 @@ impl<'a> Dispatch<'a> {
 
     /// The event type: the block's last valid `event` value, or `"message"` when there was none
     /// or it was empty.
-    pub fn event_type(&self) -> &'a str {
+    ///
+    /// Decoded when called, with U+FFFD replacement characters for invalid UTF-8; borrowed unless
+    /// the value was invalid.
+    pub fn event_type(&self) -> Cow<'a, str> {
         if self.event_type.is_empty() {
-            "message"
+            Cow::Borrowed("message")
         } else {
-            self.event_type
+            String::from_utf8_lossy(self.event_type)
         }
     }
 
@@ -641,18 +645,13 @@ impl SseParser {
                 }
             }
         }
-        let event_type = match std::str::from_utf8(&self.event_type) {
-            Ok(valid) => Cow::Borrowed(valid),
-            Err(_) => String::from_utf8_lossy(&self.event_type),
-        };
         on_dispatch(&Dispatch {
             is_event: self.has_data,
             id_set: self.id_in_block,
-            event_type: &event_type,
+            event_type: &self.event_type,
             last_event_id: &self.last_event_id,
             retry: self.retry,
         });
-        drop(event_type);
         self.id_in_block = false;
         self.has_data = false;
         self.event_type.clear();
@@ -765,7 +764,7 @@ mod tests {
             parser.feed(chunk, |d| {
                 out.push(Seen {
                     event: d.is_event(),
-                    ty: d.event_type().to_owned(),
+                    ty: d.event_type().into_owned(),
                     id: d.last_event_id().to_owned(),
                     id_set: d.id_set(),
                     retry: d.retry(),

@@ -193,7 +193,7 @@ fn run<'a>(caps: Caps, chunks: impl IntoIterator<Item = &'a [u8]>) -> Outcome {
         parser.feed(chunk, |d| {
             dispatches.push(Record {
                 is_event: d.is_event(),
-                event_type: d.event_type().to_owned(),
+                event_type: d.event_type().into_owned(),
                 last_event_id: d.last_event_id().to_owned(),
                 retry: d.retry(),
                 id_set: d.id_set(),

@@ -1063,6 +1063,38 @@ mod tests {
     }
 
     #[test]
+    fn oversized_id_split_across_chunks_is_counted_once() {
+        let mut p = SseParser::new().max_id_len(4);
+        let seen = feed_all(&mut p, &[b"id: 1\n\nid: 12", b"345", b"678\n\n"]);
+        assert_eq!(ids(&seen), ["1", "1"]);
+        assert!(!seen[1].id_set);
+        assert_eq!(p.oversized_ids(), 1);
+        // Exactly at the cap, split the same way: kept.
+        let seen = feed_all(&mut p, &[b"id: 12", b"34\n\n"]);
+        assert_eq!(ids(&seen), ["1234"]);
+        assert_eq!(p.oversized_ids(), 1);
+    }
+
+    #[test]
+    fn split_names_that_only_start_like_a_field_are_ignored() {
+        for chunks in [
+            &[&b"i"[..], b"ds: 1\n", b"data\n\n"][..],
+            &[b"i", b"d\0: 1\n", b"data\n\n"],
+            &[b"even", b"ts: x\nid", b"x\n", b"data\n\n"],
+            &[b"retr", b"ies: 5\n", b"data\n\n"],
+            &[b"dat", b"ax: 1\n\n"],
+        ] {
+            let mut p = SseParser::new();
+            let seen = feed_all(&mut p, chunks);
+            let first = &seen[0];
+            assert!(!first.id_set, "{chunks:?}");
+            assert_eq!(first.ty, "message", "{chunks:?}");
+            assert_eq!(first.retry, None, "{chunks:?}");
+            assert_eq!(first.event, chunks.len() > 2, "{chunks:?}");
+        }
+    }
+
+    #[test]
     fn field_name_split_across_chunks() {
         let seen = parse(&[b"i", b"d", b":", b" ", b"1", b"\n", b"\n"]);
         assert_eq!(ids(&seen), ["1"]);

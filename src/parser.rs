@@ -422,13 +422,42 @@ impl SseParser {
             Field::Id => self.set_id(value),
             Field::Event => self.set_event_type(value),
             Field::Retry => {
-                if !value.is_empty() && value.iter().all(u8::is_ascii_digit) {
-                    self.retry = Some(value.iter().fold(0u64, |acc, &d| {
-                        acc.saturating_mul(10).saturating_add(u64::from(d - b'0'))
-                    }));
-                }
+                self.start_retry();
+                self.push_retry(value);
+                self.end_retry();
             }
             Field::Ignored => {}
+        }
+    }
+
+    fn start_retry(&mut self) {
+        self.retry_acc = 0;
+        self.retry_digits = true;
+        self.retry_empty = true;
+    }
+
+    /// Adds the next bytes of a `retry` value: ASCII digits only, saturating.
+    fn push_retry(&mut self, digits: &[u8]) {
+        if !self.retry_digits || digits.is_empty() {
+            return;
+        }
+        self.retry_empty = false;
+        for &b in digits {
+            if !b.is_ascii_digit() {
+                self.retry_digits = false;
+                return;
+            }
+            self.retry_acc = self
+                .retry_acc
+                .saturating_mul(10)
+                .saturating_add(u64::from(b - b'0'));
+        }
+    }
+
+    /// Ends a `retry` value: it takes effect if it was a non-empty run of digits.
+    fn end_retry(&mut self) {
+        if self.retry_digits && !self.retry_empty {
+            self.retry = Some(self.retry_acc);
         }
     }
 
@@ -491,9 +520,7 @@ impl SseParser {
                 State::AfterColon(field)
             }
             Field::Retry => {
-                self.retry_acc = 0;
-                self.retry_digits = true;
-                self.retry_empty = true;
+                self.start_retry();
                 State::AfterColon(field)
             }
         };
@@ -583,24 +610,9 @@ impl SseParser {
                 }
                 State::Retry => {
                     let end = find_eol(rest);
-                    let digits = &rest[..end.unwrap_or(rest.len())];
-                    if self.retry_digits && !digits.is_empty() {
-                        self.retry_empty = false;
-                        for &b in digits {
-                            if !b.is_ascii_digit() {
-                                self.retry_digits = false;
-                                break;
-                            }
-                            self.retry_acc = self
-                                .retry_acc
-                                .saturating_mul(10)
-                                .saturating_add(u64::from(b - b'0'));
-                        }
-                    }
+                    self.push_retry(&rest[..end.unwrap_or(rest.len())]);
                     let end = end?;
-                    if self.retry_digits && !self.retry_empty {
-                        self.retry = Some(self.retry_acc);
-                    }
+                    self.end_retry();
                     return Some(i + end);
                 }
                 State::Skip => return find_eol(rest).map(|end| i + end),

@@ -22,7 +22,7 @@ use crate::{
     metrics as m,
     parser::SseParser,
     tracker::Slot,
-    worker::{Shared, TryEnqueueError},
+    worker::{Attachment, TryEnqueueError},
 };
 
 /// Most separate chunks one data frame may have for us to read it without copying; a frame made
@@ -65,10 +65,9 @@ pin_project! {
 /// Per-stream tracking state, boxed so that untracked bodies stay small.
 pub(crate) struct Tracking {
     parser: SseParser,
-    /// The session's slot; `None` for an event stream that only gets heartbeats (no valid
-    /// session, or the registry was full).
-    slot: Option<Arc<Slot>>,
-    shared: Arc<Shared>,
+    /// The stream's hold on its session; `None` for an event stream that only gets heartbeats
+    /// (no valid session, or the registry was full).
+    session: Option<Attachment>,
     backpressure_timeout: Duration,
     heartbeat: Option<Duration>,
     reserve: Option<Reserve>,
@@ -81,16 +80,14 @@ pub(crate) struct Tracking {
 
 impl Tracking {
     pub(crate) fn new(
-        slot: Option<Arc<Slot>>,
-        shared: Arc<Shared>,
+        session: Option<Attachment>,
         max_id_len: usize,
         backpressure_timeout: Duration,
         heartbeat: Option<Duration>,
     ) -> Self {
         Self {
             parser: SseParser::new().max_id_len(max_id_len),
-            slot,
-            shared,
+            session,
             backpressure_timeout,
             heartbeat,
             reserve: None,
@@ -103,16 +100,14 @@ impl Tracking {
     /// must be queued. Hot path: no allocation, one short lock per event.
     fn feed(&mut self, chunk: &[u8], enqueue: &mut bool) {
         let Self {
-            parser,
-            slot,
-            shared,
-            ..
+            parser, session, ..
         } = self;
-        let Some(slot) = slot.as_ref() else {
+        let Some(session) = session.as_ref() else {
             // Heartbeats only: the parser just follows the line boundaries.
             parser.feed(chunk, |_| {});
             return;
         };
+        let (slot, shared) = (session.slot(), session.shared());
         parser.feed(chunk, |d| {
             if !(d.is_event() || d.id_set()) {
                 return;
@@ -155,23 +150,24 @@ impl Tracking {
 
 impl Drop for Tracking {
     fn drop(&mut self) {
-        let Some(slot) = &self.slot else {
-            return;
-        };
         // Dropped while a frame waited for queue room (the client went away): the slot is
         // already marked queued, so it must reach the worker now or it would never be written.
-        if self.reserve.take().is_some() {
-            self.shared.enqueue_or_park(slot.clone());
+        // (Then the attachment drops: the stream leaves the session.)
+        if let Some(session) = &self.session
+            && self.reserve.take().is_some()
+        {
+            session.shared().enqueue_or_park(session.slot().clone());
         }
-        // For idle eviction: the stream left the session.
-        slot.touch();
     }
 }
 
 impl fmt::Debug for Tracking {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Tracking")
-            .field("session", &self.slot.as_ref().map(|slot| slot.session()))
+            .field(
+                "session",
+                &self.session.as_ref().map(|s| s.slot().session()),
+            )
             .field("parser", &self.parser)
             .finish_non_exhaustive()
     }
@@ -200,7 +196,7 @@ impl<B: Body> TrackingBody<B> {
     /// Whether this body records its stream's event IDs (an event stream without a valid session
     /// may still get heartbeats, but is not tracked).
     pub fn is_tracked(&self) -> bool {
-        self.tracking.as_ref().is_some_and(|t| t.slot.is_some())
+        self.tracking.as_ref().is_some_and(|t| t.session.is_some())
     }
 
     /// The inner body.
@@ -289,7 +285,7 @@ where
         }
         if fed.is_err() {
             tracing::warn!(
-                session = ?tracking.slot.as_ref().map(|slot| slot.session()),
+                session = ?tracking.session.as_ref().map(|s| s.slot().session()),
                 "data frame in more than {MAX_IOVECS} pieces: stream no longer tracked"
             );
             *this.tracking = None;
@@ -298,16 +294,16 @@ where
         if !enqueue {
             return Poll::Ready(Some(Ok(frame)));
         }
-        let Some(slot) = tracking.slot.clone() else {
+        let Some(session) = tracking.session.as_ref() else {
             return Poll::Ready(Some(Ok(frame)));
         };
-        match tracking.shared.try_enqueue(slot) {
+        match session.shared().try_enqueue(session.slot().clone()) {
             Ok(()) | Err(TryEnqueueError::Closed) => Poll::Ready(Some(Ok(frame))),
             Err(TryEnqueueError::Full(_)) => {
                 // The queue is full right when the session turned dirty: wait for room, at most
                 // for the backpressure timeout, holding this frame.
                 metrics::counter!(m::BACKPRESSURE_WAITS).increment(1);
-                tracking.reserve = Some(Box::pin(tracking.shared.queue.clone().reserve_owned()));
+                tracking.reserve = Some(Box::pin(session.shared().queue.clone().reserve_owned()));
                 arm(
                     this.timer.as_mut(),
                     Instant::now() + tracking.backpressure_timeout,
@@ -355,13 +351,15 @@ fn poll_backpressure(
     timer: Pin<&mut Option<Sleep>>,
     cx: &mut Context<'_>,
 ) -> Poll<()> {
-    let (Some(reserve), Some(slot)) = (tracking.reserve.as_mut(), tracking.slot.clone()) else {
+    let (Some(reserve), Some(session)) = (tracking.reserve.as_mut(), tracking.session.as_ref())
+    else {
         return Poll::Ready(());
     };
+    let slot = session.slot().clone();
     match reserve.as_mut().poll(cx) {
         Poll::Ready(Ok(permit)) => {
             permit.send(slot);
-            tracking.shared.wake_if_filling();
+            session.shared().wake_if_filling();
         }
         Poll::Ready(Err(_closed)) => {
             metrics::counter!(m::DROPPED_AFTER_SHUTDOWN).increment(1);
@@ -373,7 +371,7 @@ fn poll_backpressure(
             if !fired {
                 return Poll::Pending;
             }
-            tracking.shared.park(slot);
+            session.shared().park(slot);
         }
     }
     tracking.reserve = None;

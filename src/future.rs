@@ -12,7 +12,10 @@ use http::{HeaderValue, Response, header};
 use http_body::Body;
 use pin_project_lite::pin_project;
 
-use crate::{SessionId, body::TrackingBody, layer::Config, metrics as m, store::SessionRecord};
+use crate::{
+    SessionId, body::TrackingBody, layer::Config, metrics as m, registry::Full,
+    store::SessionRecord, worker::Attachment,
+};
 
 /// Reads the session's last event ID from the store, then calls the inner service.
 pub(crate) struct Resume<F> {
@@ -124,28 +127,29 @@ fn wrap<B: Body>(response: Response<B>, info: RequestInfo) -> Response<TrackingB
         None if info.session_from_response => config.session_from_response(response.headers()),
         None => None,
     };
-    let slot = match session {
-        Some(session) => {
-            let slot = config.worker.shared.registry.get_or_insert(&session);
-            if slot.is_none() {
+    let attachment = match session {
+        Some(session) => match Attachment::new(&config.worker.shared, &session) {
+            Ok(attachment) => Some(attachment),
+            Err(Full) => {
+                // Debug, not warn: a flood of new keys must not become a flood of log lines.
+                // The counter is what to alert on.
                 metrics::counter!(m::UNTRACKED, "reason" => "registry_full").increment(1);
-                tracing::warn!(%session, "session registry full: stream not tracked");
+                tracing::debug!(%session, "session registry full: stream not tracked");
+                None
             }
-            slot
-        }
+        },
         None => None,
     };
     // Injected bytes would break a declared length.
     let heartbeat = config
         .heartbeat
         .filter(|_| !response.headers().contains_key(header::CONTENT_LENGTH));
-    if slot.is_none() && heartbeat.is_none() {
+    if attachment.is_none() && heartbeat.is_none() {
         return response.map(TrackingBody::passthrough);
     }
     // An event stream without a session still gets heartbeats when they are on.
     let tracking = crate::body::Tracking::new(
-        slot,
-        config.worker.shared.clone(),
+        attachment,
         config.max_id_len,
         config.backpressure_timeout,
         heartbeat,

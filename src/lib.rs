@@ -54,14 +54,18 @@ mod body;
 mod clock;
 mod future;
 mod layer;
+mod lru;
 pub mod metrics;
 pub mod parser;
+mod registry;
 mod service;
 mod session;
 pub mod store;
 mod tracker;
 mod worker;
 
+#[doc(hidden)]
+pub use self::registry::RegistryStats;
 pub use self::{
     body::TrackingBody,
     future::ResponseFuture,

@@ -48,6 +48,10 @@ pub const DUPLICATE_EVENTS: &str = "sse_tracking_duplicate_events_total";
 pub const OVERSIZED_IDS: &str = "sse_tracking_oversized_ids_total";
 /// Counter: requests left untracked, by `reason` label (`invalid_key`, `registry_full`).
 pub const UNTRACKED: &str = "sse_tracking_untracked_total";
+/// Counter: idle sessions forgotten from memory (their state is in the store), by `reason`
+/// label: `idle` (after the idle TTL) or `capacity` (earlier, to admit a new session at the
+/// cap).
+pub const SESSIONS_FORGOTTEN: &str = "sse_tracking_sessions_forgotten_total";
 /// Gauge: sessions in the in-memory registry.
 pub const TRACKED_SESSIONS: &str = "sse_tracking_tracked_sessions";
 /// Counter: heartbeat comments injected.
@@ -109,6 +113,11 @@ pub fn describe() {
     );
     describe_counter!(OVERSIZED_IDS, Unit::Count, "Event IDs over the length cap");
     describe_counter!(UNTRACKED, Unit::Count, "Requests left untracked");
+    describe_counter!(
+        SESSIONS_FORGOTTEN,
+        Unit::Count,
+        "Idle sessions forgotten from memory"
+    );
     describe_gauge!(TRACKED_SESSIONS, Unit::Count, "Sessions tracked in memory");
     describe_counter!(HEARTBEATS, Unit::Count, "Heartbeat comments injected");
     describe_counter!(RESUMED, Unit::Count, "Last-Event-ID headers inserted");

@@ -8,13 +8,10 @@
 //! sessions per flush interval rather than by events.
 
 use std::{
-    collections::HashMap,
     hash::BuildHasher,
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
-    time::{Duration, SystemTime},
+    sync::{Mutex, MutexGuard, PoisonError},
+    time::SystemTime,
 };
-
-use tokio::time::Instant;
 
 use crate::{
     SessionId, clock,
@@ -37,6 +34,9 @@ pub(crate) struct Recorded {
 /// has something to write) the persistence worker.
 pub(crate) struct Slot {
     session: SessionId,
+    /// Where the registry keeps the slot: its shard and its index there (fixed).
+    shard: u32,
+    node: u32,
     state: Mutex<SlotState>,
 }
 
@@ -58,8 +58,6 @@ struct SlotState {
     activity: SystemTime,
     /// The slot is with the worker (in its queue, pending set, retry heap or overflow set).
     queued: bool,
-    /// When a stream last attached to or left this slot.
-    last_seen: Instant,
     dedup: DedupWindow,
 }
 
@@ -77,9 +75,11 @@ impl std::fmt::Debug for Slot {
 }
 
 impl Slot {
-    pub(crate) fn new(session: SessionId, dedup_window: usize) -> Self {
+    pub(crate) fn new(session: SessionId, shard: u32, node: u32, dedup_window: usize) -> Self {
         Self {
             session,
+            shard,
+            node,
             state: Mutex::new(SlotState {
                 id: String::new(),
                 id_known: false,
@@ -89,7 +89,6 @@ impl Slot {
                 version: 0,
                 activity: SystemTime::UNIX_EPOCH,
                 queued: false,
-                last_seen: Instant::now(),
                 dedup: DedupWindow::new(dedup_window),
             }),
         }
@@ -97,6 +96,14 @@ impl Slot {
 
     pub(crate) fn session(&self) -> &SessionId {
         &self.session
+    }
+
+    pub(crate) fn shard(&self) -> u32 {
+        self.shard
+    }
+
+    pub(crate) fn node(&self) -> u32 {
+        self.node
     }
 
     fn lock(&self) -> MutexGuard<'_, SlotState> {
@@ -195,16 +202,9 @@ impl Slot {
         st.seq > st.persisted_seq
     }
 
-    /// Notes that a stream attached to or left the slot (for idle eviction).
-    pub(crate) fn touch(&self) {
-        self.lock().last_seen = Instant::now();
-    }
-
-    /// Whether the registry may forget this slot: nothing left to write, not with the worker,
-    /// and idle for longer than `ttl`. The caller also checks that no stream holds it.
-    fn evictable(&self, now: Instant, ttl: Duration) -> bool {
-        let st = self.lock();
-        !st.queued && st.seq == st.persisted_seq && now.duration_since(st.last_seen) >= ttl
+    /// Whether the slot is with the worker (it has, or just had, something to write).
+    pub(crate) fn is_queued(&self) -> bool {
+        self.lock().queued
     }
 }
 
@@ -217,50 +217,59 @@ pub(crate) struct Snapshot {
     pub(crate) events: u64,
 }
 
-/// The fingerprints of the last `N` distinct event IDs of a session, in a ring.
+/// The fingerprints of the last `N` distinct event IDs of a session, in a ring that grows with
+/// use (4, 8, 16, ... up to `N` entries), so that a session with few events costs little.
 ///
-/// Fingerprints are 64-bit keyed hashes ([`foldhash`] with a per-process random seed): a false
-/// duplicate needs a collision among at most `N` values, about `N / 2^64` per event. Beside the
-/// ring, one tag byte per entry (the hash's top byte) is scanned first with `memchr`: a lookup
-/// reads one cache line of tags, and a full fingerprint only where a tag matches (a quarter of
-/// the time for an absent ID in a full window of 64), instead of all eight lines of the ring.
+/// Fingerprints are 32 bits of a keyed 64-bit hash ([`foldhash`] with a per-process random
+/// seed, so IDs cannot be crafted to collide): an ID new to a full window of 64 is taken for a
+/// duplicate with probability 64 / 2^32, about one event in 67 million. Such an event still
+/// reaches the client; only its ID is not recorded, so the session's position stays one event
+/// behind until its next event (a resume at that moment repeats one event, never skips one).
+/// Four bytes instead of eight halve the window's memory, the largest part of a session's.
 struct DedupWindow {
-    ring: Box<[u64]>,
-    tags: Box<[u8]>,
-    len: usize,
-    next: usize,
+    ring: Vec<u32>,
+    /// The next entry to overwrite once the ring is full.
+    next: u32,
+    capacity: u32,
 }
 
 impl DedupWindow {
     fn new(capacity: usize) -> Self {
         Self {
-            ring: vec![0; capacity].into_boxed_slice(),
-            tags: vec![0; capacity].into_boxed_slice(),
-            len: 0,
+            ring: Vec::new(),
             next: 0,
+            capacity: u32::try_from(capacity).unwrap_or(u32::MAX),
         }
     }
 
-    fn tag(hash: u64) -> u8 {
-        (hash >> 56) as u8
+    fn fingerprint(hash: u64) -> u32 {
+        (hash ^ (hash >> 32)) as u32
     }
 
     fn contains(&self, hash: u64) -> bool {
-        memchr::memchr_iter(Self::tag(hash), &self.tags[..self.len]).any(|i| self.ring[i] == hash)
+        let fp = Self::fingerprint(hash);
+        // No early exit: a branch-free scan that the compiler vectorises, 64 entries in a few
+        // instructions.
+        self.ring.iter().fold(false, |found, &x| found | (x == fp))
     }
 
     fn insert(&mut self, hash: u64) {
-        if self.ring.is_empty() {
-            return;
+        let fp = Self::fingerprint(hash);
+        let len = self.ring.len();
+        if len < self.capacity as usize {
+            if len == self.ring.capacity() {
+                let target = (len * 2).clamp(4, self.capacity as usize);
+                self.ring.reserve_exact(target - len);
+            }
+            self.ring.push(fp);
+        } else if len > 0 {
+            self.ring[self.next as usize] = fp;
+            self.next = (self.next + 1) % self.capacity;
         }
-        self.ring[self.next] = hash;
-        self.tags[self.next] = Self::tag(hash);
-        self.next = (self.next + 1) % self.ring.len();
-        self.len = (self.len + 1).min(self.ring.len());
     }
 
     fn clear(&mut self) {
-        self.len = 0;
+        self.ring.clear();
         self.next = 0;
     }
 }
@@ -275,89 +284,12 @@ impl IdHasher {
     }
 }
 
-/// Limits of the in-memory registry of tracked sessions.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct RegistryLimits {
-    pub(crate) max_sessions: usize,
-    pub(crate) idle_ttl: Duration,
-    pub(crate) dedup_window: usize,
-}
-
-/// The bounded map of tracked sessions. Looked up once per request, never per event.
-pub(crate) struct Registry {
-    limits: RegistryLimits,
-    map: Mutex<HashMap<SessionId, Arc<Slot>>>,
-}
-
-impl std::fmt::Debug for Registry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Registry")
-            .field("limits", &self.limits)
-            .field("len", &self.len())
-            .finish()
-    }
-}
-
-impl Registry {
-    pub(crate) fn new(limits: RegistryLimits) -> Self {
-        Self {
-            limits,
-            map: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, HashMap<SessionId, Arc<Slot>>> {
-        self.map.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// The session's slot, if it is tracked.
-    pub(crate) fn get(&self, session: &SessionId) -> Option<Arc<Slot>> {
-        self.lock().get(session).cloned()
-    }
-
-    /// The session's slot, created if needed. `None` when the registry is full of sessions that
-    /// cannot be evicted (live streams, or state not yet written).
-    pub(crate) fn get_or_insert(&self, session: &SessionId) -> Option<Arc<Slot>> {
-        let mut map = self.lock();
-        if let Some(slot) = map.get(session) {
-            slot.touch();
-            return Some(slot.clone());
-        }
-        if map.len() >= self.limits.max_sessions {
-            Self::evict_idle(&mut map, self.limits.idle_ttl);
-            if map.len() >= self.limits.max_sessions {
-                return None;
-            }
-        }
-        let slot = Arc::new(Slot::new(session.clone(), self.limits.dedup_window));
-        map.insert(session.clone(), slot.clone());
-        Some(slot)
-    }
-
-    /// Forgets idle sessions; returns how many.
-    pub(crate) fn sweep(&self) -> usize {
-        Self::evict_idle(&mut self.lock(), self.limits.idle_ttl)
-    }
-
-    fn evict_idle(map: &mut HashMap<SessionId, Arc<Slot>>, ttl: Duration) -> usize {
-        let now = Instant::now();
-        let before = map.len();
-        // strong_count == 1: only the registry holds it (no stream, not with the worker).
-        map.retain(|_, slot| !(Arc::strong_count(slot) == 1 && slot.evictable(now, ttl)));
-        before - map.len()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn slot() -> Slot {
-        Slot::new(SessionId::new("s").unwrap(), 4)
+        Slot::new(SessionId::new("s").unwrap(), 0, 0, 4)
     }
 
     fn rec(slot: &Slot, hasher: &IdHasher, id: &str) -> Recorded {
@@ -449,18 +381,31 @@ mod tests {
     }
 
     #[test]
-    fn window_checks_full_fingerprints_behind_equal_tags() {
-        let mut w = DedupWindow::new(4);
-        // Same top byte, different fingerprints.
-        let (a, b) = (0xAB00_0000_0000_0001, 0xAB00_0000_0000_0002);
-        w.insert(a);
-        assert!(w.contains(a));
-        assert!(!w.contains(b), "a tag match alone is not a duplicate");
-        for h in [b, 3, 4, 5] {
+    fn window_grows_with_use_up_to_its_capacity_then_rings() {
+        let mut w = DedupWindow::new(64);
+        assert_eq!(
+            w.ring.capacity(),
+            0,
+            "nothing allocated before the first id"
+        );
+        w.insert(1);
+        assert_eq!(w.ring.capacity(), 4);
+        for h in 2..=5 {
             w.insert(h);
         }
-        assert!(!w.contains(a), "evicted after 4 newer entries");
-        assert!(w.contains(b) && w.contains(5));
+        assert_eq!(w.ring.capacity(), 8);
+        for h in 6..=100 {
+            w.insert(h);
+        }
+        assert_eq!(w.ring.capacity(), 64, "never past the window");
+        assert!(!w.contains(36), "fell out after 64 newer entries");
+        assert!(w.contains(37) && w.contains(100));
+        let mut off = DedupWindow::new(0);
+        off.insert(1);
+        assert!(
+            !off.contains(1) && off.ring.capacity() == 0,
+            "0 turns it off"
+        );
     }
 
     #[test]
@@ -494,33 +439,5 @@ mod tests {
     fn nothing_to_write_gives_no_snapshot() {
         let s = slot();
         assert!(s.snapshot(SystemTime::now()).is_none());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn registry_is_bounded_and_evicts_only_idle_written_sessions() {
-        let reg = Registry::new(RegistryLimits {
-            max_sessions: 2,
-            idle_ttl: Duration::from_secs(10),
-            dedup_window: 4,
-        });
-        let h = IdHasher::default();
-        let a = reg.get_or_insert(&SessionId::new("a").unwrap()).unwrap();
-        let b = reg.get_or_insert(&SessionId::new("b").unwrap()).unwrap();
-        rec(&b, &h, "1");
-        let c = SessionId::new("c").unwrap();
-        assert!(
-            reg.get_or_insert(&c).is_none(),
-            "full, a is held by a stream"
-        );
-        drop(a);
-        assert!(reg.get_or_insert(&c).is_none(), "a is not idle long enough");
-        tokio::time::advance(Duration::from_secs(11)).await;
-        drop(b);
-        assert!(reg.get_or_insert(&c).is_some(), "a was evicted");
-        assert_eq!(reg.len(), 2);
-        assert!(
-            reg.get(&SessionId::new("b").unwrap()).is_some(),
-            "b has unwritten state"
-        );
     }
 }

@@ -6,15 +6,16 @@ use std::{
 };
 
 use super::{SessionRecord, SessionStore, SessionUpdate, StoreFuture};
-use crate::SessionId;
+use crate::{SessionId, lru::LinkedSlab};
 
 /// The default store: a bounded map in this process's memory.
 ///
 /// Cloning is cheap and clones share the same map. It forgets everything when the process ends
 /// and cannot be shared by several replicas; it is meant for single-process deployments, tests
-/// and examples. It is bounded: a session idle for longer than the TTL reads as absent and is
-/// removed, and when the map is full the least recently active eighth of it is evicted to make
-/// room (counted by [`evictions`](Self::evictions)).
+/// and examples. It is bounded, and every operation costs O(1) whatever it holds: a session idle
+/// for longer than the TTL reads as absent and is removed (a few at every write, oldest first),
+/// and when the map is full the least recently written session is evicted to make room (counted
+/// by [`evictions`](Self::evictions)).
 ///
 /// ```
 /// use std::time::Duration;
@@ -38,9 +39,14 @@ struct Inner {
 struct State {
     /// Keyed by foldhash (randomly seeded per process): keys are client input, so the hasher
     /// must resist crafted collisions, and SipHash would dominate the cost of a write.
-    map: HashMap<SessionId, SessionRecord, foldhash::fast::RandomState>,
+    map: HashMap<SessionId, u32, foldhash::fast::RandomState>,
+    /// The records, all linked, least recently written first.
+    records: LinkedSlab<(SessionId, SessionRecord)>,
     evictions: u64,
 }
+
+/// Expired records removed from the front at every write, at most.
+const EXPIRE_PER_WRITE: usize = 2;
 
 impl Default for MemoryStore {
     fn default() -> Self {
@@ -94,7 +100,7 @@ impl MemoryStore {
         self.len() == 0
     }
 
-    /// How many sessions were evicted to respect the cap.
+    /// How many sessions were evicted before their TTL to respect the cap.
     pub fn evictions(&self) -> u64 {
         self.lock().evictions
     }
@@ -105,7 +111,8 @@ impl MemoryStore {
         let state = self.lock();
         let mut all: Vec<_> = state
             .map
-            .iter()
+            .values()
+            .filter_map(|&ix| state.records.get(ix))
             .filter(|(_, r)| !self.expired(r, now))
             .map(|(k, r)| (k.clone(), r.clone()))
             .collect();
@@ -117,13 +124,14 @@ impl MemoryStore {
     pub fn get(&self, session: &SessionId) -> Option<SessionRecord> {
         let now = SystemTime::now();
         let mut state = self.lock();
-        match state.map.get(session) {
-            Some(record) if self.expired(record, now) => {
-                state.map.remove(session);
-                None
-            }
-            other => other.cloned(),
+        let ix = *state.map.get(session.as_str())?;
+        let (_, record) = state.records.get(ix)?;
+        if self.expired(record, now) {
+            state.map.remove(session.as_str());
+            state.records.remove(ix);
+            return None;
         }
+        Some(record.clone())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -141,46 +149,56 @@ impl MemoryStore {
 
     fn apply(&self, batch: &[SessionUpdate]) {
         let now = SystemTime::now();
-        let mut state = self.lock();
+        let mut guard = self.lock();
+        let state = &mut *guard;
         for update in batch {
-            if let Some(record) = state.map.get_mut(&update.session) {
+            self.expire_front(state, now, EXPIRE_PER_WRITE);
+            if let Some(&ix) = state.map.get(update.session.as_str())
+                && let Some((_, record)) = state.records.get_mut(ix)
+            {
                 if self.expired(record, now) {
                     *record = SessionRecord::from(update);
                 } else {
                     record.apply(update);
                 }
+                state.records.push_back(ix);
                 continue;
             }
             if state.map.len() >= self.inner.max_sessions {
-                self.make_room(&mut state, now);
+                // Full: the least recently written session makes room.
+                if let Some(front) = state.records.front() {
+                    self.remove(state, front);
+                    state.evictions += 1;
+                    tracing::trace!(
+                        "memory store full: evicted the least recently written session"
+                    );
+                }
             }
-            state
-                .map
-                .insert(update.session.clone(), SessionRecord::from(update));
+            let ix = state
+                .records
+                .insert((update.session.clone(), SessionRecord::from(update)));
+            state.records.push_back(ix);
+            state.map.insert(update.session.clone(), ix);
         }
     }
 
-    /// Drops expired sessions, then, if still full, the least recently active eighth: amortised
-    /// O(1) per insert.
-    fn make_room(&self, state: &mut State, now: SystemTime) {
-        let before = state.map.len();
-        state.map.retain(|_, r| !self.expired(r, now));
-        if state.map.len() >= self.inner.max_sessions {
-            let excess = state.map.len() + 1 - self.inner.max_sessions;
-            let evict = excess.max(self.inner.max_sessions / 8).min(state.map.len());
-            let mut by_age: Vec<(SystemTime, SessionId)> = state
-                .map
-                .iter()
-                .map(|(k, r)| (r.last_activity, k.clone()))
-                .collect();
-            by_age.select_nth_unstable_by(evict - 1, |a, b| a.0.cmp(&b.0));
-            for (_, key) in &by_age[..evict] {
-                state.map.remove(key);
+    /// Removes up to `max` expired records from the front (the least recently written).
+    fn expire_front(&self, state: &mut State, now: SystemTime, max: usize) {
+        for _ in 0..max {
+            let Some(front) = state.records.front() else {
+                return;
+            };
+            match state.records.get(front) {
+                Some((_, record)) if self.expired(record, now) => self.remove(state, front),
+                _ => return,
             }
         }
-        let removed = before - state.map.len();
-        state.evictions += removed as u64;
-        tracing::debug!(removed, "memory store full: evicted idle sessions");
+    }
+
+    fn remove(&self, state: &mut State, ix: u32) {
+        if let Some((session, _)) = state.records.remove(ix) {
+            state.map.remove(session.as_str());
+        }
     }
 }
 

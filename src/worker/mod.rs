@@ -32,7 +32,7 @@ mod run;
 mod shared;
 
 pub use self::config::WorkerConfig;
-pub(crate) use self::shared::{Shared, TryEnqueueError};
+pub(crate) use self::shared::{Attachment, Shared, TryEnqueueError};
 
 use std::{fmt, future::Future, pin::Pin, sync::Arc, task, time::Duration};
 
@@ -41,7 +41,7 @@ use tokio::{
     time::Instant,
 };
 
-use crate::{SessionId, store::SessionStore, tracker::Slot};
+use crate::{SessionId, registry::RegistryStats, store::SessionStore};
 
 pub(crate) enum Control {
     Flush(oneshot::Sender<FlushReport>),
@@ -188,11 +188,8 @@ impl WorkerHandle {
     /// # }
     /// ```
     pub fn session(&self, session: &SessionId) -> Option<TrackedSession> {
-        let slot = self.shared.registry.get_or_insert(session)?;
-        Some(TrackedSession {
-            slot,
-            shared: self.shared.clone(),
-        })
+        let attachment = Attachment::new(&self.shared, session).ok()?;
+        Some(TrackedSession { attachment })
     }
 
     /// The session's newest last event ID known in memory: `None` if this process recorded no
@@ -209,6 +206,12 @@ impl WorkerHandle {
     /// Sessions tracked in memory.
     pub fn tracked_sessions(&self) -> usize {
         self.shared.registry.len()
+    }
+
+    /// How the in-memory registry made room for new sessions. Not a stable API: for tests.
+    #[doc(hidden)]
+    pub fn registry_stats(&self) -> RegistryStats {
+        self.shared.registry.stats()
     }
 
     /// Whether [`shutdown`](Self::shutdown) has run (or the worker has stopped).
@@ -252,17 +255,16 @@ impl WorkerHandle {
 }
 
 /// One tracked session, for recording its events directly (for example from a WebSocket or a
-/// custom transport). Holding it keeps the session in memory.
+/// custom transport). Holding it (or a clone) keeps the session in memory.
 #[derive(Clone)]
 pub struct TrackedSession {
-    slot: Arc<Slot>,
-    shared: Arc<Shared>,
+    attachment: Attachment,
 }
 
 impl fmt::Debug for TrackedSession {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("TrackedSession")
-            .field(self.slot.session())
+            .field(self.attachment.slot().session())
             .finish()
     }
 }
@@ -273,23 +275,19 @@ impl TrackedSession {
     /// (parking it if the queue is full). Never waits. Returns `true` if the ID is a duplicate
     /// of a recent one (counted, not persisted again).
     pub fn record(&self, id: Option<&str>) -> bool {
-        self.shared.record_in(&self.slot, id)
+        self.attachment
+            .shared()
+            .record_in(self.attachment.slot(), id)
     }
 
     /// The session key.
     pub fn id(&self) -> &SessionId {
-        self.slot.session()
+        self.attachment.slot().session()
     }
 
     /// The newest last event ID recorded in this process (`Some("")`: cleared).
     pub fn last_event_id(&self) -> Option<String> {
-        self.slot.last_event_id()
-    }
-}
-
-impl Drop for TrackedSession {
-    fn drop(&mut self) {
-        self.slot.touch();
+        self.attachment.slot().last_event_id()
     }
 }
 

@@ -13,7 +13,9 @@ use super::{
     retry::{RetryHeap, backoff},
     shared::Shared,
 };
-use crate::{metrics as m, store::SessionUpdate, tracker::Slot};
+use crate::{
+    metrics as m, registry::EXPIRE_PER_SHARD_PER_TICK, store::SessionUpdate, tracker::Slot,
+};
 
 /// Circuit breaker over store calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,7 +53,6 @@ pub(crate) struct Worker {
     /// Seeds the retry jitter.
     rand: foldhash::fast::RandomState,
     rand_counter: u64,
-    ticks: u64,
 }
 
 impl Worker {
@@ -69,7 +70,6 @@ impl Worker {
             circuit: Circuit::Closed { failures: 0 },
             rand: foldhash::fast::RandomState::default(),
             rand_counter: 0,
-            ticks: 0,
         }
     }
 
@@ -80,10 +80,6 @@ impl Worker {
         let mut interval = tokio::time::interval(config.flush_interval);
         interval.set_missed_tick_behavior(MissedTickBehavior::Skip);
         let mut buf = Vec::with_capacity(config.recv_batch);
-        // Sweep the registry about four times per idle TTL, at most once per tick.
-        let sweep_every =
-            (config.idle_ttl.as_millis() / 4 / config.flush_interval.as_millis().max(1))
-                .clamp(1, u128::from(u32::MAX)) as u64;
         loop {
             tokio::select! {
                 biased;
@@ -105,14 +101,12 @@ impl Worker {
                         self.orphaned().await;
                         return;
                     }
-                    self.ticks += 1;
                     self.drain_queue(&mut buf).await;
                     self.collect_overflow();
                     self.collect_due_retries(Instant::now());
                     self.flush(Mode::Tick, None).await;
-                    if self.ticks.is_multiple_of(sweep_every) {
-                        self.shared.registry.sweep();
-                    }
+                    // Bounded work: the fronts of the idle lists, a few hundred per shard at most.
+                    self.shared.registry.expire(EXPIRE_PER_SHARD_PER_TICK);
                     self.gauges();
                 }
                 // Senders wake the worker only when the queue is half full: between ticks there
@@ -252,6 +246,8 @@ impl Worker {
                 None => {
                     if slot.mark_persisted(0) {
                         again.push((slot, 0));
+                    } else {
+                        self.shared.registry.refresh(&slot);
                     }
                 }
             }
@@ -286,6 +282,9 @@ impl Worker {
                 for ((slot, _), seq) in slots.into_iter().zip(seqs) {
                     if slot.mark_persisted(seq) {
                         again.push((slot, 0));
+                    } else {
+                        // Clean: idle if no stream holds it, and then free to forget.
+                        self.shared.registry.refresh(&slot);
                     }
                 }
                 (n, 0)

@@ -11,8 +11,9 @@ use tokio::sync::{Notify, mpsc};
 use super::{Control, WorkerConfig};
 use crate::{
     SessionId, metrics as m,
+    registry::{Full, Registry, RegistryLimits},
     store::SessionStore,
-    tracker::{IdHasher, Registry, RegistryLimits, Slot},
+    tracker::{IdHasher, Slot},
 };
 
 /// Why a slot could not be queued without waiting.
@@ -100,6 +101,7 @@ impl Shared {
                 metrics::counter!(m::DROPPED_AFTER_SHUTDOWN).increment(1);
                 // Nobody will write it: let the registry forget it once idle.
                 slot.release();
+                self.registry.refresh(&slot);
                 Err(TryEnqueueError::Closed)
             }
         }
@@ -118,6 +120,7 @@ impl Shared {
         if self.is_closed() {
             metrics::counter!(m::DROPPED_AFTER_SHUTDOWN).increment(1);
             slot.release();
+            self.registry.refresh(&slot);
             return;
         }
         metrics::counter!(m::OVERFLOW_PARKED).increment(1);
@@ -140,9 +143,9 @@ impl Shared {
 
     /// Records one event for `session` (tracking it if needed) and queues the session if it just
     /// turned dirty. Returns `None` if the session cannot be tracked (registry full).
-    pub(crate) fn record(&self, session: &SessionId, id: Option<&str>) -> Option<bool> {
-        let slot = self.registry.get_or_insert(session)?;
-        Some(self.record_in(&slot, id))
+    pub(crate) fn record(self: &Arc<Self>, session: &SessionId, id: Option<&str>) -> Option<bool> {
+        let attached = Attachment::new(self, session).ok()?;
+        Some(self.record_in(&attached.slot, id))
     }
 
     /// Records one event in a slot already looked up; returns whether it was a duplicate.
@@ -155,5 +158,56 @@ impl Shared {
             self.enqueue_or_park(slot.clone());
         }
         recorded.duplicate
+    }
+}
+
+/// A stream's or handle's hold on a session: while one exists, the registry keeps the session in
+/// memory. Cloning attaches once more; dropping detaches, after which a session with nothing left
+/// to write becomes idle (and may be forgotten, its state being in the store).
+pub(crate) struct Attachment {
+    slot: Arc<Slot>,
+    shared: Arc<Shared>,
+}
+
+impl Attachment {
+    /// Attaches to `session`, admitting it into the registry if needed.
+    pub(crate) fn new(shared: &Arc<Shared>, session: &SessionId) -> Result<Self, Full> {
+        let slot = shared.registry.attach(session)?;
+        Ok(Self {
+            slot,
+            shared: shared.clone(),
+        })
+    }
+
+    pub(crate) fn slot(&self) -> &Arc<Slot> {
+        &self.slot
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+}
+
+impl Clone for Attachment {
+    fn clone(&self) -> Self {
+        self.shared.registry.attach_again(&self.slot);
+        Self {
+            slot: self.slot.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        self.shared.registry.detach(&self.slot);
+    }
+}
+
+impl std::fmt::Debug for Attachment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Attachment")
+            .field(self.slot.session())
+            .finish()
     }
 }

@@ -1,0 +1,560 @@
+//! [`Registry`]: the bounded, sharded map of tracked sessions.
+//!
+//! Session keys come from clients, so every operation costs O(1) whatever the registry holds,
+//! full or not, and no lock is held for longer than a map operation:
+//!
+//! - The map is split into shards (a power of two, from the number of cores), each behind its
+//!   own mutex; a key's shard is chosen by a randomly seeded hash, so clients cannot aim at one.
+//! - Each session counts the streams and handles *attached* to it. A session with none attached
+//!   and nothing left to write ("idle") is on its shard's idle list, oldest first. Both facts
+//!   change only under the shard's lock (writes clear the slot first, then the worker calls
+//!   [`Registry::refresh`]), so the list is exact: its front can always be forgotten, its state
+//!   is in the store.
+//! - The cap (`max_sessions`) is global. A new session under the cap is inserted; at the cap the
+//!   least recently idle session of its own shard is forgotten to make room, else the front of
+//!   another shard's list, one shard lock at a time. When no session anywhere is idle (all have
+//!   live streams or unwritten state) the new one is refused and the request goes untracked.
+//! - Expiry by idle TTL is incremental: each worker tick forgets at most a fixed number of
+//!   expired sessions per shard, from the fronts of the idle lists.
+
+use std::{
+    collections::HashMap,
+    hash::BuildHasher,
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+use tokio::time::Instant;
+
+use crate::{SessionId, lru::LinkedSlab, metrics as m, tracker::Slot};
+
+/// Most expired sessions forgotten per shard per worker tick.
+pub(crate) const EXPIRE_PER_SHARD_PER_TICK: usize = 256;
+
+/// Limits of the in-memory registry of tracked sessions.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RegistryLimits {
+    pub(crate) max_sessions: usize,
+    pub(crate) idle_ttl: Duration,
+    pub(crate) dedup_window: usize,
+}
+
+/// The registry is full of sessions that cannot be forgotten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Full;
+
+/// How the registry made room for new sessions, for tests and operators.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RegistryStats {
+    /// Sessions in memory.
+    pub sessions: usize,
+    /// Sessions with nothing attached and nothing to write (may be forgotten at any time).
+    pub idle: usize,
+    /// New sessions that found the registry at its cap.
+    pub admissions_at_cap: u64,
+    /// Sessions looked at by those admissions to find one to forget.
+    pub examined: u64,
+    /// The most sessions one admission looked at.
+    pub max_examined: u64,
+    /// Idle sessions forgotten before their TTL to make room.
+    pub evicted: u64,
+    /// Idle sessions forgotten after their TTL.
+    pub expired: u64,
+    /// New sessions refused: nothing could be forgotten.
+    pub refused: u64,
+}
+
+struct Node {
+    slot: Arc<Slot>,
+    /// Streams and handles holding the session.
+    attached: u32,
+    /// When the session last became idle, in milliseconds since the registry's epoch.
+    idle_since: u64,
+}
+
+#[derive(Default)]
+struct Shard {
+    /// Keyed by foldhash, randomly seeded: the keys are client input.
+    map: HashMap<SessionId, u32, foldhash::fast::RandomState>,
+    /// Every session of the shard; the idle ones are linked, least recently idle first.
+    nodes: LinkedSlab<Node>,
+}
+
+/// A shard's lock on a cache line of its own, so that shards do not slow each other down.
+#[repr(align(64))]
+#[derive(Default)]
+struct Padded(Mutex<Shard>);
+
+/// The bounded, sharded map of tracked sessions. Looked up once per request, never per event.
+pub(crate) struct Registry {
+    shards: Box<[Padded]>,
+    /// Picks a key's shard.
+    router: foldhash::fast::RandomState,
+    limits: RegistryLimits,
+    ttl_ms: u64,
+    epoch: Instant,
+    /// Sessions in memory (never above `limits.max_sessions`).
+    len: AtomicUsize,
+    /// Sessions on the idle lists: at the cap, other shards are tried only when some are.
+    idle: AtomicUsize,
+    admissions_at_cap: AtomicU64,
+    examined: AtomicU64,
+    max_examined: AtomicU64,
+    evicted: AtomicU64,
+    expired: AtomicU64,
+    refused: AtomicU64,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("limits", &self.limits)
+            .field("shards", &self.shards.len())
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+impl Registry {
+    pub(crate) fn new(limits: RegistryLimits) -> Self {
+        let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
+        Self::with_shards(limits, (cores * 4).next_power_of_two().clamp(4, 64))
+    }
+
+    pub(crate) fn with_shards(limits: RegistryLimits, shards: usize) -> Self {
+        let shards = shards.next_power_of_two();
+        Self {
+            shards: (0..shards).map(|_| Padded::default()).collect(),
+            router: foldhash::fast::RandomState::default(),
+            limits: RegistryLimits {
+                max_sessions: limits.max_sessions.max(1),
+                ..limits
+            },
+            ttl_ms: u64::try_from(limits.idle_ttl.as_millis()).unwrap_or(u64::MAX),
+            epoch: Instant::now(),
+            len: AtomicUsize::new(0),
+            idle: AtomicUsize::new(0),
+            admissions_at_cap: AtomicU64::new(0),
+            examined: AtomicU64::new(0),
+            max_examined: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    fn shard_of(&self, session: &str) -> usize {
+        // High bits of the hash; the shard maps use other seeds, so the two are independent.
+        (self.router.hash_one(session) >> 40) as usize & (self.shards.len() - 1)
+    }
+
+    fn lock(&self, shard: usize) -> MutexGuard<'_, Shard> {
+        // Every critical section leaves the shard consistent, even if interrupted by a panic.
+        self.shards[shard]
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len.load(Relaxed)
+    }
+
+    /// The session's slot, if it is tracked (not attached: for reading it).
+    pub(crate) fn get(&self, session: &SessionId) -> Option<Arc<Slot>> {
+        let shard = self.lock(self.shard_of(session.as_str()));
+        let ix = *shard.map.get(session.as_str())?;
+        shard.nodes.get(ix).map(|node| node.slot.clone())
+    }
+
+    /// The session's slot, created if needed, attached: the caller must [`detach`](Self::detach)
+    /// it once. [`Full`] when the registry is at its cap and no session can be forgotten.
+    pub(crate) fn attach(&self, session: &SessionId) -> Result<Arc<Slot>, Full> {
+        let home = self.shard_of(session.as_str());
+        let mut shard = self.lock(home);
+        if let Some(slot) = self.attach_existing(&mut shard, session) {
+            return Ok(slot);
+        }
+        if self.reserve() {
+            return Ok(self.insert(&mut shard, home, session));
+        }
+        // At the cap: forget the least recently idle session of this shard, else of another.
+        self.admissions_at_cap.fetch_add(1, Relaxed);
+        let mut examined = 0;
+        if self.forget_front(&mut shard, &mut examined, None) {
+            self.evicted.fetch_add(1, Relaxed);
+            metrics::counter!(m::SESSIONS_FORGOTTEN, "reason" => "capacity").increment(1);
+            self.note_examined(examined);
+            // One out, one in: the count stays at the cap.
+            return Ok(self.insert(&mut shard, home, session));
+        }
+        drop(shard);
+        let mut freed = false;
+        let n = self.shards.len();
+        for k in 1..n {
+            if self.idle.load(Relaxed) == 0 {
+                break;
+            }
+            let mut other = self.lock((home + k) & (n - 1));
+            if self.forget_front(&mut other, &mut examined, None) {
+                drop(other);
+                self.len.fetch_sub(1, Relaxed);
+                self.evicted.fetch_add(1, Relaxed);
+                metrics::counter!(m::SESSIONS_FORGOTTEN, "reason" => "capacity").increment(1);
+                freed = true;
+                break;
+            }
+        }
+        self.note_examined(examined);
+        if freed && self.reserve() {
+            let mut shard = self.lock(home);
+            if let Some(slot) = self.attach_existing(&mut shard, session) {
+                // Another request admitted it meanwhile.
+                self.len.fetch_sub(1, Relaxed);
+                return Ok(slot);
+            }
+            return Ok(self.insert(&mut shard, home, session));
+        }
+        self.refused.fetch_add(1, Relaxed);
+        Err(Full)
+    }
+
+    /// Releases an attachment taken by [`attach`](Self::attach). The session becomes idle (and
+    /// may be forgotten) once nothing is attached and nothing is left to write.
+    pub(crate) fn detach(&self, slot: &Arc<Slot>) {
+        let mut shard = self.lock(slot.shard() as usize);
+        let ix = slot.node();
+        let Some(node) = shard
+            .nodes
+            .get_mut(ix)
+            .filter(|n| Arc::ptr_eq(&n.slot, slot))
+        else {
+            debug_assert!(false, "detached a slot the registry does not hold");
+            return;
+        };
+        debug_assert!(node.attached > 0);
+        node.attached = node.attached.saturating_sub(1);
+        if node.attached == 0 && !shard.nodes.is_linked(ix) && !slot.is_queued() {
+            let Some(node) = shard.nodes.get_mut(ix) else {
+                return;
+            };
+            node.idle_since = self.now_ms();
+            shard.nodes.push_back(ix);
+            self.idle.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Adds one more attachment to a slot already attached (a cloned handle).
+    pub(crate) fn attach_again(&self, slot: &Arc<Slot>) {
+        let mut shard = self.lock(slot.shard() as usize);
+        if let Some(node) = shard
+            .nodes
+            .get_mut(slot.node())
+            .filter(|n| Arc::ptr_eq(&n.slot, slot))
+        {
+            debug_assert!(node.attached > 0, "attach_again on an unattached slot");
+            node.attached += 1;
+        }
+    }
+
+    /// Called by the worker after a slot turned clean (written, or released): puts it on the
+    /// idle list if nothing is attached to it.
+    pub(crate) fn refresh(&self, slot: &Arc<Slot>) {
+        let mut shard = self.lock(slot.shard() as usize);
+        let ix = slot.node();
+        let Some(node) = shard
+            .nodes
+            .get_mut(ix)
+            .filter(|n| Arc::ptr_eq(&n.slot, slot))
+        else {
+            return;
+        };
+        if node.attached == 0 && !shard.nodes.is_linked(ix) && !slot.is_queued() {
+            if let Some(node) = shard.nodes.get_mut(ix) {
+                node.idle_since = self.now_ms();
+            }
+            shard.nodes.push_back(ix);
+            self.idle.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Forgets sessions idle for longer than the TTL: at most `per_shard` per shard, from the
+    /// fronts of the idle lists. Returns how many.
+    pub(crate) fn expire(&self, per_shard: usize) -> usize {
+        let now = self.now_ms();
+        let mut forgotten = 0;
+        for i in 0..self.shards.len() {
+            let mut shard = self.lock(i);
+            let mut examined = 0;
+            for _ in 0..per_shard {
+                if !self.forget_front(&mut shard, &mut examined, Some(now)) {
+                    break;
+                }
+                forgotten += 1;
+            }
+        }
+        if forgotten > 0 {
+            self.len.fetch_sub(forgotten, Relaxed);
+            self.expired.fetch_add(forgotten as u64, Relaxed);
+            metrics::counter!(m::SESSIONS_FORGOTTEN, "reason" => "idle")
+                .increment(forgotten as u64);
+        }
+        forgotten
+    }
+
+    pub(crate) fn stats(&self) -> RegistryStats {
+        RegistryStats {
+            sessions: self.len(),
+            idle: self.idle.load(Relaxed),
+            admissions_at_cap: self.admissions_at_cap.load(Relaxed),
+            examined: self.examined.load(Relaxed),
+            max_examined: self.max_examined.load(Relaxed),
+            evicted: self.evicted.load(Relaxed),
+            expired: self.expired.load(Relaxed),
+            refused: self.refused.load(Relaxed),
+        }
+    }
+
+    fn note_examined(&self, examined: u64) {
+        self.examined.fetch_add(examined, Relaxed);
+        self.max_examined.fetch_max(examined, Relaxed);
+    }
+
+    /// Takes one more place under the cap.
+    fn reserve(&self) -> bool {
+        self.len
+            .fetch_update(Relaxed, Relaxed, |len| {
+                (len < self.limits.max_sessions).then_some(len + 1)
+            })
+            .is_ok()
+    }
+
+    fn attach_existing(&self, shard: &mut Shard, session: &SessionId) -> Option<Arc<Slot>> {
+        let ix = *shard.map.get(session.as_str())?;
+        let was_idle = shard.nodes.is_linked(ix);
+        shard.nodes.unlink(ix);
+        if was_idle {
+            self.idle.fetch_sub(1, Relaxed);
+        }
+        let node = shard.nodes.get_mut(ix)?;
+        node.attached += 1;
+        Some(node.slot.clone())
+    }
+
+    /// Inserts a new session, attached, in a place already counted under the cap.
+    fn insert(&self, shard: &mut Shard, home: usize, session: &SessionId) -> Arc<Slot> {
+        let ix = shard.nodes.vacant_index();
+        let slot = Arc::new(Slot::new(
+            session.clone(),
+            home as u32,
+            ix,
+            self.limits.dedup_window,
+        ));
+        let inserted = shard.nodes.insert(Node {
+            slot: slot.clone(),
+            attached: 1,
+            idle_since: 0,
+        });
+        debug_assert_eq!(inserted, ix);
+        shard.map.insert(session.clone(), ix);
+        slot
+    }
+
+    /// Forgets the front of the shard's idle list, if it has one (and, with `expired_at`, only
+    /// if it has been idle for the TTL). Does not touch `len`.
+    fn forget_front(&self, shard: &mut Shard, examined: &mut u64, expired_at: Option<u64>) -> bool {
+        // The list holds only sessions that can be forgotten (see the module docs); the check
+        // below guards that invariant, bounded so that a broken one cannot cost a scan.
+        for _ in 0..4 {
+            let Some(ix) = shard.nodes.front() else {
+                return false;
+            };
+            let Some(node) = shard.nodes.get(ix) else {
+                return false;
+            };
+            if let Some(now) = expired_at
+                && now.saturating_sub(node.idle_since) < self.ttl_ms
+            {
+                return false;
+            }
+            *examined += 1;
+            self.idle.fetch_sub(1, Relaxed);
+            if node.attached == 0 && !node.slot.is_queued() {
+                if let Some(node) = shard.nodes.remove(ix) {
+                    shard.map.remove(node.slot.session().as_str());
+                }
+                return true;
+            }
+            debug_assert!(false, "a busy session on the idle list");
+            shard.nodes.unlink(ix);
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tracker::IdHasher;
+
+    fn sid(key: &str) -> SessionId {
+        SessionId::new(key).unwrap()
+    }
+
+    fn registry(max_sessions: usize, shards: usize) -> Registry {
+        Registry::with_shards(
+            RegistryLimits {
+                max_sessions,
+                idle_ttl: Duration::from_secs(10),
+                dedup_window: 4,
+            },
+            shards,
+        )
+    }
+
+    /// Records an event and writes it, as the worker would.
+    fn written(reg: &Registry, slot: &Arc<Slot>, id: &str) {
+        slot.record(Some((id, IdHasher::default().hash(id))));
+        let snap = slot.snapshot(std::time::SystemTime::now()).unwrap();
+        assert!(!slot.mark_persisted(snap.seq));
+        reg.refresh(slot);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn full_registry_forgets_idle_written_sessions_lru_first() {
+        let reg = registry(3, 1);
+        let a = reg.attach(&sid("a")).unwrap();
+        let b = reg.attach(&sid("b")).unwrap();
+        let c = reg.attach(&sid("c")).unwrap();
+        assert!(
+            matches!(reg.attach(&sid("d")), Err(Full)),
+            "all three attached"
+        );
+        for slot in [&b, &a, &c] {
+            written(&reg, slot, "1");
+            reg.detach(slot);
+        }
+        // Idle order: b, a, c. No TTL has passed: the cap alone makes room.
+        assert!(reg.attach(&sid("d")).is_ok());
+        assert!(
+            reg.get(&sid("b")).is_none(),
+            "least recently idle goes first"
+        );
+        assert!(reg.attach(&sid("e")).is_ok());
+        assert!(reg.get(&sid("a")).is_none());
+        assert!(reg.get(&sid("c")).is_some());
+        assert_eq!(reg.len(), 3);
+        let stats = reg.stats();
+        assert_eq!((stats.evicted, stats.max_examined), (2, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sessions_with_streams_or_unwritten_state_are_never_forgotten() {
+        let reg = registry(2, 1);
+        let a = reg.attach(&sid("a")).unwrap();
+        let b = reg.attach(&sid("b")).unwrap();
+        // a: stream gone but its event not written yet; b: still attached.
+        a.record(Some(("1", 1)));
+        reg.detach(&a);
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert_eq!(reg.expire(usize::MAX), 0);
+        assert!(matches!(reg.attach(&sid("c")), Err(Full)));
+        assert_eq!(reg.stats().refused, 1);
+        // Written: a becomes idle and can go.
+        let snap = a.snapshot(std::time::SystemTime::now()).unwrap();
+        a.mark_persisted(snap.seq);
+        reg.refresh(&a);
+        let c = reg.attach(&sid("c")).unwrap();
+        assert!(reg.get(&sid("a")).is_none());
+        assert!(reg.get(&sid("b")).is_some());
+        drop((b, c));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reattaching_takes_a_session_off_the_idle_list() {
+        let reg = registry(1, 1);
+        let a = reg.attach(&sid("a")).unwrap();
+        written(&reg, &a, "1");
+        reg.detach(&a);
+        assert_eq!(reg.stats().idle, 1);
+        let again = reg.attach(&sid("a")).unwrap();
+        assert!(Arc::ptr_eq(&a, &again), "the same slot");
+        assert_eq!(reg.stats().idle, 0);
+        assert!(matches!(reg.attach(&sid("b")), Err(Full)));
+        // Two attachments: one detach leaves it busy.
+        reg.attach_again(&again);
+        reg.detach(&again);
+        assert!(matches!(reg.attach(&sid("b")), Err(Full)));
+        reg.detach(&again);
+        assert!(reg.attach(&sid("b")).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expiry_is_incremental_and_oldest_first() {
+        let reg = registry(100, 1);
+        let mut slots = Vec::new();
+        for i in 0..10 {
+            let slot = reg.attach(&sid(&format!("s{i}"))).unwrap();
+            written(&reg, &slot, "1");
+            reg.detach(&slot);
+            slots.push(slot);
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        // s0 idle for 10 s, s9 for 1 s; TTL 10 s.
+        assert_eq!(reg.expire(usize::MAX), 1);
+        assert!(reg.get(&sid("s0")).is_none() && reg.get(&sid("s1")).is_some());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(reg.expire(2), 2, "at most the budget per shard");
+        assert_eq!(reg.expire(usize::MAX), 3);
+        assert_eq!(reg.len(), 4);
+        assert_eq!(reg.stats().expired, 6);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_the_cap_other_shards_give_room_and_the_cap_is_exact() {
+        let reg = registry(64, 8);
+        let mut held = Vec::new();
+        // Fill to the cap; keep the first 60 attached, write and release the last 4.
+        for i in 0..64 {
+            held.push(reg.attach(&sid(&format!("k{i}"))).unwrap());
+        }
+        for slot in held.drain(60..) {
+            written(&reg, &slot, "1");
+            reg.detach(&slot);
+        }
+        // Four new sessions, whatever their shard, take the four idle places.
+        for i in 0..4 {
+            held.push(reg.attach(&sid(&format!("new{i}"))).unwrap());
+            assert_eq!(reg.len(), 64);
+        }
+        assert!(matches!(reg.attach(&sid("one-too-many")), Err(Full)));
+        let stats = reg.stats();
+        assert_eq!((stats.evicted, stats.refused, stats.idle), (4, 1, 0));
+        assert!(stats.max_examined <= 1, "{stats:?}");
+    }
+
+    #[tokio::test]
+    async fn a_flood_at_the_cap_does_bounded_work_per_admission() {
+        let reg = registry(1000, 8);
+        for i in 0..20_000 {
+            let slot = reg.attach(&sid(&format!("flood-{i}"))).unwrap();
+            written(&reg, &slot, "1");
+            reg.detach(&slot);
+            assert!(reg.len() <= 1000);
+        }
+        let stats = reg.stats();
+        assert_eq!(stats.admissions_at_cap, 19_000);
+        assert_eq!(stats.evicted, 19_000);
+        assert!(stats.max_examined <= 1, "{stats:?}");
+        assert_eq!(stats.examined, 19_000);
+    }
+}

@@ -2,13 +2,13 @@
 //! turns a clean session dirty (it enqueues the session), and how many events one store write
 //! covers in a burst.
 //!
-//! What `WorkerHandle::record` measures: a lookup in the session registry (a mutex and a
-//! `HashMap` lookup by `SessionId`, which also refreshes the session's last-seen time), then the
-//! slot update (its mutex, the ID's fingerprint, a scan of the 64-entry duplicate window, the ID
+//! What `WorkerHandle::record` measures: a lookup in the session registry (a shard's mutex and a
+//! `HashMap` lookup by `SessionId`, attaching and detaching the session), then the slot update
+//! (its mutex, the ID's fingerprint, a scan of the duplicate window of up to 64 entries, the ID
 //! copied into the slot's buffer). Streams behind the layer pay only the slot update per event:
 //! they look the session up once per request; `session/*` measures that path, through a
 //! `TrackedSession` (the slot update alone). `dirty/no_id` and `dirty/new_id_no_dedup` isolate
-//! parts of it.
+//! parts of it. `admit/*` measures a new session key below the registry's cap and at it.
 //!
 //! Run with `cargo bench --bench worker`. The events-per-write figures are printed first.
 
@@ -155,6 +155,55 @@ fn record(c: &mut Criterion) {
     group.finish();
 }
 
+/// (d) Admitting a new session (`WorkerHandle::session`, then dropping the handle: what a request
+/// with a new session key costs in the registry), below the cap and at it, where each admission
+/// forgets the least recently idle session. Both registries hold 100 000 idle, written sessions
+/// when a round starts; a round admits at most 50 000 new keys, so neither changes regime.
+fn admit(c: &mut Criterion) {
+    const FILL: usize = 100_000;
+    const ROUND: usize = 50_000;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let fill = sessions(FILL, "fill");
+    let fresh = sessions(ROUND, "fresh");
+    let mut group = c.benchmark_group("admit");
+    group.throughput(Throughput::Elements(1));
+    for (name, max_sessions) in [("below_cap", 2 * FILL), ("at_cap", FILL)] {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                let mut done = 0;
+                while done < iters {
+                    let n = (iters - done).min(ROUND as u64) as usize;
+                    let worker = {
+                        let _enter = rt.enter();
+                        PersistenceWorker::spawn(
+                            CountingStore::default(),
+                            WorkerConfig::default().max_sessions(max_sessions),
+                        )
+                    };
+                    for session in &fill {
+                        worker.record(session, Some("1"));
+                    }
+                    rt.block_on(worker.flush()).unwrap();
+                    assert_eq!(worker.tracked_sessions(), FILL);
+                    let start = Instant::now();
+                    for session in &fresh[..n] {
+                        drop(black_box(worker.session(black_box(session))));
+                    }
+                    total += start.elapsed();
+                    assert_eq!(worker.tracked_sessions(), (FILL + n).min(max_sessions));
+                    done += n as u64;
+                }
+                total
+            })
+        });
+    }
+    group.finish();
+}
+
 /// (c) A burst of 1 000 000 events over 1 000 sessions with default settings, recorded as fast
 /// as one thread can while the worker runs on a multi-thread runtime; prints how many events
 /// each store write covered.
@@ -209,7 +258,7 @@ fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &str {
     std::str::from_utf8(&buf[at..]).unwrap()
 }
 
-criterion_group!(benches, record);
+criterion_group!(benches, record, admit);
 
 fn main() {
     events_per_write();

@@ -54,11 +54,8 @@ pin_project! {
         inner: B,
         // `None`: pass-through.
         tracking: Option<Box<Tracking>>,
-        // A frame held back while waiting for queue capacity.
-        held: Option<Frame<B::Data>>,
-        // The backpressure deadline, or the next heartbeat.
-        #[pin]
-        timer: Option<Sleep>,
+        // The data of a frame held back while waiting for queue capacity.
+        held: Option<B::Data>,
     }
 }
 
@@ -71,6 +68,9 @@ pub(crate) struct Tracking {
     backpressure_timeout: Duration,
     heartbeat: Option<Duration>,
     reserve: Option<Reserve>,
+    /// The backpressure deadline, or the next heartbeat; allocated the first time it is needed
+    /// (most streams never need it: no heartbeats, no full queue).
+    timer: Option<Pin<Box<Sleep>>>,
     oversized_ids: u64,
     /// A heartbeat went out before the first upstream byte: a byte order mark starting the
     /// upstream would now land mid-stream for the client, so it is dropped from what is
@@ -91,6 +91,7 @@ impl Tracking {
             backpressure_timeout,
             heartbeat,
             reserve: None,
+            timer: None,
             oversized_ids: 0,
             strip_bom: None,
         }
@@ -180,7 +181,6 @@ impl<B: Body> TrackingBody<B> {
             inner,
             tracking: None,
             held: None,
-            timer: None,
         }
     }
 
@@ -189,7 +189,6 @@ impl<B: Body> TrackingBody<B> {
             inner,
             tracking: Some(Box::new(tracking)),
             held: None,
-            timer: None,
         }
     }
 
@@ -248,11 +247,11 @@ where
         // A frame held while the worker's queue is full: release it once the session is queued
         // or parked, whichever comes first.
         if this.held.is_some() {
-            ready!(poll_backpressure(tracking, this.timer.as_mut(), cx));
+            ready!(poll_backpressure(tracking, cx));
             if let Some(every) = tracking.heartbeat {
-                arm(this.timer.as_mut(), Instant::now() + every);
+                arm(&mut tracking.timer, Instant::now() + every);
             }
-            return Poll::Ready(this.held.take().map(Ok));
+            return Poll::Ready(this.held.take().map(|data| Ok(Frame::data(data))));
         }
 
         let frame = match this.inner.as_mut().poll_frame(cx) {
@@ -264,7 +263,7 @@ where
             Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error))),
             Poll::Pending => {
                 if let Some(every) = tracking.heartbeat {
-                    return poll_heartbeat(tracking, every, this.timer.as_mut(), cx);
+                    return poll_heartbeat(tracking, every, cx);
                 }
                 return Poll::Pending;
             }
@@ -272,7 +271,7 @@ where
 
         if let Some(every) = tracking.heartbeat {
             // Upstream spoke: the idle timer starts again.
-            arm(this.timer.as_mut(), Instant::now() + every);
+            arm(&mut tracking.timer, Instant::now() + every);
         }
         let mut frame = frame;
         let Some(data) = frame.data_ref() else {
@@ -304,16 +303,15 @@ where
                 // for the backpressure timeout, holding this frame.
                 metrics::counter!(m::BACKPRESSURE_WAITS).increment(1);
                 tracking.reserve = Some(Box::pin(session.shared().queue.clone().reserve_owned()));
-                arm(
-                    this.timer.as_mut(),
-                    Instant::now() + tracking.backpressure_timeout,
-                );
-                *this.held = Some(frame);
-                ready!(poll_backpressure(tracking, this.timer.as_mut(), cx));
+                let deadline = Instant::now() + tracking.backpressure_timeout;
+                arm(&mut tracking.timer, deadline);
+                // A data frame (checked above).
+                *this.held = frame.into_data().ok();
+                ready!(poll_backpressure(tracking, cx));
                 if let Some(every) = tracking.heartbeat {
-                    arm(this.timer.as_mut(), Instant::now() + every);
+                    arm(&mut tracking.timer, Instant::now() + every);
                 }
-                Poll::Ready(this.held.take().map(Ok))
+                Poll::Ready(this.held.take().map(|data| Ok(Frame::data(data))))
             }
         }
     }
@@ -337,20 +335,16 @@ where
 }
 
 /// Sets the timer to `deadline`, creating it the first time.
-fn arm(mut timer: Pin<&mut Option<Sleep>>, deadline: Instant) {
-    match timer.as_mut().as_pin_mut() {
-        Some(sleep) => sleep.reset(deadline),
-        None => timer.set(Some(tokio::time::sleep_until(deadline))),
+fn arm(timer: &mut Option<Pin<Box<Sleep>>>, deadline: Instant) {
+    match timer {
+        Some(sleep) => sleep.as_mut().reset(deadline),
+        None => *timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
     }
 }
 
 /// Waits for queue room or the backpressure deadline; on the deadline, parks the session in the
 /// worker's overflow set (the worker writes it on its next tick).
-fn poll_backpressure(
-    tracking: &mut Tracking,
-    timer: Pin<&mut Option<Sleep>>,
-    cx: &mut Context<'_>,
-) -> Poll<()> {
+fn poll_backpressure(tracking: &mut Tracking, cx: &mut Context<'_>) -> Poll<()> {
     let (Some(reserve), Some(session)) = (tracking.reserve.as_mut(), tracking.session.as_ref())
     else {
         return Poll::Ready(());
@@ -365,9 +359,10 @@ fn poll_backpressure(
             metrics::counter!(m::DROPPED_AFTER_SHUTDOWN).increment(1);
         }
         Poll::Pending => {
-            let fired = timer
-                .as_pin_mut()
-                .is_none_or(|sleep| sleep.poll(cx).is_ready());
+            let fired = tracking
+                .timer
+                .as_mut()
+                .is_none_or(|sleep| sleep.as_mut().poll(cx).is_ready());
             if !fired {
                 return Poll::Pending;
             }
@@ -427,26 +422,20 @@ where
 fn poll_heartbeat<D, E>(
     tracking: &mut Tracking,
     every: Duration,
-    mut timer: Pin<&mut Option<Sleep>>,
     cx: &mut Context<'_>,
 ) -> Poll<Option<Result<Frame<D>, E>>>
 where
     D: From<Bytes>,
 {
-    if timer.as_mut().as_pin_mut().is_none() {
-        arm(timer.as_mut(), Instant::now() + every);
-    }
-    let Some(sleep) = timer.as_mut().as_pin_mut() else {
-        return Poll::Pending;
-    };
-    if sleep.poll(cx).is_pending() {
+    let sleep = tracking
+        .timer
+        .get_or_insert_with(|| Box::pin(tokio::time::sleep(every)));
+    if sleep.as_mut().poll(cx).is_pending() {
         return Poll::Pending;
     }
-    arm(timer.as_mut(), Instant::now() + every);
-    // Re-register the new deadline with the waker.
-    if let Some(sleep) = timer.as_mut().as_pin_mut() {
-        let _ = sleep.poll(cx);
-    }
+    sleep.as_mut().reset(Instant::now() + every);
+    // Register the new deadline with the waker.
+    let _ = sleep.as_mut().poll(cx);
     let at_start = tracking.parser.at_stream_start();
     if !(tracking.parser.at_line_boundary() || at_start) {
         // Mid-line, right after a CR (an LF may follow), or inside what may be a byte order

@@ -231,44 +231,30 @@ impl Registry {
     /// Releases an attachment taken by [`attach`](Self::attach). The session becomes idle (and
     /// may be forgotten) once nothing is attached and nothing is left to write.
     pub(crate) fn detach(&self, slot: &Arc<Slot>) {
-        let mut shard = self.lock(slot.shard() as usize);
-        let ix = slot.node();
-        let Some(node) = shard
-            .nodes
-            .get_mut(ix)
-            .filter(|n| Arc::ptr_eq(&n.slot, slot))
-        else {
-            debug_assert!(false, "detached a slot the registry does not hold");
-            return;
-        };
-        debug_assert!(node.attached > 0);
-        node.attached = node.attached.saturating_sub(1);
-        if node.attached == 0 && !shard.nodes.is_linked(ix) && !slot.is_queued() {
-            let Some(node) = shard.nodes.get_mut(ix) else {
-                return;
-            };
-            node.idle_since = self.now_ms();
-            shard.nodes.push_back(ix);
-            self.idle.fetch_add(1, Relaxed);
-        }
+        self.update(slot, |node| {
+            debug_assert!(node.attached > 0, "detached more often than attached");
+            node.attached = node.attached.saturating_sub(1);
+        });
     }
 
     /// Adds one more attachment to a slot already attached (a cloned handle).
     pub(crate) fn attach_again(&self, slot: &Arc<Slot>) {
-        let mut shard = self.lock(slot.shard() as usize);
-        if let Some(node) = shard
-            .nodes
-            .get_mut(slot.node())
-            .filter(|n| Arc::ptr_eq(&n.slot, slot))
-        {
+        self.update(slot, |node| {
             debug_assert!(node.attached > 0, "attach_again on an unattached slot");
             node.attached += 1;
-        }
+        });
     }
 
     /// Called by the worker after a slot turned clean (written, or released): puts it on the
     /// idle list if nothing is attached to it.
     pub(crate) fn refresh(&self, slot: &Arc<Slot>) {
+        self.update(slot, |_| {});
+    }
+
+    /// Applies `change` to the slot's node, then puts the session on its shard's idle list if
+    /// it just became idle: nothing attached, nothing left to write. Both are read under the
+    /// shard's lock, so a session is on the list exactly when it can be forgotten.
+    fn update(&self, slot: &Arc<Slot>, change: impl FnOnce(&mut Node)) {
         let mut shard = self.lock(slot.shard() as usize);
         let ix = slot.node();
         let Some(node) = shard
@@ -276,15 +262,18 @@ impl Registry {
             .get_mut(ix)
             .filter(|n| Arc::ptr_eq(&n.slot, slot))
         else {
+            // Forgotten already: only an idle session is, and nothing holds those.
             return;
         };
-        if node.attached == 0 && !shard.nodes.is_linked(ix) && !slot.is_queued() {
-            if let Some(node) = shard.nodes.get_mut(ix) {
-                node.idle_since = self.now_ms();
-            }
-            shard.nodes.push_back(ix);
-            self.idle.fetch_add(1, Relaxed);
+        change(node);
+        if node.attached > 0 || shard.nodes.is_linked(ix) || slot.is_queued() {
+            return;
         }
+        if let Some(node) = shard.nodes.get_mut(ix) {
+            node.idle_since = self.now_ms();
+        }
+        shard.nodes.push_back(ix);
+        self.idle.fetch_add(1, Relaxed);
     }
 
     /// Forgets sessions idle for longer than the TTL: at most `per_shard` per shard, from the

@@ -1882,3 +1882,15 @@ mod gzip {
         }
     }
 }
+
+/// The layer wraps every response body, tracked or not: an untracked body must stay small.
+#[test]
+fn tracking_body_adds_a_few_words_to_the_inner_body() {
+    use tower_sse_tracking::TrackingBody;
+    let axum = size_of::<TrackingBody<axum::body::Body>>();
+    let full = size_of::<TrackingBody<Full<Bytes>>>();
+    println!("size_of TrackingBody<axum::body::Body> = {axum}, TrackingBody<Full<Bytes>> = {full}");
+    // The inner body, a pointer to the boxed tracking state and a held frame's data.
+    assert!(axum <= size_of::<axum::body::Body>() + 8 + size_of::<Option<Bytes>>());
+    assert!(full <= size_of::<Full<Bytes>>() + 8 + size_of::<Option<Bytes>>());
+}

@@ -114,6 +114,17 @@ fn to_key(result: Result<SessionId, InvalidSessionId>) -> SessionKey {
 /// Cloning the layer, or applying it to many routes, shares the one worker that
 /// [`build`](EventTrackingLayerBuilder::build) started.
 ///
+/// # Untrusted session keys
+///
+/// Session keys come from clients. A key is validated (length, no control characters) before
+/// anything is stored under it, and finding or admitting a session costs O(1) whatever the
+/// in-memory registry holds: it is sharded (no lock is held for longer than a map operation)
+/// and bounded by [`WorkerConfig::max_sessions`]. At the cap, the session idle longest is
+/// forgotten from memory (its state is in the store); sessions with a live stream or unwritten
+/// state never are, and when only such sessions remain, new ones pass through untracked (and
+/// are counted). A flood of new keys thus costs bounded memory and work, and never slows or
+/// untracks an existing stream. Every response body is forwarded unchanged either way.
+///
 /// ```
 /// use std::{convert::Infallible, time::Duration};
 /// use axum::{Router, routing::get, response::sse::{Event, Sse}};

@@ -144,8 +144,17 @@ impl WorkerConfig {
         self
     }
 
-    /// Most sessions tracked in memory (at least 1). When full, idle sessions with nothing left
-    /// to write are forgotten; if none can be, new sessions go untracked (and are counted).
+    /// Most sessions tracked in memory (at least 1).
+    ///
+    /// Session keys come from clients, so this cap is what a flood of new keys runs into. Every
+    /// admission costs O(1) whatever the registry holds: at the cap, the session that has been
+    /// idle longest (no stream attached, everything written, so its state is in the store) is
+    /// forgotten to make room, even before its [`idle_ttl`](Self::idle_ttl). A flood therefore
+    /// cannot slow down other requests or grow memory, and cannot evict a session with a live
+    /// stream or unwritten state; it can push idle sessions out of memory early (they are read
+    /// back from the store on resume, but their duplicate window is lost). When every session
+    /// in memory has a live stream or unwritten state, new sessions pass through untracked and
+    /// are counted as `sse_tracking_untracked_total{reason="registry_full"}`.
     ///
     /// Defaults to 100 000.
     pub fn max_sessions(mut self, n: usize) -> Self {
@@ -153,7 +162,10 @@ impl WorkerConfig {
         self
     }
 
-    /// How long a session with no stream and nothing left to write stays in memory.
+    /// How long a session with no stream and nothing left to write stays in memory. Expiry is
+    /// incremental: each flush tick forgets at most a few hundred expired sessions per shard of
+    /// the registry, oldest first (counted as
+    /// `sse_tracking_sessions_forgotten_total{reason="idle"}`).
     ///
     /// Defaults to 10 minutes.
     pub fn idle_ttl(mut self, ttl: Duration) -> Self {
@@ -162,7 +174,10 @@ impl WorkerConfig {
     }
 
     /// How many recent event IDs per session are remembered to spot duplicates (0 turns the
-    /// check off). Each costs 8 bytes per session.
+    /// check off). Each costs 4 bytes per session, allocated as the session sees new IDs (a
+    /// 32-bit keyed fingerprint: an ID new to a full window of 64 is taken for a duplicate about
+    /// once in 67 million events; that event still reaches the client, only its ID is not
+    /// recorded until the next event).
     ///
     /// Defaults to 64.
     pub fn dedup_window(mut self, n: usize) -> Self {

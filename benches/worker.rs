@@ -23,8 +23,9 @@ use std::{
 
 use criterion::{Criterion, Throughput, criterion_group};
 use tower_sse_tracking::{
-    PersistenceWorker, SessionId, WorkerConfig, WorkerHandle,
+    SessionId,
     store::{SessionRecord, SessionStore, SessionUpdate, StoreFuture},
+    worker::{WorkerConfig, WorkerHandle},
 };
 
 /// A store that only counts what it is asked to write.
@@ -67,7 +68,7 @@ fn ids() -> Vec<String> {
 /// lookups happen in a realistically filled registry.
 fn idle_worker(rt: &tokio::runtime::Runtime, config: WorkerConfig) -> WorkerHandle {
     let _enter = rt.enter();
-    let worker = PersistenceWorker::spawn(CountingStore::default(), config);
+    let worker = WorkerHandle::spawn(CountingStore::default(), config);
     for session in sessions(10_000, "filler") {
         worker.record(&session, Some("1"));
     }
@@ -179,7 +180,7 @@ fn admit(c: &mut Criterion) {
                     let n = (iters - done).min(ROUND as u64) as usize;
                     let worker = {
                         let _enter = rt.enter();
-                        PersistenceWorker::spawn(
+                        WorkerHandle::spawn(
                             CountingStore::default(),
                             WorkerConfig::default().max_sessions(max_sessions),
                         )
@@ -218,7 +219,7 @@ fn events_per_write() {
     let store = CountingStore::default();
     let worker = {
         let _enter = rt.enter();
-        PersistenceWorker::spawn(store.clone(), WorkerConfig::default())
+        WorkerHandle::spawn(store.clone(), WorkerConfig::default())
     };
     let sessions = sessions(SESSIONS, "burst");
     let mut id = String::new();

@@ -37,9 +37,10 @@ use bytes::Bytes;
 use futures_util::{Stream, stream};
 use http_body_util::{BodyExt, Empty};
 use tower_sse_tracking::{
-    EventTrackingLayer, SessionId, WorkerConfig,
+    EventTrackingLayer, SessionId,
     parser::SseParser,
     store::{MemoryStore, SessionRecord, SessionStore, SessionUpdate, StoreFuture},
+    worker::WorkerConfig,
 };
 
 #[derive(Clone, Debug)]
@@ -188,7 +189,7 @@ fn serve(mode: &str, per_connection_rate: f64, flush_ms: u64) {
             "tracked" => {
                 let tracking = EventTrackingLayer::builder()
                     .store(store.clone())
-                    .session_header("mcp-session-id")
+                    .session_header(http::HeaderName::from_static("mcp-session-id"))
                     .worker(WorkerConfig::default().flush_interval(Duration::from_millis(flush_ms)))
                     .build();
                 let app = Router::new()

@@ -32,7 +32,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let tracking = EventTrackingLayer::builder()
         .store(MemoryStore::new())
-        .session_header("mcp-session-id")
+        .session_header(http::HeaderName::from_static("mcp-session-id"))
         .build();
     let app = Router::new()
         .route("/events", get(events))

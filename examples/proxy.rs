@@ -91,7 +91,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let tracking = EventTrackingLayer::builder()
         .store(MemoryStore::new())
-        .session_header("mcp-session-id")
+        .session_header(http::HeaderName::from_static("mcp-session-id"))
         .resume(true)
         // Keep idle connections open through proxies and load balancers.
         .heartbeat(Duration::from_secs(15))

@@ -182,7 +182,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let tracking = EventTrackingLayer::builder()
         .store(store.clone())
-        .session_header(SESSION_HEADER)
+        .session_header(http::HeaderName::from_static(SESSION_HEADER))
         .resume(true) // clients without Last-Event-ID continue after their tracked ID
         .build();
     let app = Router::new()

@@ -6,15 +6,16 @@ use http::{HeaderMap, HeaderName, Request, request::Parts};
 use tower_layer::Layer;
 
 use crate::{
-    DEFAULT_MAX_SESSION_KEY_LEN, FlushReport, InvalidSessionId, PersistenceWorker, SessionId,
-    ShutdownReport, WorkerConfig, WorkerFuture, WorkerGone, WorkerHandle,
+    InvalidSessionId, SessionId,
     parser::DEFAULT_MAX_ID_LEN,
     service::EventTracking,
+    session::DEFAULT_MAX_SESSION_KEY_LEN,
     store::{MemoryStore, SessionStore},
+    worker::{FlushReport, ShutdownReport, WorkerConfig, WorkerFuture, WorkerGone, WorkerHandle},
 };
 
 /// Default time a stream may wait for room in the worker's queue.
-pub const DEFAULT_BACKPRESSURE_TIMEOUT: Duration = Duration::from_millis(100);
+const DEFAULT_BACKPRESSURE_TIMEOUT: Duration = Duration::from_millis(100);
 
 type KeyFn = dyn Fn(&Parts) -> Option<String> + Send + Sync;
 
@@ -129,6 +130,7 @@ fn to_key(result: Result<SessionId, InvalidSessionId>) -> SessionKey {
 /// use std::{convert::Infallible, time::Duration};
 /// use axum::{Router, routing::get, response::sse::{Event, Sse}};
 /// use futures_util::stream;
+/// use http::HeaderName;
 /// use tower_sse_tracking::{EventTrackingLayer, store::MemoryStore};
 ///
 /// async fn events() -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
@@ -140,7 +142,7 @@ fn to_key(result: Result<SessionId, InvalidSessionId>) -> SessionKey {
 /// let store = MemoryStore::new();
 /// let tracking = EventTrackingLayer::builder()
 ///     .store(store.clone())
-///     .session_header("mcp-session-id")
+///     .session_header(HeaderName::from_static("mcp-session-id"))
 ///     .build(); // spawns the persistence worker
 /// let app: Router = Router::new().route("/events", get(events)).layer(tracking.clone());
 /// // ... serve `app`; on shutdown:
@@ -197,7 +199,7 @@ impl<S> Layer<S> for EventTrackingLayer {
 ///
 /// ```
 /// use std::time::Duration;
-/// use tower_sse_tracking::{EventTrackingLayer, WorkerConfig, store::MemoryStore};
+/// use tower_sse_tracking::{EventTrackingLayer, store::MemoryStore, worker::WorkerConfig};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
@@ -267,13 +269,8 @@ impl EventTrackingLayerBuilder {
     /// Takes the session key from this header of the request or, when the request has none,
     /// of the response (servers such as MCP ones assign the session in their response).
     ///
-    /// # Panics
-    ///
-    /// Panics if `name` is not a valid header name.
-    ///
     /// Defaults to `mcp-session-id`.
-    pub fn session_header(mut self, name: &str) -> Self {
-        let name = HeaderName::try_from(name).expect("invalid session header name");
+    pub fn session_header(mut self, name: HeaderName) -> Self {
         self.source = SessionSource::Header(name);
         self
     }
@@ -307,15 +304,6 @@ impl EventTrackingLayerBuilder {
         self
     }
 
-    /// Recent event IDs remembered per session to spot duplicates, which are counted and not
-    /// persisted again (0 turns it off).
-    ///
-    /// Defaults to 64.
-    pub fn dedup_window(mut self, n: usize) -> Self {
-        self.worker = self.worker.dedup_window(n);
-        self
-    }
-
     /// Longest time a stream waits for room in the worker's queue when its session turns
     /// dirty and the queue is full. After it the session is parked and written on the worker's
     /// next tick: no ID is lost and the stream is never stalled longer.
@@ -346,7 +334,8 @@ impl EventTrackingLayerBuilder {
         self
     }
 
-    /// Settings of the persistence worker and the in-memory registry.
+    /// Settings of the persistence worker and of the in-memory registry of sessions (its cap,
+    /// idle TTL and duplicate window).
     ///
     /// Defaults to [`WorkerConfig::default`].
     pub fn worker(mut self, config: WorkerConfig) -> Self {
@@ -369,7 +358,7 @@ impl EventTrackingLayerBuilder {
     /// executors and for tests. Nothing is persisted until the future runs.
     pub fn build_with_worker(self) -> (EventTrackingLayer, WorkerFuture) {
         let store = self.store.unwrap_or_else(|| Arc::new(MemoryStore::new()));
-        let (worker, future) = PersistenceWorker::pair(store, self.worker);
+        let (worker, future) = WorkerHandle::pair(store, self.worker);
         let config = Config {
             worker,
             source: self.source,

@@ -13,6 +13,7 @@
 //! use std::{convert::Infallible, time::Duration};
 //! use axum::{Router, routing::get, response::sse::{Event, KeepAlive, Sse}};
 //! use futures_util::{Stream, stream};
+//! use http::HeaderName;
 //! use tower_sse_tracking::{EventTrackingLayer, store::MemoryStore};
 //!
 //! async fn events() -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
@@ -25,7 +26,8 @@
 //! let store = MemoryStore::new();
 //! let tracking = EventTrackingLayer::builder()
 //!     .store(store.clone())
-//!     .session_header("mcp-session-id") // request header, or the response's (MCP assigns it there)
+//!     // The request's header, or the response's (MCP assigns the session there).
+//!     .session_header(HeaderName::from_static("mcp-session-id"))
 //!     .resume(true)                      // fill in Last-Event-ID for clients that lost it
 //!     .build();                          // spawns the one persistence worker
 //! let app: Router = Router::new().route("/events", get(events)).layer(tracking.clone());
@@ -37,7 +39,8 @@
 //! The building blocks:
 //!
 //! - [`parser`]: the incremental `text/event-stream` parser, usable on its own.
-//! - [`PersistenceWorker`] and [`WorkerHandle`]: batching, coalescing, retries, shutdown.
+//! - [`worker`]: the persistence worker's handle and settings: batching, coalescing, retries,
+//!   shutdown.
 //! - [`store`]: the [`SessionStore`](store::SessionStore) trait and the stores.
 //! - [`metrics`]: the name of every metric recorded.
 //!
@@ -62,19 +65,12 @@ mod service;
 mod session;
 pub mod store;
 mod tracker;
-mod worker;
+pub mod worker;
 
-#[doc(hidden)]
-pub use self::registry::RegistryStats;
 pub use self::{
     body::TrackingBody,
     future::ResponseFuture,
-    layer::{DEFAULT_BACKPRESSURE_TIMEOUT, EventTrackingLayer, EventTrackingLayerBuilder},
+    layer::{EventTrackingLayer, EventTrackingLayerBuilder},
     service::EventTracking,
-    session::{DEFAULT_MAX_SESSION_KEY_LEN, InvalidSessionId, SessionId},
-    tracker::DEFAULT_DEDUP_WINDOW,
-    worker::{
-        FlushReport, PersistenceWorker, ShutdownReport, TrackedSession, WorkerConfig, WorkerFuture,
-        WorkerGone, WorkerHandle,
-    },
+    session::{InvalidSessionId, SessionId},
 };

@@ -39,10 +39,10 @@ use std::fmt;
 const BOM: [u8; 3] = [0xEF, 0xBB, 0xBF];
 
 /// Default cap on the length of an `id` value, in bytes.
-pub const DEFAULT_MAX_ID_LEN: usize = 1024;
+pub(crate) const DEFAULT_MAX_ID_LEN: usize = 1024;
 
 /// Default cap on the length of an `event` value, in bytes.
-pub const DEFAULT_MAX_EVENT_TYPE_LEN: usize = 1024;
+pub(crate) const DEFAULT_MAX_EVENT_TYPE_LEN: usize = 1024;
 
 /// Longest field name we need to recognise (`event`, `retry`).
 const MAX_NAME_LEN: usize = 5;
@@ -253,7 +253,7 @@ impl SseParser {
     /// Caps the length of an `id` value in bytes. A longer `id` is counted
     /// ([`oversized_ids`](Self::oversized_ids)) and ignored, as if it contained a NUL.
     ///
-    /// Defaults to [`DEFAULT_MAX_ID_LEN`] (1 KiB).
+    /// Defaults to 1024.
     pub fn max_id_len(mut self, max: usize) -> Self {
         self.max_id_len = max;
         self
@@ -262,7 +262,7 @@ impl SseParser {
     /// Caps the length of an `event` value in bytes. A longer `event` field is counted
     /// ([`oversized_event_types`](Self::oversized_event_types)) and ignored.
     ///
-    /// Defaults to [`DEFAULT_MAX_EVENT_TYPE_LEN`] (1 KiB).
+    /// Defaults to 1024.
     pub fn max_event_type_len(mut self, max: usize) -> Self {
         self.max_event_type_len = max;
         self

@@ -3,7 +3,7 @@
 use std::{borrow::Borrow, fmt, sync::Arc};
 
 /// Default cap on the length of a session key, in bytes.
-pub const DEFAULT_MAX_SESSION_KEY_LEN: usize = 128;
+pub(crate) const DEFAULT_MAX_SESSION_KEY_LEN: usize = 128;
 
 /// A validated session key.
 ///
@@ -23,7 +23,8 @@ pub const DEFAULT_MAX_SESSION_KEY_LEN: usize = 128;
 pub struct SessionId(Arc<str>);
 
 impl SessionId {
-    /// Validates `key` with the default length cap of [`DEFAULT_MAX_SESSION_KEY_LEN`] bytes.
+    /// Validates `key` with the default length cap of 128 bytes (the layer's default too, see
+    /// [`max_session_key_len`](crate::EventTrackingLayerBuilder::max_session_key_len)).
     ///
     /// # Errors
     ///

@@ -19,7 +19,7 @@ use crate::{
 };
 
 /// Default number of recent event IDs remembered per session to detect duplicates.
-pub const DEFAULT_DEDUP_WINDOW: usize = 64;
+pub(crate) const DEFAULT_DEDUP_WINDOW: usize = 64;
 
 /// What recording one event did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

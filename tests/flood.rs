@@ -22,7 +22,7 @@ use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody, combinators::BoxBody};
 use tokio::sync::mpsc;
 use tower::{Layer, ServiceExt, service_fn};
-use tower_sse_tracking::{EventTrackingLayer, SessionId, WorkerConfig, store::MemoryStore};
+use tower_sse_tracking::{EventTrackingLayer, SessionId, store::MemoryStore, worker::WorkerConfig};
 
 const FLOOD: usize = 250_000;
 const IN_FLIGHT: usize = 64;

@@ -27,11 +27,12 @@ use tokio::time::{Instant, sleep};
 use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
 use tower_http::{compression::CompressionLayer, trace::TraceLayer};
 use tower_sse_tracking::{
-    EventTrackingLayer, SessionId, WorkerConfig,
+    EventTrackingLayer, SessionId,
     store::{
         LastEventId, MemoryStore, SessionRecord, SessionStore, SessionUpdate, StoreError,
         StoreFuture,
     },
+    worker::WorkerConfig,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -116,7 +117,7 @@ fn sid(s: &str) -> SessionId {
 fn layer_builder(store: &MemoryStore) -> tower_sse_tracking::EventTrackingLayerBuilder {
     EventTrackingLayer::builder()
         .store(store.clone())
-        .session_header(SESSION_HEADER)
+        .session_header(http::HeaderName::from_static(SESSION_HEADER))
 }
 
 /// Sends one request through `layer` around `svc`; returns the whole body and whether it was
@@ -208,7 +209,7 @@ async fn axum_sse_with_keep_alive_is_byte_identical_and_tracked_per_session() {
     }
 
     let report = tracking.flush().await.unwrap();
-    assert_eq!(report.failed, 0);
+    assert_eq!(report.failed(), 0);
     assert_eq!(stored(&store, "alice"), set("alice-3"));
     assert_eq!(stored(&store, "bob"), set("bob-5"));
     assert_eq!(store.snapshot().len(), 2);
@@ -422,7 +423,7 @@ async fn many_concurrent_sessions_are_each_persisted_by_one_worker_task() {
     }
 
     let report = tracking.flush().await.unwrap();
-    assert_eq!(report.failed, 0);
+    assert_eq!(report.failed(), 0);
     let snapshot = store.snapshot();
     assert_eq!(snapshot.len(), SESSIONS);
     for i in 0..SESSIONS {
@@ -866,13 +867,18 @@ async fn inner_body_error_reaches_the_client_unchanged_and_earlier_ids_are_kept(
 
 const BACKPRESSURE: Duration = Duration::from_millis(100);
 
-fn full_queue_layer(store: &MemoryStore) -> (EventTrackingLayer, tower_sse_tracking::WorkerFuture) {
+fn full_queue_layer(
+    store: &MemoryStore,
+) -> (EventTrackingLayer, tower_sse_tracking::worker::WorkerFuture) {
     let (tracking, worker) = layer_builder(store)
         .backpressure_timeout(BACKPRESSURE)
         .worker(WorkerConfig::default().queue_capacity(1))
         .build_with_worker();
     // Another session takes the only place in the queue; the worker is not running.
-    assert!(tracking.worker().record(&sid("other"), Some("x")));
+    assert_eq!(
+        tracking.worker().record(&sid("other"), Some("x")),
+        tower_sse_tracking::worker::RecordOutcome::Recorded
+    );
     (tracking, worker)
 }
 
@@ -1211,7 +1217,7 @@ async fn resume_with_a_failing_store_calls_the_handler_without_the_header() {
     let store = UnreadableStore::default();
     let tracking = EventTrackingLayer::builder()
         .store(store.clone())
-        .session_header(SESSION_HEADER)
+        .session_header(http::HeaderName::from_static(SESSION_HEADER))
         .resume(true)
         .build();
     let handler = Recorder::default();

@@ -27,6 +27,7 @@ use tower::{Layer, ServiceExt, service_fn};
 use tower_sse_tracking::{
     EventTrackingLayer, SessionId,
     store::{LastEventId, MemoryStore},
+    worker::WorkerConfig,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -279,8 +280,8 @@ impl Harness {
         let layer = rt.block_on(async {
             EventTrackingLayer::builder()
                 .store(store.clone())
-                .session_header("mcp-session-id")
-                .dedup_window(dedup_window)
+                .session_header(http::HeaderName::from_static("mcp-session-id"))
+                .worker(WorkerConfig::default().dedup_window(dedup_window))
                 .build()
         });
         Self {
@@ -357,7 +358,7 @@ fn runner(cases: u32) -> TestRunner {
 
 #[test]
 fn any_stream_any_split_is_forwarded_unchanged_and_persists_the_spec_last_id() {
-    let harness = Harness::new(tower_sse_tracking::DEFAULT_DEDUP_WINDOW);
+    let harness = Harness::new(64 /* the default duplicate window */);
     let strategy = (event_stream(false), vec(any::<Index>(), 0..12));
     runner(1024)
         .run(&strategy, |(stream, cuts)| check(&harness, &stream, &cuts))
@@ -385,7 +386,7 @@ fn ids(list: &[&str]) -> Vec<Bytes> {
 
 #[test]
 fn a_recent_duplicate_id_does_not_move_the_tracked_id() {
-    let harness = Harness::new(tower_sse_tracking::DEFAULT_DEDUP_WINDOW);
+    let harness = Harness::new(64 /* the default duplicate window */);
     // The spec's last ID is "1"; the layer keeps "2": a replayed event is not progress.
     let (_, in_memory, persisted) = harness.run(ids(&["1", "2", "1"]));
     assert_eq!(in_memory.as_deref(), Some("2"));

@@ -21,8 +21,8 @@ use futures_util::stream;
 use http_body_util::{BodyExt, Empty};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use tower_sse_tracking::{
-    EventTrackingLayer, SessionId, WorkerConfig, metrics as m, parser::SseParser,
-    store::MemoryStore,
+    EventTrackingLayer, SessionId, metrics as m, parser::SseParser, store::MemoryStore,
+    worker::WorkerConfig,
 };
 
 const SESSIONS: usize = 100;
@@ -93,7 +93,7 @@ fn thousand_events_per_second_for_five_seconds_over_100_sessions() {
         let store = MemoryStore::new();
         let tracking = EventTrackingLayer::builder()
             .store(store.clone())
-            .session_header("mcp-session-id")
+            .session_header(http::HeaderName::from_static("mcp-session-id"))
             .worker(WorkerConfig::default().queue_capacity(QUEUE_CAPACITY))
             .build();
         assert_eq!(

@@ -15,7 +15,7 @@ use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use tower::{Layer, ServiceExt, service_fn};
 use tower_sse_tracking::{
-    DEFAULT_DEDUP_WINDOW, EventTrackingLayer, SessionId,
+    EventTrackingLayer, SessionId,
     store::{MemoryStore, SessionRecord, SessionStore, SessionUpdate, StoreFuture},
 };
 
@@ -70,6 +70,9 @@ fn live() -> isize {
     LIVE.load(Ordering::Relaxed)
 }
 
+/// The default duplicate window (documented on `WorkerConfig::dedup_window`).
+const DEFAULT_DEDUP_WINDOW: usize = 64;
+
 /// A store that keeps nothing, so that only the layer's own memory is measured.
 struct Discard;
 
@@ -91,11 +94,14 @@ async fn per_session(layer: &EventTrackingLayer, prefix: &str, sessions: usize, 
         let session = SessionId::new(&format!("{prefix}-{i:08}")).unwrap();
         for k in 0..ids {
             let id = format!("{:016}", i * ids + k); // 16-byte event IDs
-            assert!(layer.worker().record(&session, Some(&id)));
+            assert_eq!(
+                layer.worker().record(&session, Some(&id)),
+                tower_sse_tracking::worker::RecordOutcome::Recorded
+            );
         }
     }
     let report = layer.flush().await.unwrap();
-    assert_eq!(report.persisted, sessions);
+    assert_eq!(report.persisted(), sessions);
     (live() - before) as f64 / sessions as f64
 }
 

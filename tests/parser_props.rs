@@ -7,7 +7,11 @@
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::Index;
-use tower_sse_tracking::parser::{DEFAULT_MAX_EVENT_TYPE_LEN, DEFAULT_MAX_ID_LEN, SseParser};
+use tower_sse_tracking::parser::SseParser;
+
+/// The parser's default caps on `id` and `event` values (documented on its setters).
+const DEFAULT_MAX_ID_LEN: usize = 1024;
+const DEFAULT_MAX_EVENT_TYPE_LEN: usize = 1024;
 
 /// One dispatch (blank line), owned.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -29,11 +29,12 @@ use http_body_util::BodyExt;
 use tokio::sync::{mpsc, watch};
 use tower::ServiceExt;
 use tower_sse_tracking::{
-    EventTrackingLayer, SessionId, WorkerConfig, WorkerHandle,
+    EventTrackingLayer, SessionId,
     store::{
         LastEventId, RedisStore, SessionRecord, SessionStore, SessionUpdate, StoreError,
         StoreFuture,
     },
+    worker::{WorkerConfig, WorkerHandle},
 };
 
 use support::redis::{RedisConfig, RedisServer};
@@ -165,7 +166,10 @@ impl Session {
                     tx.send(Event::default().id(&last).data("tick")).unwrap();
                 }
                 Feed::Direct(worker) => {
-                    assert!(worker.record(&sid(&self.key), Some(&last)));
+                    assert_eq!(
+                        worker.record(&sid(&self.key), Some(&last)),
+                        tower_sse_tracking::worker::RecordOutcome::Recorded
+                    );
                 }
             }
         }
@@ -255,7 +259,7 @@ async fn restart_mid_stream(durable: bool) -> Vec<(String, (Option<String>, Opti
     // Phase 1: Redis up.
     run_phase(&mut sessions, 1).await;
     let report = layer.flush().await.unwrap();
-    assert_eq!(report.failed, 0, "{report:?}");
+    assert_eq!(report.failed(), 0, "{report:?}");
     let checker = connect(&server, prefix).await;
     for s in &sessions {
         assert_eq!(stored_id(&checker, &s.key).await, s.last_id, "{}", s.key);
@@ -269,8 +273,8 @@ async fn restart_mid_stream(durable: bool) -> Vec<(String, (Option<String>, Opti
         .await
         .expect("flush hung while Redis was down")
         .unwrap();
-    assert_eq!(report.persisted, 0, "wrote to a dead Redis? {report:?}");
-    assert!(report.failed > 0, "{report:?}");
+    assert_eq!(report.persisted(), 0, "wrote to a dead Redis? {report:?}");
+    assert!(report.failed() > 0, "{report:?}");
     // Let retries fail and the breaker open.
     tokio::time::sleep(Duration::from_millis(400)).await;
 
@@ -425,10 +429,11 @@ async fn two_replicas_interleaving_ids_keep_the_highest_version() {
             for round in 0..60u32 {
                 for s in 0..SESSIONS {
                     let id = format!("{name}-{s}-{round}");
-                    assert!(
+                    assert_eq!(
                         layer
                             .worker()
-                            .record(&sid(&format!("shared-{s}")), Some(&id))
+                            .record(&sid(&format!("shared-{s}")), Some(&id)),
+                        tower_sse_tracking::worker::RecordOutcome::Recorded
                     );
                 }
                 tokio::time::sleep(Duration::from_millis(1 + u64::from(round % 3))).await;

@@ -10,7 +10,7 @@ mod support;
 use std::time::{Duration, SystemTime};
 
 use tower_sse_tracking::{
-    DEFAULT_MAX_SESSION_KEY_LEN, SessionId,
+    SessionId,
     store::{LastEventId, MemoryStore, SessionRecord, SessionStore, SessionUpdate},
 };
 
@@ -39,10 +39,11 @@ impl Fixture for Memory {
     const TTL_FROM_ACTIVITY: bool = true;
 
     async fn open(idle_ttl: Option<Duration>) -> Self {
-        Self(MemoryStore::with_limits(
-            MemoryStore::DEFAULT_MAX_SESSIONS,
-            idle_ttl.unwrap_or(MemoryStore::DEFAULT_IDLE_TTL),
-        ))
+        Self(match idle_ttl {
+            // The documented default cap of 100,000 sessions.
+            Some(ttl) => MemoryStore::with_limits(100_000, ttl),
+            None => MemoryStore::new(),
+        })
     }
 
     fn store(&self) -> &MemoryStore {
@@ -549,9 +550,8 @@ mod checks {
     pub(super) async fn unicode_and_maximum_length_keys_and_ids<F: Fixture>() {
         let f = F::open(None).await;
         let store = f.store();
-        let max = DEFAULT_MAX_SESSION_KEY_LEN;
-        assert_eq!(max, 128);
-        // The cap that bounds every key a store sees.
+        // The default cap (documented on `SessionId::new`) that bounds every key a store sees.
+        let max = 128;
         assert!(SessionId::new(&"k".repeat(max + 1)).is_err());
         let keys = [
             "k".repeat(max),

@@ -20,11 +20,12 @@ use metrics::{
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use tokio::time::Instant;
 use tower_sse_tracking::{
-    PersistenceWorker, SessionId, WorkerConfig, WorkerHandle, metrics as m,
+    SessionId, metrics as m,
     store::{
         LastEventId, MemoryStore, SessionRecord, SessionStore, SessionUpdate, StoreError,
         StoreFuture,
     },
+    worker::{RecordOutcome, WorkerConfig, WorkerHandle},
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -431,7 +432,7 @@ fn exactly_one_task_for_10k_sessions_and_1m_events() {
         let runtime = tokio::runtime::Handle::current().metrics();
         let before = runtime.num_alive_tasks();
         let store = MemoryStore::new();
-        let worker = PersistenceWorker::spawn(store.clone(), WorkerConfig::default());
+        let worker = WorkerHandle::spawn(store.clone(), WorkerConfig::default());
         assert_eq!(runtime.num_alive_tasks(), before + 1, "spawn adds one task");
 
         let sessions: Vec<SessionId> = (0..SESSIONS).map(|i| sid(&format!("s{i}"))).collect();
@@ -439,7 +440,10 @@ fn exactly_one_task_for_10k_sessions_and_1m_events() {
         for i in 0..EVENTS {
             id.clear();
             write!(id, "{i}").unwrap();
-            assert!(worker.record(&sessions[i % SESSIONS], Some(&id)));
+            assert_eq!(
+                worker.record(&sessions[i % SESSIONS], Some(&id)),
+                tower_sse_tracking::worker::RecordOutcome::Recorded
+            );
             if i % 1_000 == 999 {
                 // Let the worker take queued sessions and tick while the load goes on.
                 tokio::task::yield_now().await;
@@ -474,7 +478,7 @@ fn worker_task_ends_once_every_handle_is_dropped() {
         let runtime = tokio::runtime::Handle::current().metrics();
         let before = runtime.num_alive_tasks();
         let store = MemoryStore::new();
-        let worker = PersistenceWorker::spawn(store.clone(), WorkerConfig::default());
+        let worker = WorkerHandle::spawn(store.clone(), WorkerConfig::default());
         let clone = worker.clone();
         worker.record(&sid("a"), Some("1"));
         clone.record(&sid("b"), Some("2"));
@@ -498,15 +502,15 @@ fn worker_task_ends_once_every_handle_is_dropped() {
 #[tokio::test(start_paused = true)]
 async fn coalesces_to_newest_id_per_session() {
     let store = TestStore::healthy();
-    let worker = PersistenceWorker::spawn(store.clone(), WorkerConfig::default());
+    let worker = WorkerHandle::spawn(store.clone(), WorkerConfig::default());
     let (a, b) = (sid("A"), sid("B"));
     worker.record(&a, Some("1"));
     worker.record(&a, Some("2"));
     worker.record(&a, Some("3"));
     worker.record(&b, Some("4"));
     let report = worker.flush().await.unwrap();
-    assert_eq!(report.persisted, 2);
-    assert_eq!(report.failed, 0);
+    assert_eq!(report.persisted(), 2);
+    assert_eq!(report.failed(), 0);
 
     let calls = store.call_log();
     assert_eq!(calls.len(), 1, "one save_batch call: {calls:?}");
@@ -540,7 +544,7 @@ async fn coalesces_to_newest_id_per_session() {
 async fn survives_faults(store: TestStore, config: WorkerConfig, seed: u64) {
     const SESSIONS: u64 = 300;
     const ROUNDS: usize = 300;
-    let worker = PersistenceWorker::spawn(store.clone(), config);
+    let worker = WorkerHandle::spawn(store.clone(), config);
     let sessions: Vec<SessionId> = (0..SESSIONS).map(|i| sid(&format!("s{i}"))).collect();
     let mut last: HashMap<SessionId, String> = HashMap::new();
     let mut rng = Rng(seed);
@@ -550,7 +554,10 @@ async fn survives_faults(store: TestStore, config: WorkerConfig, seed: u64) {
             let session = &sessions[rng.below(SESSIONS) as usize];
             counter += 1;
             let id = counter.to_string();
-            assert!(worker.record(session, Some(&id)));
+            assert_eq!(
+                worker.record(session, Some(&id)),
+                tower_sse_tracking::worker::RecordOutcome::Recorded
+            );
             last.insert(session.clone(), id);
         }
         tokio::time::sleep(Duration::from_millis(rng.below(40))).await;
@@ -664,7 +671,7 @@ fn permanent_error_keeps_the_id_and_writes_it_after_the_breaker_cooldown() {
         let config = WorkerConfig::default()
             .flush_interval(Duration::from_millis(10))
             .breaker_cooldown(cooldown);
-        let worker = PersistenceWorker::spawn(store.clone(), config);
+        let worker = WorkerHandle::spawn(store.clone(), config);
         let a = sid("a");
         worker.record(&a, Some("1"));
         wait_until("the first write failed", || store.calls() == 1).await;
@@ -707,7 +714,7 @@ fn queue_full_parks_session_and_next_tick_persists_it() {
         let config = WorkerConfig::default()
             .queue_capacity(1)
             .flush_interval(interval);
-        let worker = PersistenceWorker::spawn(store.clone(), config);
+        let worker = WorkerHandle::spawn(store.clone(), config);
         // Let the worker start and take its immediate first tick.
         tokio::time::sleep(Duration::from_millis(1)).await;
 
@@ -742,16 +749,22 @@ fn queue_full_parks_session_and_next_tick_persists_it() {
 #[tokio::test]
 async fn shutdown_persists_100k_queued_ids_with_live_clones() {
     const SESSIONS: usize = 100_000;
-    let store = MemoryStore::with_limits(2 * SESSIONS, MemoryStore::DEFAULT_IDLE_TTL);
+    let store = MemoryStore::with_limits(2 * SESSIONS, Duration::from_secs(24 * 3600));
     // The default queue (8192) is far smaller: most sessions are parked in the overflow set.
     let config = WorkerConfig::default().max_sessions(2 * SESSIONS);
-    let worker = PersistenceWorker::spawn(store.clone(), config);
+    let worker = WorkerHandle::spawn(store.clone(), config);
     let clones: Vec<WorkerHandle> = (0..4).map(|_| worker.clone()).collect();
     let sessions: Vec<SessionId> = (0..SESSIONS).map(|i| sid(&format!("s{i}"))).collect();
     for (i, session) in sessions.iter().enumerate() {
         let handle = &clones[i % clones.len()];
-        assert!(handle.record(session, Some(&format!("{i}-a"))));
-        assert!(handle.record(session, Some(&format!("{i}-b"))));
+        assert_eq!(
+            handle.record(session, Some(&format!("{i}-a"))),
+            RecordOutcome::Recorded
+        );
+        assert_eq!(
+            handle.record(session, Some(&format!("{i}-b"))),
+            RecordOutcome::Recorded
+        );
     }
     assert!(store.is_empty(), "nothing written before the worker runs");
 
@@ -819,7 +832,7 @@ async fn retries_follow_due_time_and_newer_ids_supersede_pending_retries() {
         .max_backoff(Duration::from_secs(10))
         .max_attempts(10)
         .breaker_threshold(100);
-    let worker = PersistenceWorker::spawn(store.clone(), config);
+    let worker = WorkerHandle::spawn(store.clone(), config);
 
     worker.record(&a, Some("a1"));
     wait_until("a failed once", || store.calls_for(&a).len() == 1).await;
@@ -904,7 +917,7 @@ fn circuit_breaker_rests_the_store_then_probes_with_one_batch() {
             .max_attempts(1000)
             .breaker_threshold(3)
             .breaker_cooldown(cooldown);
-        let worker = PersistenceWorker::spawn(store.clone(), config);
+        let worker = WorkerHandle::spawn(store.clone(), config);
         let (a, b, c) = (sid("a"), sid("b"), sid("c"));
         worker.record(&a, Some("1"));
         wait_until("three failures", || store.calls() == 3).await;
@@ -971,7 +984,7 @@ fn metrics_report_writes_batches_coalescing_queue_failures_and_retries() {
             .queue_capacity(64)
             .flush_interval(interval)
             .base_backoff(Duration::from_millis(100));
-        let worker = PersistenceWorker::spawn(store.clone(), config);
+        let worker = WorkerHandle::spawn(store.clone(), config);
         tokio::time::sleep(Duration::from_millis(1)).await;
         assert_eq!(metrics.gauge(m::QUEUE_CAPACITY), Some(64.0));
         assert_eq!(metrics.gauge(m::CIRCUIT_STATE), Some(0.0));
@@ -1004,7 +1017,7 @@ fn metrics_report_writes_batches_coalescing_queue_failures_and_retries() {
         assert_eq!(metrics.gauge(m::QUEUE_DEPTH), Some(7.0));
 
         let report = worker.flush().await.unwrap();
-        assert_eq!(report.persisted, 7);
+        assert_eq!(report.persisted(), 7);
         assert_eq!(metrics.gauge(m::QUEUE_DEPTH), Some(0.0));
         assert_eq!(metrics.gauge(m::PENDING_SESSIONS), Some(0.0));
         assert_eq!(metrics.counter(m::PERSISTED), 17);
@@ -1042,7 +1055,7 @@ async fn flush_returns_after_everything_recorded_before_it_is_written() {
     // Slower than the flush interval, so a tick's write is still running when flush is called.
     let store = TestStore::new(|_, _, _| Action::SleepThenApply(Duration::from_millis(80)));
     let config = WorkerConfig::default().flush_interval(Duration::from_millis(50));
-    let worker = PersistenceWorker::spawn(store.clone(), config);
+    let worker = WorkerHandle::spawn(store.clone(), config);
     let (a, b) = (sid("a"), sid("b"));
 
     worker.record(&a, Some("1"));
@@ -1055,7 +1068,7 @@ async fn flush_returns_after_everything_recorded_before_it_is_written() {
         worker.record(session, Some("m"));
     }
     let report = worker.flush().await.unwrap();
-    assert_eq!(report.failed, 0);
+    assert_eq!(report.failed(), 0);
     // Right after flush, with no more time passing: everything is there.
     assert_eq!(store.stored(&a).as_deref(), Some("2"));
     assert_eq!(store.stored(&b).as_deref(), Some("1"));
@@ -1071,7 +1084,7 @@ async fn shutdown_paces_rewrites_of_streams_that_keep_recording() {
     // the worker writes it again once per flush interval until the deadline, never back to back.
     let store = TestStore::new(|_, _, _| Action::SleepThenApply(Duration::from_millis(1)));
     let config = WorkerConfig::default().flush_interval(Duration::from_millis(50));
-    let worker = PersistenceWorker::spawn(store.clone(), config);
+    let worker = WorkerHandle::spawn(store.clone(), config);
     let session = worker.session(&sid("busy")).unwrap();
     session.record(Some("0"));
     let producer = tokio::spawn(async move {

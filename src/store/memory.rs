@@ -45,12 +45,18 @@ struct State {
     evictions: u64,
 }
 
+/// Default cap on the number of sessions kept.
+const DEFAULT_MAX_SESSIONS: usize = 100_000;
+
+/// Default time after its last activity for which a session is kept: 24 hours.
+const DEFAULT_IDLE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// Expired records removed from the front at every write, at most.
 const EXPIRE_PER_WRITE: usize = 2;
 
 impl Default for MemoryStore {
     fn default() -> Self {
-        Self::with_limits(Self::DEFAULT_MAX_SESSIONS, Self::DEFAULT_IDLE_TTL)
+        Self::with_limits(DEFAULT_MAX_SESSIONS, DEFAULT_IDLE_TTL)
     }
 }
 
@@ -65,15 +71,8 @@ impl fmt::Debug for MemoryStore {
 }
 
 impl MemoryStore {
-    /// Default cap on the number of sessions kept.
-    pub const DEFAULT_MAX_SESSIONS: usize = 100_000;
-
-    /// Default time after its last activity for which a session is kept: 24 hours.
-    pub const DEFAULT_IDLE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
-
-    /// An empty store with the default limits: [`DEFAULT_MAX_SESSIONS`](Self::DEFAULT_MAX_SESSIONS)
-    /// sessions, each kept for [`DEFAULT_IDLE_TTL`](Self::DEFAULT_IDLE_TTL) after its last
-    /// activity.
+    /// An empty store with the default limits: 100 000 sessions, each kept for 24 hours after
+    /// its last activity.
     pub fn new() -> Self {
         Self::default()
     }
@@ -271,7 +270,7 @@ mod tests {
 
     #[test]
     fn stays_within_max_sessions() {
-        let store = MemoryStore::with_limits(64, MemoryStore::DEFAULT_IDLE_TTL);
+        let store = MemoryStore::with_limits(64, DEFAULT_IDLE_TTL);
         let start = SystemTime::now();
         for i in 0..1000u64 {
             let at = start + Duration::from_millis(i);

@@ -68,10 +68,13 @@ pub struct RedbStoreBuilder {
     cleanup_interval: Duration,
 }
 
+/// Default time a session is kept after its last write: 7 days.
+const DEFAULT_IDLE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
 impl Default for RedbStoreBuilder {
     fn default() -> Self {
         Self {
-            idle_ttl: RedbStore::DEFAULT_IDLE_TTL,
+            idle_ttl: DEFAULT_IDLE_TTL,
             cleanup_interval: Duration::from_secs(600),
         }
     }
@@ -158,9 +161,6 @@ fn check_format(db: &Database, path: &Path) -> Result<(), StoreError> {
 }
 
 impl RedbStore {
-    /// Default time a session is kept after its last activity: 7 days.
-    pub const DEFAULT_IDLE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
-
     /// Opens the store at `path` with the default options (see [`builder`](Self::builder)).
     ///
     /// # Errors

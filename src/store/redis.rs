@@ -102,11 +102,14 @@ pub struct RedisStoreBuilder {
     connection_timeout: Duration,
 }
 
+/// Default time a session is kept after its last write: 7 days.
+const DEFAULT_IDLE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
 impl Default for RedisStoreBuilder {
     fn default() -> Self {
         Self {
             prefix: "sse-tracking:".to_owned(),
-            idle_ttl: RedisStore::DEFAULT_IDLE_TTL,
+            idle_ttl: DEFAULT_IDLE_TTL,
             response_timeout: Duration::from_secs(2),
             connection_timeout: Duration::from_secs(2),
         }
@@ -176,9 +179,6 @@ impl RedisStoreBuilder {
 }
 
 impl RedisStore {
-    /// Default expiry of a session's key after its last write: 7 days.
-    pub const DEFAULT_IDLE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
-
     /// Connects with the default options (see [`builder`](Self::builder)).
     ///
     /// # Errors

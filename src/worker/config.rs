@@ -6,7 +6,7 @@ use crate::tracker::DEFAULT_DEDUP_WINDOW;
 ///
 /// ```
 /// use std::time::Duration;
-/// use tower_sse_tracking::WorkerConfig;
+/// use tower_sse_tracking::worker::WorkerConfig;
 ///
 /// let config = WorkerConfig::default()
 ///     .flush_interval(Duration::from_millis(20))

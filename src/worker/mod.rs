@@ -7,19 +7,23 @@
 //! backoff, stops calling a failing store for a cool-down (circuit breaker), and on shutdown
 //! closes intake for real, drains and flushes everything within a deadline.
 //!
+//! The layer's builder starts the worker; [`WorkerHandle::spawn`] (or [`WorkerHandle::pair`],
+//! for other executors) starts one without the layer, for events from other transports.
+//!
 //! ```
 //! use std::time::Duration;
-//! use tower_sse_tracking::{PersistenceWorker, SessionId, WorkerConfig, store::MemoryStore};
+//! use tower_sse_tracking::{SessionId, store::MemoryStore, worker::{WorkerConfig, WorkerHandle}};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
 //! let store = MemoryStore::new();
-//! let worker = PersistenceWorker::spawn(store.clone(), WorkerConfig::default());
+//! let worker = WorkerHandle::spawn(store.clone(), WorkerConfig::default());
 //! let session = SessionId::new("s1").unwrap();
 //! for id in ["1", "2", "3"] {
 //!     worker.record(&session, Some(id));
 //! }
 //! worker.flush().await.unwrap();
+//! // Only the newest ID was written.
 //! assert_eq!(store.get(&session).unwrap().last_event_id.as_str(), Some("3"));
 //! let report = worker.shutdown(Duration::from_secs(5)).await.unwrap();
 //! assert!(report.unpersisted().is_empty());
@@ -27,307 +31,22 @@
 //! ```
 
 mod config;
+mod handle;
 mod retry;
 mod run;
 mod shared;
 
-pub use self::config::WorkerConfig;
-pub(crate) use self::shared::{Attachment, Shared, TryEnqueueError};
-
-use std::{fmt, future::Future, pin::Pin, sync::Arc, task, time::Duration};
-
-use tokio::{
-    sync::{mpsc, oneshot},
-    time::Instant,
-};
-
-use crate::{SessionId, registry::RegistryStats, store::SessionStore};
-
-pub(crate) enum Control {
-    Flush(oneshot::Sender<FlushReport>),
-    Shutdown {
-        deadline: Instant,
-        reply: oneshot::Sender<ShutdownReport>,
+pub use self::{
+    config::WorkerConfig,
+    handle::{
+        FlushReport, RecordOutcome, ShutdownReport, TrackedSession, WorkerFuture, WorkerGone,
+        WorkerHandle,
     },
-}
+};
+#[doc(hidden)]
+pub use crate::registry::RegistryStats;
 
-/// Builds the persistence worker: one task per layer that writes every session's newest last
-/// event ID.
-///
-/// Streams never talk to the store. Recording an event updates the session's slot in memory; a
-/// session that turns dirty is queued once on a bounded queue. The worker takes queued sessions
-/// in batches (`recv_many`), writes each session's *newest* state once per flush (on a timer,
-/// or early when `max_batch` sessions wait), retries failures in due-time order with exponential
-/// backoff, stops calling a failing store for a cool-down (circuit breaker), and on shutdown
-/// closes intake for real, drains and flushes everything within a deadline.
-///
-/// It is started once, by [`spawn`](Self::spawn) or by running the future
-/// [`pair`](Self::pair) returns; the layer's builder does this for you.
-///
-/// ```
-/// use std::time::Duration;
-/// use tower_sse_tracking::{PersistenceWorker, SessionId, WorkerConfig, store::MemoryStore};
-///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() {
-/// let store = MemoryStore::new();
-/// let worker = PersistenceWorker::spawn(store.clone(), WorkerConfig::default());
-/// let session = SessionId::new("s1").unwrap();
-/// for id in ["1", "2", "3"] {
-///     worker.record(&session, Some(id));
-/// }
-/// worker.flush().await.unwrap();
-/// // Only the newest ID was written.
-/// assert_eq!(store.get(&session).unwrap().last_event_id.as_str(), Some("3"));
-/// worker.shutdown(Duration::from_secs(5)).await.unwrap();
-/// # }
-/// ```
-#[derive(Debug)]
-pub struct PersistenceWorker {
-    _private: (),
-}
-
-impl PersistenceWorker {
-    /// Spawns the worker on the current Tokio runtime and returns its handle.
-    ///
-    /// # Panics
-    ///
-    /// Panics if called outside a Tokio runtime.
-    pub fn spawn<S: SessionStore>(store: S, config: WorkerConfig) -> WorkerHandle {
-        let (handle, worker) = Self::pair(store, config);
-        tokio::spawn(worker);
-        handle
-    }
-
-    /// Returns the handle and the worker future, for other executors and for tests. Nothing is
-    /// written until the future runs; it ends after [`WorkerHandle::shutdown`], or once every
-    /// handle (and every layer built on it) is dropped.
-    pub fn pair<S: SessionStore>(store: S, config: WorkerConfig) -> (WorkerHandle, WorkerFuture) {
-        let (queue_tx, queue_rx) = mpsc::channel(config.queue_capacity);
-        let (control_tx, control_rx) = mpsc::channel(16);
-        let store: Arc<dyn SessionStore> = Arc::new(store);
-        let shared = Arc::new(Shared::new(config, store, queue_tx, control_tx));
-        let worker = run::Worker::new(shared.clone(), queue_rx, control_rx);
-        let future = WorkerFuture {
-            inner: Box::pin(worker.run()),
-        };
-        (WorkerHandle { shared }, future)
-    }
-}
-
-/// The worker task, for executors other than the current Tokio runtime's `spawn`. It needs a
-/// Tokio timer (`time` driver) to run.
-#[must_use = "the worker does nothing unless polled"]
-pub struct WorkerFuture {
-    inner: Pin<Box<dyn Future<Output = ()> + Send>>,
-}
-
-impl fmt::Debug for WorkerFuture {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WorkerFuture").finish_non_exhaustive()
-    }
-}
-
-impl Future for WorkerFuture {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> task::Poll<()> {
-        self.inner.as_mut().poll(cx)
-    }
-}
-
-/// A cheap, cloneable handle to the worker and the in-memory session registry.
-///
-/// ```
-/// use std::time::Duration;
-/// use tower_sse_tracking::{PersistenceWorker, SessionId, WorkerConfig, store::MemoryStore};
-///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() {
-/// let (worker, task) = PersistenceWorker::pair(MemoryStore::new(), WorkerConfig::default());
-/// tokio::spawn(task); // or any executor with a Tokio timer
-/// let session = SessionId::new("s1").unwrap();
-/// worker.record(&session, Some("1"));
-/// let report = worker.flush().await.unwrap();
-/// assert_eq!(report.persisted, 1);
-/// assert!(worker.shutdown(Duration::from_secs(1)).await.unwrap().unpersisted().is_empty());
-/// assert!(worker.flush().await.is_err(), "after shutdown");
-/// # }
-/// ```
-#[derive(Clone, Debug)]
-pub struct WorkerHandle {
-    pub(crate) shared: Arc<Shared>,
-}
-
-impl WorkerHandle {
-    /// Records one event for `session` outside of any HTTP stream: `id` is the event's `id`
-    /// field if it had one (`Some("")` clears the session's ID). The session is queued for the
-    /// worker if it just turned dirty; if the queue is full it is parked and written on the
-    /// next tick. Never waits.
-    ///
-    /// Returns `false` if the session could not be tracked (the registry is full of sessions
-    /// with live streams or unwritten state).
-    pub fn record(&self, session: &SessionId, id: Option<&str>) -> bool {
-        self.shared.record(session, id).is_some()
-    }
-
-    /// The session's handle for recording many events without looking it up each time (the
-    /// path streams behind the layer take). `None` if the registry is full.
-    ///
-    /// ```
-    /// use tower_sse_tracking::{PersistenceWorker, SessionId, WorkerConfig, store::MemoryStore};
-    ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// let worker = PersistenceWorker::spawn(MemoryStore::new(), WorkerConfig::default());
-    /// let session = worker.session(&SessionId::new("ws-42").unwrap()).unwrap();
-    /// for id in ["1", "2", "3"] {
-    ///     session.record(Some(id));
-    /// }
-    /// assert_eq!(session.last_event_id().as_deref(), Some("3"));
-    /// # }
-    /// ```
-    pub fn session(&self, session: &SessionId) -> Option<TrackedSession> {
-        let attachment = Attachment::new(&self.shared, session).ok()?;
-        Some(TrackedSession { attachment })
-    }
-
-    /// The session's newest last event ID known in memory: `None` if this process recorded no
-    /// `id` for it, `Some("")` if the stream cleared it.
-    pub fn last_event_id(&self, session: &SessionId) -> Option<String> {
-        self.shared.registry.get(session)?.last_event_id()
-    }
-
-    /// The store the worker writes to.
-    pub fn store(&self) -> &Arc<dyn SessionStore> {
-        &self.shared.store
-    }
-
-    /// Sessions tracked in memory.
-    pub fn tracked_sessions(&self) -> usize {
-        self.shared.registry.len()
-    }
-
-    /// How the in-memory registry made room for new sessions. Not a stable API: for tests.
-    #[doc(hidden)]
-    pub fn registry_stats(&self) -> RegistryStats {
-        self.shared.registry.stats()
-    }
-
-    /// Whether [`shutdown`](Self::shutdown) has run (or the worker has stopped).
-    pub fn is_shut_down(&self) -> bool {
-        self.shared.is_closed() || self.shared.control.is_closed()
-    }
-
-    /// Writes everything recorded before the call now: returns once it is written or has
-    /// failed (failed writes stay scheduled for retry).
-    ///
-    /// # Errors
-    ///
-    /// [`WorkerGone`] if the worker has shut down.
-    pub async fn flush(&self) -> Result<FlushReport, WorkerGone> {
-        let (reply, rx) = oneshot::channel();
-        self.shared
-            .control
-            .send(Control::Flush(reply))
-            .await
-            .map_err(|_| WorkerGone(()))?;
-        rx.await.map_err(|_| WorkerGone(()))
-    }
-
-    /// Stops the worker: intake is closed at once (later records are dropped and counted, even
-    /// while layers and handles live on), everything queued or parked is written, failures are
-    /// retried until `timeout` has passed, and what could not be written is reported.
-    ///
-    /// # Errors
-    ///
-    /// [`WorkerGone`] if the worker had already shut down.
-    pub async fn shutdown(&self, timeout: Duration) -> Result<ShutdownReport, WorkerGone> {
-        let deadline = Instant::now() + timeout;
-        let (reply, rx) = oneshot::channel();
-        self.shared
-            .control
-            .send(Control::Shutdown { deadline, reply })
-            .await
-            .map_err(|_| WorkerGone(()))?;
-        rx.await.map_err(|_| WorkerGone(()))
-    }
-}
-
-/// One tracked session, for recording its events directly (for example from a WebSocket or a
-/// custom transport). Holding it (or a clone) keeps the session in memory.
-#[derive(Clone)]
-pub struct TrackedSession {
-    attachment: Attachment,
-}
-
-impl fmt::Debug for TrackedSession {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("TrackedSession")
-            .field(self.attachment.slot().session())
-            .finish()
-    }
-}
-
-impl TrackedSession {
-    /// Records one event: `id` is its `id` field if it had one (`Some("")` clears). Updates the
-    /// session's slot in place; queues the session for the worker only when it turns dirty
-    /// (parking it if the queue is full). Never waits. Returns `true` if the ID is a duplicate
-    /// of a recent one (counted, not persisted again).
-    pub fn record(&self, id: Option<&str>) -> bool {
-        self.attachment
-            .shared()
-            .record_in(self.attachment.slot(), id)
-    }
-
-    /// The session key.
-    pub fn id(&self) -> &SessionId {
-        self.attachment.slot().session()
-    }
-
-    /// The newest last event ID recorded in this process (`Some("")`: cleared).
-    pub fn last_event_id(&self) -> Option<String> {
-        self.attachment.slot().last_event_id()
-    }
-}
-
-/// What an explicit [`flush`](WorkerHandle::flush) did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct FlushReport {
-    /// Sessions written.
-    pub persisted: usize,
-    /// Sessions whose write failed (kept and retried).
-    pub failed: usize,
-}
-
-/// What [`shutdown`](WorkerHandle::shutdown) wrote and could not write.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ShutdownReport {
-    persisted: usize,
-    unpersisted: Vec<SessionId>,
-}
-
-impl ShutdownReport {
-    /// Session writes that succeeded during shutdown.
-    pub fn persisted(&self) -> usize {
-        self.persisted
-    }
-
-    /// Sessions whose newest last event ID could not be written before the deadline.
-    pub fn unpersisted(&self) -> &[SessionId] {
-        &self.unpersisted
-    }
-}
-
-/// The worker has shut down (or its task ended).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WorkerGone(());
-
-impl fmt::Display for WorkerGone {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("the persistence worker has shut down")
-    }
-}
-
-impl std::error::Error for WorkerGone {}
+pub(crate) use self::{
+    handle::Control,
+    shared::{Attachment, Shared, TryEnqueueError},
+};

@@ -8,7 +8,7 @@ use std::sync::{
 
 use tokio::sync::{Notify, mpsc};
 
-use super::{Control, WorkerConfig};
+use super::{Control, RecordOutcome, WorkerConfig};
 use crate::{
     SessionId, metrics as m,
     registry::{Full, Registry, RegistryLimits},
@@ -143,13 +143,17 @@ impl Shared {
 
     /// Records one event for `session` (tracking it if needed) and queues the session if it just
     /// turned dirty. Returns `None` if the session cannot be tracked (registry full).
-    pub(crate) fn record(self: &Arc<Self>, session: &SessionId, id: Option<&str>) -> Option<bool> {
+    pub(crate) fn record(
+        self: &Arc<Self>,
+        session: &SessionId,
+        id: Option<&str>,
+    ) -> Option<RecordOutcome> {
         let attached = Attachment::new(self, session).ok()?;
         Some(self.record_in(&attached.slot, id))
     }
 
-    /// Records one event in a slot already looked up; returns whether it was a duplicate.
-    pub(crate) fn record_in(&self, slot: &Arc<Slot>, id: Option<&str>) -> bool {
+    /// Records one event in a slot already looked up.
+    pub(crate) fn record_in(&self, slot: &Arc<Slot>, id: Option<&str>) -> RecordOutcome {
         let recorded = slot.record(id.map(|id| (id, self.hasher.hash(id))));
         if recorded.duplicate {
             metrics::counter!(m::DUPLICATE_EVENTS).increment(1);
@@ -157,7 +161,11 @@ impl Shared {
         if recorded.enqueue {
             self.enqueue_or_park(slot.clone());
         }
-        recorded.duplicate
+        if recorded.duplicate {
+            RecordOutcome::Duplicate
+        } else {
+            RecordOutcome::Recorded
+        }
     }
 }
 

@@ -1,0 +1,293 @@
+//! [`WorkerHandle`] and what it hands out: the worker's future, tracked sessions, reports.
+
+use std::{fmt, future::Future, pin::Pin, sync::Arc, task, time::Duration};
+
+use tokio::{
+    sync::{mpsc, oneshot},
+    time::Instant,
+};
+
+use super::{Attachment, Shared, WorkerConfig, run};
+use crate::{SessionId, registry::RegistryStats, store::SessionStore};
+
+pub(crate) enum Control {
+    Flush(oneshot::Sender<FlushReport>),
+    Shutdown {
+        deadline: Instant,
+        reply: oneshot::Sender<ShutdownReport>,
+    },
+}
+
+/// The worker task, for executors other than the current Tokio runtime's `spawn`. It needs a
+/// Tokio timer (`time` driver) to run.
+#[must_use = "the worker does nothing unless polled"]
+pub struct WorkerFuture {
+    inner: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl fmt::Debug for WorkerFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerFuture").finish_non_exhaustive()
+    }
+}
+
+impl Future for WorkerFuture {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> task::Poll<()> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+/// A cheap, cloneable handle to the persistence worker (see the [module docs](crate::worker)) and the
+/// in-memory session registry.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_sse_tracking::{SessionId, store::MemoryStore, worker::{WorkerConfig, WorkerHandle}};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let (worker, task) = WorkerHandle::pair(MemoryStore::new(), WorkerConfig::default());
+/// tokio::spawn(task); // or any executor with a Tokio timer
+/// let session = SessionId::new("s1").unwrap();
+/// worker.record(&session, Some("1"));
+/// let report = worker.flush().await.unwrap();
+/// assert_eq!(report.persisted(), 1);
+/// assert!(worker.shutdown(Duration::from_secs(1)).await.unwrap().unpersisted().is_empty());
+/// assert!(worker.flush().await.is_err(), "after shutdown");
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct WorkerHandle {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl WorkerHandle {
+    /// Spawns the worker on the current Tokio runtime and returns its handle. The layer's
+    /// builder does this for you; use it directly to record events without the layer.
+    ///
+    /// # Panics
+    ///
+    /// Panics if called outside a Tokio runtime.
+    pub fn spawn<S: SessionStore>(store: S, config: WorkerConfig) -> Self {
+        let (handle, worker) = Self::pair(store, config);
+        tokio::spawn(worker);
+        handle
+    }
+
+    /// Returns the handle and the worker future, for other executors and for tests. Nothing is
+    /// written until the future runs; it ends after [`shutdown`](Self::shutdown), or once every
+    /// handle, layer and stream is gone.
+    pub fn pair<S: SessionStore>(store: S, config: WorkerConfig) -> (Self, WorkerFuture) {
+        let (queue_tx, queue_rx) = mpsc::channel(config.queue_capacity);
+        let (control_tx, control_rx) = mpsc::channel(16);
+        let store: Arc<dyn SessionStore> = Arc::new(store);
+        let shared = Arc::new(Shared::new(config, store, queue_tx, control_tx));
+        let worker = run::Worker::new(shared.clone(), queue_rx, control_rx);
+        let future = WorkerFuture {
+            inner: Box::pin(worker.run()),
+        };
+        (Self { shared }, future)
+    }
+
+    /// Records one event for `session` outside of any HTTP stream: `id` is the event's `id`
+    /// field if it had one (`Some("")` clears the session's ID). The session is queued for the
+    /// worker if it just turned dirty; if the queue is full it is parked and written on the
+    /// next tick. Never waits.
+    ///
+    /// [`RecordOutcome::RegistryFull`] if the session could not be tracked (the registry is
+    /// full of sessions with live streams or unwritten state).
+    pub fn record(&self, session: &SessionId, id: Option<&str>) -> RecordOutcome {
+        self.shared
+            .record(session, id)
+            .unwrap_or(RecordOutcome::RegistryFull)
+    }
+
+    /// The session's handle for recording many events without looking it up each time (the
+    /// path streams behind the layer take). `None` if the registry is full.
+    ///
+    /// ```
+    /// use tower_sse_tracking::{
+    ///     SessionId, store::MemoryStore,
+    ///     worker::{RecordOutcome, WorkerConfig, WorkerHandle},
+    /// };
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let worker = WorkerHandle::spawn(MemoryStore::new(), WorkerConfig::default());
+    /// let session = worker.session(&SessionId::new("ws-42").unwrap()).unwrap();
+    /// for id in ["1", "2", "3"] {
+    ///     assert_eq!(session.record(Some(id)), RecordOutcome::Recorded);
+    /// }
+    /// assert_eq!(session.record(Some("2")), RecordOutcome::Duplicate);
+    /// assert_eq!(session.last_event_id().as_deref(), Some("3"));
+    /// # }
+    /// ```
+    pub fn session(&self, session: &SessionId) -> Option<TrackedSession> {
+        let attachment = Attachment::new(&self.shared, session).ok()?;
+        Some(TrackedSession { attachment })
+    }
+
+    /// The session's newest last event ID known in memory: `None` if this process recorded no
+    /// `id` for it, `Some("")` if the stream cleared it.
+    pub fn last_event_id(&self, session: &SessionId) -> Option<String> {
+        self.shared.registry.get(session)?.last_event_id()
+    }
+
+    /// The store the worker writes to.
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.shared.store
+    }
+
+    /// Sessions tracked in memory.
+    pub fn tracked_sessions(&self) -> usize {
+        self.shared.registry.len()
+    }
+
+    /// How the in-memory registry made room for new sessions. Not a stable API: for tests.
+    #[doc(hidden)]
+    pub fn registry_stats(&self) -> RegistryStats {
+        self.shared.registry.stats()
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) has run (or the worker has stopped).
+    pub fn is_shut_down(&self) -> bool {
+        self.shared.is_closed() || self.shared.control.is_closed()
+    }
+
+    /// Writes everything recorded before the call now: returns once it is written or has
+    /// failed (failed writes stay scheduled for retry).
+    ///
+    /// # Errors
+    ///
+    /// [`WorkerGone`] if the worker has shut down.
+    pub async fn flush(&self) -> Result<FlushReport, WorkerGone> {
+        let (reply, rx) = oneshot::channel();
+        self.shared
+            .control
+            .send(Control::Flush(reply))
+            .await
+            .map_err(|_| WorkerGone(()))?;
+        rx.await.map_err(|_| WorkerGone(()))
+    }
+
+    /// Stops the worker: intake is closed at once (later records are dropped and counted, even
+    /// while layers and handles live on), everything queued or parked is written, failures are
+    /// retried until `timeout` has passed, and what could not be written is reported.
+    ///
+    /// # Errors
+    ///
+    /// [`WorkerGone`] if the worker had already shut down.
+    pub async fn shutdown(&self, timeout: Duration) -> Result<ShutdownReport, WorkerGone> {
+        let deadline = Instant::now() + timeout;
+        let (reply, rx) = oneshot::channel();
+        self.shared
+            .control
+            .send(Control::Shutdown { deadline, reply })
+            .await
+            .map_err(|_| WorkerGone(()))?;
+        rx.await.map_err(|_| WorkerGone(()))
+    }
+}
+
+/// One tracked session, for recording its events directly (for example from a WebSocket or a
+/// custom transport). Holding it (or a clone) keeps the session in memory.
+#[derive(Clone)]
+pub struct TrackedSession {
+    attachment: Attachment,
+}
+
+impl fmt::Debug for TrackedSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("TrackedSession")
+            .field(self.attachment.slot().session())
+            .finish()
+    }
+}
+
+impl TrackedSession {
+    /// Records one event: `id` is its `id` field if it had one (`Some("")` clears). Updates the
+    /// session's slot in place; queues the session for the worker only when it turns dirty
+    /// (parking it if the queue is full). Never waits. [`RecordOutcome::Duplicate`] if the ID is
+    /// a duplicate of a recent one (counted, the session's ID left as it was); never
+    /// [`RecordOutcome::RegistryFull`]: holding the handle keeps the session tracked.
+    pub fn record(&self, id: Option<&str>) -> RecordOutcome {
+        self.attachment
+            .shared()
+            .record_in(self.attachment.slot(), id)
+    }
+
+    /// The session key.
+    pub fn id(&self) -> &SessionId {
+        self.attachment.slot().session()
+    }
+
+    /// The newest last event ID recorded in this process (`Some("")`: cleared).
+    pub fn last_event_id(&self) -> Option<String> {
+        self.attachment.slot().last_event_id()
+    }
+}
+
+/// What recording one event did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RecordOutcome {
+    /// Recorded: the session's newest state will be written.
+    Recorded,
+    /// The event's ID was seen recently in this session: counted
+    /// (`sse_tracking_duplicate_events_total`), the session's ID left as it was.
+    Duplicate,
+    /// Not recorded: the registry is full of sessions with live streams or unwritten state.
+    RegistryFull,
+}
+
+/// What an explicit [`flush`](WorkerHandle::flush) did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlushReport {
+    pub(crate) persisted: usize,
+    pub(crate) failed: usize,
+}
+
+impl FlushReport {
+    /// Sessions written.
+    pub fn persisted(&self) -> usize {
+        self.persisted
+    }
+
+    /// Sessions whose write failed (kept and retried).
+    pub fn failed(&self) -> usize {
+        self.failed
+    }
+}
+
+/// What [`shutdown`](WorkerHandle::shutdown) wrote and could not write.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    pub(crate) persisted: usize,
+    pub(crate) unpersisted: Vec<SessionId>,
+}
+
+impl ShutdownReport {
+    /// Session writes that succeeded during shutdown.
+    pub fn persisted(&self) -> usize {
+        self.persisted
+    }
+
+    /// Sessions whose newest last event ID could not be written before the deadline.
+    pub fn unpersisted(&self) -> &[SessionId] {
+        &self.unpersisted
+    }
+}
+
+/// The worker has shut down (or its task ended).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerGone(());
+
+impl fmt::Display for WorkerGone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the persistence worker has shut down")
+    }
+}
+
+impl std::error::Error for WorkerGone {}

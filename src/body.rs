@@ -5,7 +5,6 @@ use std::{
     future::Future,
     io::IoSlice,
     pin::Pin,
-    sync::Arc,
     task::{Context, Poll, ready},
     time::Duration,
 };
@@ -13,16 +12,12 @@ use std::{
 use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use tokio::{
-    sync::mpsc::{OwnedPermit, error::SendError},
-    time::{Instant, Sleep},
-};
+use tokio::time::{Instant, Sleep};
 
 use crate::{
     metrics as m,
     parser::SseParser,
-    tracker::Slot,
-    worker::{Attachment, TryEnqueueError},
+    worker::{Attachment, Reserve, TryEnqueueError},
 };
 
 /// Most separate chunks one data frame may have for us to read it without copying; a frame made
@@ -31,8 +26,6 @@ const MAX_IOVECS: usize = 64;
 
 /// The comment line sent as a heartbeat.
 const HEARTBEAT: &[u8] = b":\n";
-
-type Reserve = Pin<Box<dyn Future<Output = Result<OwnedPermit<Arc<Slot>>, SendError<()>>> + Send>>;
 
 pin_project! {
     /// The response body of a tracked `text/event-stream` response.
@@ -57,6 +50,17 @@ pin_project! {
         // The data of a frame held back while waiting for queue capacity.
         held: Option<B::Data>,
     }
+}
+
+/// What feeding one data frame did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fed {
+    /// Parsed and recorded; nothing to hand to the worker.
+    Recorded,
+    /// The session just turned dirty: it must be queued.
+    TurnedDirty,
+    /// The frame is made of more pieces than can be read in place: tracking stops.
+    Unreadable,
 }
 
 /// Per-stream tracking state, boxed so that untracked bodies stay small.
@@ -97,55 +101,54 @@ impl Tracking {
         }
     }
 
-    /// Parses one chunk and records its events. Returns the slot if it just turned dirty and
-    /// must be queued. Hot path: no allocation, one short lock per event.
-    fn feed(&mut self, chunk: &[u8], enqueue: &mut bool) {
+    /// Parses one chunk and records its events. Returns `true` if the session just turned dirty
+    /// and must be queued. Hot path: no allocation, one short lock per event.
+    fn feed(&mut self, chunk: &[u8]) -> bool {
         let Self {
             parser, session, ..
         } = self;
         let Some(session) = session.as_ref() else {
             // Heartbeats only: the parser just follows the line boundaries.
             parser.feed(chunk, |_| {});
-            return;
+            return false;
         };
-        let (slot, shared) = (session.slot(), session.shared());
+        let mut dirty = false;
         parser.feed(chunk, |d| {
-            if !(d.is_event() || d.id_set()) {
-                return;
+            if d.is_event() || d.id_set() {
+                dirty |= session.record(d.id_set().then(|| d.last_event_id()));
             }
-            let id = d
-                .id_set()
-                .then(|| (d.last_event_id(), shared.hasher.hash(d.last_event_id())));
-            let recorded = slot.record(id);
-            if recorded.duplicate {
-                metrics::counter!(m::DUPLICATE_EVENTS).increment(1);
-            }
-            *enqueue |= recorded.enqueue;
         });
+        dirty
     }
 
-    /// Feeds a data frame to the parser; `Err(())` if the frame could not be read in place.
-    fn feed_buf<D: Buf>(&mut self, data: &D, enqueue: &mut bool) -> Result<(), ()> {
+    /// Feeds a data frame to the parser.
+    fn feed_buf<D: Buf>(&mut self, data: &D) -> Fed {
         let chunk = data.chunk();
-        if chunk.len() == data.remaining() {
-            self.feed(chunk, enqueue);
+        let dirty = if chunk.len() == data.remaining() {
+            self.feed(chunk)
         } else {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let n = data.chunks_vectored(&mut slices);
             let seen: usize = slices[..n].iter().map(|s| s.len()).sum();
             if seen != data.remaining() {
-                return Err(());
+                return Fed::Unreadable;
             }
+            let mut dirty = false;
             for slice in &slices[..n] {
-                self.feed(slice, enqueue);
+                dirty |= self.feed(slice);
             }
-        }
+            dirty
+        };
         let oversized = self.parser.oversized_ids();
         if oversized != self.oversized_ids {
             metrics::counter!(m::OVERSIZED_IDS).increment(oversized - self.oversized_ids);
             self.oversized_ids = oversized;
         }
-        Ok(())
+        if dirty {
+            Fed::TurnedDirty
+        } else {
+            Fed::Recorded
+        }
     }
 }
 
@@ -157,7 +160,7 @@ impl Drop for Tracking {
         if let Some(session) = &self.session
             && self.reserve.take().is_some()
         {
-            session.shared().enqueue_or_park(session.slot().clone());
+            session.enqueue_or_park();
         }
     }
 }
@@ -165,10 +168,7 @@ impl Drop for Tracking {
 impl fmt::Debug for Tracking {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Tracking")
-            .field(
-                "session",
-                &self.session.as_ref().map(|s| s.slot().session()),
-            )
+            .field("session", &self.session.as_ref().map(Attachment::session))
             .field("parser", &self.parser)
             .finish_non_exhaustive()
     }
@@ -277,32 +277,31 @@ where
         let Some(data) = frame.data_ref() else {
             return Poll::Ready(Some(Ok(frame)));
         };
-        let mut enqueue = false;
-        let fed = tracking.feed_buf(data, &mut enqueue);
+        let fed = tracking.feed_buf(data);
         if tracking.strip_bom.is_some() {
             strip_leading_bom(&mut tracking.strip_bom, &mut frame);
         }
-        if fed.is_err() {
+        if fed == Fed::Unreadable {
             tracing::warn!(
-                session = ?tracking.session.as_ref().map(|s| s.slot().session()),
+                session = ?tracking.session.as_ref().map(Attachment::session),
                 "data frame in more than {MAX_IOVECS} pieces: stream no longer tracked"
             );
             *this.tracking = None;
             return Poll::Ready(Some(Ok(frame)));
         }
-        if !enqueue {
+        if fed != Fed::TurnedDirty {
             return Poll::Ready(Some(Ok(frame)));
         }
         let Some(session) = tracking.session.as_ref() else {
             return Poll::Ready(Some(Ok(frame)));
         };
-        match session.shared().try_enqueue(session.slot().clone()) {
+        match session.try_enqueue() {
             Ok(()) | Err(TryEnqueueError::Closed) => Poll::Ready(Some(Ok(frame))),
             Err(TryEnqueueError::Full(_)) => {
                 // The queue is full right when the session turned dirty: wait for room, at most
                 // for the backpressure timeout, holding this frame.
                 metrics::counter!(m::BACKPRESSURE_WAITS).increment(1);
-                tracking.reserve = Some(Box::pin(session.shared().queue.clone().reserve_owned()));
+                tracking.reserve = Some(session.reserve());
                 let deadline = Instant::now() + tracking.backpressure_timeout;
                 arm(&mut tracking.timer, deadline);
                 // A data frame (checked above).
@@ -349,12 +348,8 @@ fn poll_backpressure(tracking: &mut Tracking, cx: &mut Context<'_>) -> Poll<()> 
     else {
         return Poll::Ready(());
     };
-    let slot = session.slot().clone();
     match reserve.as_mut().poll(cx) {
-        Poll::Ready(Ok(permit)) => {
-            permit.send(slot);
-            session.shared().wake_if_filling();
-        }
+        Poll::Ready(Ok(permit)) => session.send(permit),
         Poll::Ready(Err(_closed)) => {
             metrics::counter!(m::DROPPED_AFTER_SHUTDOWN).increment(1);
         }
@@ -366,7 +361,7 @@ fn poll_backpressure(tracking: &mut Tracking, cx: &mut Context<'_>) -> Poll<()> 
             if !fired {
                 return Poll::Pending;
             }
-            session.shared().park(slot);
+            session.park();
         }
     }
     tracking.reserve = None;

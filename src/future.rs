@@ -1,4 +1,5 @@
-//! [`ResponseFuture`]: resolves the session, then wraps SSE response bodies.
+//! [`ResponseFuture`]: waits for the store when resuming needs it, calls the inner service, then
+//! wraps event-stream response bodies.
 
 use std::{
     fmt,
@@ -8,30 +9,37 @@ use std::{
     task::{Context, Poll, ready},
 };
 
-use http::{HeaderValue, Response, header};
+use http::{Request, Response, header};
 use http_body::Body;
 use pin_project_lite::pin_project;
+use tower_service::Service;
 
 use crate::{
-    SessionId, body::TrackingBody, layer::Config, metrics as m, registry::Full,
-    store::SessionRecord, worker::Attachment,
+    body::{Tracking, TrackingBody},
+    config::Config,
+    metrics as m,
+    registry::Full,
+    resume::{self, Load},
+    session::RequestSession,
 };
-
-/// Reads the session's last event ID from the store, then calls the inner service.
-pub(crate) struct Resume<F> {
-    pub(crate) load: Pin<
-        Box<dyn Future<Output = Result<Option<SessionRecord>, crate::store::StoreError>> + Send>,
-    >,
-    pub(crate) call: Box<dyn FnOnce(Option<HeaderValue>) -> F + Send>,
-}
 
 /// What `call` learnt about the request, used when the response arrives.
 pub(crate) struct RequestInfo {
-    pub(crate) config: Arc<Config>,
-    /// The session named by the request, if any.
-    pub(crate) session: Option<SessionId>,
-    /// The request named no session (as opposed to an invalid one): the response may.
-    pub(crate) session_from_response: bool,
+    config: Arc<Config>,
+    session: RequestSession,
+}
+
+impl RequestInfo {
+    /// `None` when the response needs nothing from the layer: no session and no heartbeats.
+    pub(crate) fn new(config: &Arc<Config>, session: RequestSession) -> Option<Self> {
+        if matches!(session, RequestSession::Untracked) && config.heartbeat.is_none() {
+            return None;
+        }
+        Some(Self {
+            config: config.clone(),
+            session,
+        })
+    }
 }
 
 pin_project! {
@@ -39,79 +47,113 @@ pin_project! {
     /// service's response with its body wrapped in a [`TrackingBody`] (see
     /// [`EventTracking`](crate::EventTracking) for an example). When resuming needs the store, it
     /// first reads the session's last event ID, then calls the inner service.
-    pub struct ResponseFuture<F> {
+    pub struct ResponseFuture<S, ReqBody>
+    where
+        S: Service<Request<ReqBody>>,
+    {
         #[pin]
-        inner: Option<F>,
-        resume: Option<Resume<F>>,
+        state: State<S, ReqBody>,
         info: Option<RequestInfo>,
     }
 }
 
-impl<F> ResponseFuture<F> {
-    pub(crate) fn new(inner: F, info: Option<RequestInfo>) -> Self {
+pin_project! {
+    #[project = StateProj]
+    enum State<S, ReqBody>
+    where
+        S: Service<Request<ReqBody>>,
+    {
+        /// Reading the session's last event ID; the service (polled ready) and the request wait.
+        Loading {
+            load: Load,
+            service: Option<S>,
+            request: Option<Request<ReqBody>>,
+        },
+        /// The inner service's future.
+        Calling {
+            #[pin]
+            future: S::Future,
+        },
+    }
+}
+
+impl<S, ReqBody> ResponseFuture<S, ReqBody>
+where
+    S: Service<Request<ReqBody>>,
+{
+    pub(crate) fn calling(future: S::Future, info: Option<RequestInfo>) -> Self {
         Self {
-            inner: Some(inner),
-            resume: None,
+            state: State::Calling { future },
             info,
         }
     }
 
-    pub(crate) fn resuming(resume: Resume<F>, info: Option<RequestInfo>) -> Self {
+    pub(crate) fn loading(
+        load: Load,
+        service: S,
+        request: Request<ReqBody>,
+        info: Option<RequestInfo>,
+    ) -> Self {
         Self {
-            inner: None,
-            resume: Some(resume),
+            state: State::Loading {
+                load,
+                service: Some(service),
+                request: Some(request),
+            },
             info,
         }
     }
 }
 
-impl<F> fmt::Debug for ResponseFuture<F> {
+impl<S, ReqBody> fmt::Debug for ResponseFuture<S, ReqBody>
+where
+    S: Service<Request<ReqBody>>,
+{
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.state {
+            State::Loading { .. } => "loading",
+            State::Calling { .. } => "calling",
+        };
         f.debug_struct("ResponseFuture")
-            .field("resuming", &self.resume.is_some())
+            .field("state", &state)
             .finish_non_exhaustive()
     }
 }
 
-impl<F, B, E> Future for ResponseFuture<F>
+impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody>
 where
-    F: Future<Output = Result<Response<B>, E>>,
-    B: Body,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body,
 {
-    type Output = Result<Response<TrackingBody<B>>, E>;
+    type Output = Result<Response<TrackingBody<ResBody>>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        if let Some(resume) = this.resume.as_mut() {
-            let loaded = ready!(resume.load.as_mut().poll(cx));
-            let header = match loaded {
-                Ok(Some(record)) => record
-                    .last_event_id
-                    .as_str()
-                    .and_then(|id| HeaderValue::from_str(id).ok()),
-                Ok(None) => None,
-                Err(error) => {
-                    // Never fail the request over tracking: go on without the header.
-                    metrics::counter!(m::RESUME_ERRORS).increment(1);
-                    tracing::warn!(%error, "could not read the session's last event id to resume it");
-                    None
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Loading {
+                    load,
+                    service,
+                    request,
+                } => {
+                    let loaded = ready!(load.as_mut().poll(cx));
+                    let (Some(mut service), Some(mut request)) = (service.take(), request.take())
+                    else {
+                        unreachable!("ResponseFuture polled after completion");
+                    };
+                    resume::finish(&mut request, loaded);
+                    let future = service.call(request);
+                    this.state.set(State::Calling { future });
                 }
-            };
-            if header.is_some() {
-                metrics::counter!(m::RESUMED).increment(1);
+                StateProj::Calling { future } => {
+                    let response = ready!(future.poll(cx))?;
+                    return Poll::Ready(Ok(match this.info.take() {
+                        Some(info) => wrap(response, info),
+                        None => response.map(TrackingBody::passthrough),
+                    }));
+                }
             }
-            let resume = this.resume.take().expect("checked above");
-            this.inner.set(Some((resume.call)(header)));
         }
-        let inner = this
-            .inner
-            .as_pin_mut()
-            .expect("ResponseFuture polled after completion");
-        let response = ready!(inner.poll(cx))?;
-        let Some(info) = this.info.take() else {
-            return Poll::Ready(Ok(response.map(TrackingBody::passthrough)));
-        };
-        Poll::Ready(Ok(wrap(response, info)))
     }
 }
 
@@ -123,12 +165,14 @@ fn wrap<B: Body>(response: Response<B>, info: RequestInfo) -> Response<TrackingB
     }
     let config = info.config;
     let session = match info.session {
-        Some(session) => Some(session),
-        None if info.session_from_response => config.session_from_response(response.headers()),
-        None => None,
+        RequestSession::Known(session) => Some(session),
+        RequestSession::InResponse => config
+            .source
+            .of_response(response.headers(), config.max_key_len),
+        RequestSession::Untracked => None,
     };
     let attachment = match session {
-        Some(session) => match Attachment::new(&config.worker.shared, &session) {
+        Some(session) => match config.worker.attach(&session) {
             Ok(attachment) => Some(attachment),
             Err(Full) => {
                 // Debug, not warn: a flood of new keys must not become a flood of log lines.
@@ -148,7 +192,7 @@ fn wrap<B: Body>(response: Response<B>, info: RequestInfo) -> Response<TrackingB
         return response.map(TrackingBody::passthrough);
     }
     // An event stream without a session still gets heartbeats when they are on.
-    let tracking = crate::body::Tracking::new(
+    let tracking = Tracking::new(
         attachment,
         config.max_id_len,
         config.backpressure_timeout,

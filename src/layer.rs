@@ -2,112 +2,20 @@
 
 use std::{fmt, sync::Arc, time::Duration};
 
-use http::{HeaderMap, HeaderName, Request, request::Parts};
+use http::{HeaderName, request::Parts};
 use tower_layer::Layer;
 
 use crate::{
-    InvalidSessionId, SessionId,
+    config::Config,
     parser::DEFAULT_MAX_ID_LEN,
     service::EventTracking,
-    session::DEFAULT_MAX_SESSION_KEY_LEN,
+    session::{DEFAULT_MAX_SESSION_KEY_LEN, SessionSource},
     store::{MemoryStore, SessionStore},
     worker::{FlushReport, ShutdownReport, WorkerConfig, WorkerFuture, WorkerGone, WorkerHandle},
 };
 
 /// Default time a stream may wait for room in the worker's queue.
 const DEFAULT_BACKPRESSURE_TIMEOUT: Duration = Duration::from_millis(100);
-
-type KeyFn = dyn Fn(&Parts) -> Option<String> + Send + Sync;
-
-/// Where a request's session key comes from.
-#[derive(Clone)]
-enum SessionSource {
-    /// A header on the request or, if the request has none, on the response.
-    Header(HeaderName),
-    /// A function of the request head.
-    Fn(Arc<KeyFn>),
-}
-
-impl fmt::Debug for SessionSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Header(name) => f.debug_tuple("Header").field(name).finish(),
-            Self::Fn(_) => f.write_str("Fn(..)"),
-        }
-    }
-}
-
-/// The session key a request gave.
-pub(crate) enum SessionKey {
-    Valid(SessionId),
-    Absent { response_may_name_it: bool },
-    Invalid(InvalidSessionId),
-}
-
-/// Settings shared by every service the layer builds.
-#[derive(Debug)]
-pub(crate) struct Config {
-    pub(crate) worker: WorkerHandle,
-    source: SessionSource,
-    max_key_len: usize,
-    pub(crate) max_id_len: usize,
-    pub(crate) backpressure_timeout: Duration,
-    pub(crate) heartbeat: Option<Duration>,
-    pub(crate) resume: bool,
-}
-
-impl Config {
-    /// The session key of a request. Takes the request and gives it back unchanged, since a
-    /// key function sees the request head as [`Parts`].
-    pub(crate) fn session_from_request<B>(&self, req: Request<B>) -> (Request<B>, SessionKey) {
-        match &self.source {
-            SessionSource::Header(name) => {
-                let key = match req.headers().get(name) {
-                    Some(value) => {
-                        to_key(SessionId::from_bytes(value.as_bytes(), self.max_key_len))
-                    }
-                    None => SessionKey::Absent {
-                        response_may_name_it: true,
-                    },
-                };
-                (req, key)
-            }
-            SessionSource::Fn(f) => {
-                let (parts, body) = req.into_parts();
-                let key = match f(&parts) {
-                    Some(key) => to_key(SessionId::with_max_len(&key, self.max_key_len)),
-                    None => SessionKey::Absent {
-                        response_may_name_it: false,
-                    },
-                };
-                (Request::from_parts(parts, body), key)
-            }
-        }
-    }
-
-    pub(crate) fn session_from_response(&self, headers: &HeaderMap) -> Option<SessionId> {
-        let SessionSource::Header(name) = &self.source else {
-            return None;
-        };
-        let value = headers.get(name)?;
-        match SessionId::from_bytes(value.as_bytes(), self.max_key_len) {
-            Ok(session) => Some(session),
-            Err(error) => {
-                metrics::counter!(crate::metrics::UNTRACKED, "reason" => "invalid_key")
-                    .increment(1);
-                tracing::debug!(%error, "invalid session key in response: not tracked");
-                None
-            }
-        }
-    }
-}
-
-fn to_key(result: Result<SessionId, InvalidSessionId>) -> SessionKey {
-    match result {
-        Ok(session) => SessionKey::Valid(session),
-        Err(error) => SessionKey::Invalid(error),
-    }
-}
 
 /// Tracks the last event ID of every session's `text/event-stream` responses and persists it
 /// through one shared worker.

@@ -55,12 +55,14 @@
 
 mod body;
 mod clock;
+mod config;
 mod future;
 mod layer;
 mod lru;
 pub mod metrics;
 pub mod parser;
 mod registry;
+mod resume;
 mod service;
 mod session;
 pub mod store;

@@ -5,18 +5,16 @@ use std::{
     task::{Context, Poll},
 };
 
-use http::{HeaderName, HeaderValue, Method, Request, Response};
+use http::{Method, Request, Response};
 use http_body::Body;
 use tower_service::Service;
 
 use crate::{
-    future::{RequestInfo, ResponseFuture, Resume},
-    layer::{Config, SessionKey},
-    metrics as m,
+    config::Config,
+    future::{RequestInfo, ResponseFuture},
+    resume,
+    session::RequestSession,
 };
-
-/// The `Last-Event-ID` request header.
-pub(crate) static LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 
 /// Middleware that tracks the last event ID of every session's `text/event-stream` responses.
 ///
@@ -79,13 +77,12 @@ impl<S> EventTracking<S> {
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for EventTracking<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-    ReqBody: Send + 'static,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
     ResBody: Body,
 {
     type Response = Response<crate::TrackingBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S, ReqBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -93,70 +90,24 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         if req.method() == Method::HEAD {
-            return ResponseFuture::new(self.inner.call(req), None);
+            return ResponseFuture::calling(self.inner.call(req), None);
         }
-        let (mut req, key) = self.config.session_from_request(req);
-        let (session, session_from_response) = match key {
-            SessionKey::Valid(session) => (Some(session), false),
-            SessionKey::Absent {
-                response_may_name_it,
-            } => (None, response_may_name_it),
-            SessionKey::Invalid(error) => {
-                // Untrusted input: such requests pass through untracked (with heartbeats, if on).
-                metrics::counter!(m::UNTRACKED, "reason" => "invalid_key").increment(1);
-                tracing::debug!(%error, "invalid session key: request not tracked");
-                let info = self.config.heartbeat.is_some().then(|| RequestInfo {
-                    config: self.config.clone(),
-                    session: None,
-                    session_from_response: false,
-                });
-                return ResponseFuture::new(self.inner.call(req), info);
-            }
+        let config = &self.config;
+        let (mut req, session) = config.source.of_request(req, config.max_key_len);
+        let load = match &session {
+            RequestSession::Known(id) if config.resume => resume::start(config, id, &mut req),
+            _ => None,
         };
-        let info = RequestInfo {
-            config: self.config.clone(),
-            session: session.clone(),
-            session_from_response,
-        };
-        let Some(session) = session.filter(|_| self.config.resume) else {
-            return ResponseFuture::new(self.inner.call(req), Some(info));
-        };
-        if req.headers().contains_key(&LAST_EVENT_ID) {
-            // The client knows where it is: never override it.
-            return ResponseFuture::new(self.inner.call(req), Some(info));
-        }
-        match self.config.worker.last_event_id(&session) {
-            // Known in memory (possibly cleared, then no header).
-            Some(id) => {
-                if let Some(value) = header_value(&id) {
-                    req.headers_mut().insert(LAST_EVENT_ID.clone(), value);
-                    metrics::counter!(m::RESUMED).increment(1);
-                }
-                ResponseFuture::new(self.inner.call(req), Some(info))
-            }
-            // Not in memory: ask the store before calling the inner service. The service that
-            // was polled ready goes into the future; a clone takes its place.
-            None => {
-                let store = self.config.worker.store().clone();
-                let load = Box::pin(async move { store.load(&session).await });
+        let info = RequestInfo::new(config, session);
+        match load {
+            None => ResponseFuture::calling(self.inner.call(req), info),
+            // The store must answer before the inner service is called: the service that was
+            // polled ready goes into the future with the request; a clone takes its place.
+            Some(load) => {
                 let clone = self.inner.clone();
-                let mut inner = std::mem::replace(&mut self.inner, clone);
-                let call = Box::new(move |value: Option<HeaderValue>| {
-                    if let Some(value) = value {
-                        req.headers_mut().insert(LAST_EVENT_ID.clone(), value);
-                    }
-                    inner.call(req)
-                });
-                ResponseFuture::resuming(Resume { load, call }, Some(info))
+                let ready = std::mem::replace(&mut self.inner, clone);
+                ResponseFuture::loading(load, ready, req, info)
             }
         }
     }
-}
-
-/// The ID as a header value; `None` when empty or not representable (control characters).
-pub(crate) fn header_value(id: &str) -> Option<HeaderValue> {
-    if id.is_empty() {
-        return None;
-    }
-    HeaderValue::from_str(id).ok()
 }

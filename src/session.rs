@@ -1,6 +1,11 @@
-//! Session keys: untrusted client input, validated once and then shared cheaply.
+//! Session keys: untrusted client input, validated once and then shared cheaply; and where a
+//! request's session comes from.
 
 use std::{borrow::Borrow, fmt, sync::Arc};
+
+use http::{HeaderMap, HeaderName, Request, request::Parts};
+
+use crate::metrics as m;
 
 /// Default cap on the length of a session key, in bytes.
 pub(crate) const DEFAULT_MAX_SESSION_KEY_LEN: usize = 128;
@@ -149,6 +154,93 @@ impl fmt::Display for InvalidSessionId {
 }
 
 impl std::error::Error for InvalidSessionId {}
+
+/// A function of the request head that names its session.
+pub(crate) type KeyFn = dyn Fn(&Parts) -> Option<String> + Send + Sync;
+
+/// Where a request's session key comes from.
+#[derive(Clone)]
+pub(crate) enum SessionSource {
+    /// A header on the request or, if the request has none, on the response.
+    Header(HeaderName),
+    /// A function of the request head.
+    Fn(Arc<KeyFn>),
+}
+
+impl fmt::Debug for SessionSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Header(name) => f.debug_tuple("Header").field(name).finish(),
+            Self::Fn(_) => f.write_str("Fn(..)"),
+        }
+    }
+}
+
+/// The session a request belongs to, as far as the request tells.
+#[derive(Debug)]
+pub(crate) enum RequestSession {
+    /// The request named a valid session.
+    Known(SessionId),
+    /// The request named none, and the session header may name it on the response (servers
+    /// such as MCP ones assign the session there).
+    InResponse,
+    /// No session: none named, or an invalid key (counted). Not tracked.
+    Untracked,
+}
+
+impl SessionSource {
+    /// The session of a request. Takes the request and gives it back unchanged, since a key
+    /// function sees the request head as [`Parts`].
+    pub(crate) fn of_request<B>(
+        &self,
+        req: Request<B>,
+        max_len: usize,
+    ) -> (Request<B>, RequestSession) {
+        match self {
+            Self::Header(name) => {
+                let session = match req.headers().get(name) {
+                    Some(value) => valid(SessionId::from_bytes(value.as_bytes(), max_len)),
+                    None => RequestSession::InResponse,
+                };
+                (req, session)
+            }
+            Self::Fn(f) => {
+                let (parts, body) = req.into_parts();
+                let session = match f(&parts) {
+                    Some(key) => valid(SessionId::with_max_len(&key, max_len)),
+                    None => RequestSession::Untracked,
+                };
+                (Request::from_parts(parts, body), session)
+            }
+        }
+    }
+
+    /// The session named by a response's headers (header source only).
+    pub(crate) fn of_response(&self, headers: &HeaderMap, max_len: usize) -> Option<SessionId> {
+        let Self::Header(name) = self else {
+            return None;
+        };
+        match valid(SessionId::from_bytes(
+            headers.get(name)?.as_bytes(),
+            max_len,
+        )) {
+            RequestSession::Known(session) => Some(session),
+            _ => None,
+        }
+    }
+}
+
+/// A validated key, or an untracked request (counted and logged: keys are client input).
+fn valid(key: Result<SessionId, InvalidSessionId>) -> RequestSession {
+    match key {
+        Ok(session) => RequestSession::Known(session),
+        Err(error) => {
+            metrics::counter!(m::UNTRACKED, "reason" => "invalid_key").increment(1);
+            tracing::debug!(%error, "invalid session key: not tracked");
+            RequestSession::Untracked
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

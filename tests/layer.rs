@@ -1900,3 +1900,56 @@ fn tracking_body_adds_a_few_words_to_the_inner_body() {
     assert!(axum <= size_of::<axum::body::Body>() + 8 + size_of::<Option<Bytes>>());
     assert!(full <= size_of::<Full<Bytes>>() + 8 + size_of::<Option<Bytes>>());
 }
+
+/// A request body that is neither `Send` nor `Sync` (an `Rc`): the layer must not require more
+/// of the request than the inner service does, with resume off or on (then the session's ID is
+/// read from the store while the request waits in the response future).
+#[tokio::test]
+async fn a_request_body_that_is_not_send_works_with_and_without_resume() {
+    use std::rc::Rc;
+
+    let session = sid("local");
+    for resume in [false, true] {
+        let store = MemoryStore::new();
+        store
+            .save_batch(&[SessionUpdate {
+                session: session.clone(),
+                last_event_id: LastEventId::from("41"),
+                version: 1,
+                last_activity: SystemTime::now(),
+            }])
+            .await
+            .unwrap();
+        let tracking = EventTrackingLayer::builder()
+            .store(store.clone())
+            .resume(resume)
+            .build();
+        let service = tracking.layer(service_fn(|req: Request<Rc<String>>| {
+            let seen = req
+                .headers()
+                .get("last-event-id")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let body = format!("id: 42\ndata: {} {:?}\n\n", req.body(), seen);
+            async move { Ok::<_, Infallible>(sse(Full::new(Bytes::from(body)))) }
+        }));
+        let request = Request::get("/events")
+            .header(SESSION_HEADER, "local")
+            .body(Rc::new("not send".to_owned()))
+            .unwrap();
+        let response = service.oneshot(request).await.unwrap();
+        assert!(response.body().is_tracked());
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let expected = if resume {
+            "id: 42\ndata: not send Some(\"41\")\n\n"
+        } else {
+            "id: 42\ndata: not send None\n\n"
+        };
+        assert_eq!(bytes, expected);
+        tracking.flush().await.unwrap();
+        assert_eq!(
+            tracking.worker().last_event_id(&session).as_deref(),
+            Some("42")
+        );
+        tracking.shutdown(Duration::from_secs(1)).await.unwrap();
+    }
+}

@@ -8,7 +8,11 @@ use tokio::{
 };
 
 use super::{Attachment, Shared, WorkerConfig, run};
-use crate::{SessionId, registry::RegistryStats, store::SessionStore};
+use crate::{
+    SessionId,
+    registry::{Full, RegistryStats},
+    store::SessionStore,
+};
 
 pub(crate) enum Control {
     Flush(oneshot::Sender<FlushReport>),
@@ -129,6 +133,11 @@ impl WorkerHandle {
         Some(TrackedSession { attachment })
     }
 
+    /// Attaches a stream to `session`, admitting it into the registry if needed.
+    pub(crate) fn attach(&self, session: &SessionId) -> Result<Attachment, Full> {
+        Attachment::new(&self.shared, session)
+    }
+
     /// The session's newest last event ID known in memory: `None` if this process recorded no
     /// `id` for it, `Some("")` if the stream cleared it.
     pub fn last_event_id(&self, session: &SessionId) -> Option<String> {
@@ -201,7 +210,7 @@ pub struct TrackedSession {
 impl fmt::Debug for TrackedSession {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("TrackedSession")
-            .field(self.attachment.slot().session())
+            .field(self.attachment.session())
             .finish()
     }
 }
@@ -213,14 +222,12 @@ impl TrackedSession {
     /// a duplicate of a recent one (counted, the session's ID left as it was); never
     /// [`RecordOutcome::RegistryFull`]: holding the handle keeps the session tracked.
     pub fn record(&self, id: Option<&str>) -> RecordOutcome {
-        self.attachment
-            .shared()
-            .record_in(self.attachment.slot(), id)
+        self.attachment.record_and_enqueue(id)
     }
 
     /// The session key.
     pub fn id(&self) -> &SessionId {
-        self.attachment.slot().session()
+        self.attachment.session()
     }
 
     /// The newest last event ID recorded in this process (`Some("")`: cleared).

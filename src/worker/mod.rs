@@ -48,5 +48,5 @@ pub use crate::registry::RegistryStats;
 
 pub(crate) use self::{
     handle::Control,
-    shared::{Attachment, Shared, TryEnqueueError},
+    shared::{Attachment, Reserve, Shared, TryEnqueueError},
 };

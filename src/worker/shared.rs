@@ -1,20 +1,31 @@
 //! State shared by the worker, its handles and every tracked stream: the registry, the queue's
 //! sending side and the overflow set.
 
-use std::sync::{
-    Arc, Mutex, PoisonError,
-    atomic::{AtomicBool, Ordering},
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{
+    Notify, mpsc,
+    mpsc::{OwnedPermit, error::SendError},
+};
 
 use super::{Control, RecordOutcome, WorkerConfig};
 use crate::{
     SessionId, metrics as m,
     registry::{Full, Registry, RegistryLimits},
     store::SessionStore,
-    tracker::{IdHasher, Slot},
+    tracker::{IdHasher, Recorded, Slot},
 };
+
+/// Resolves once the worker's queue has room for one session.
+pub(crate) type Reserve =
+    Pin<Box<dyn Future<Output = Result<OwnedPermit<Arc<Slot>>, SendError<()>>> + Send>>;
 
 /// Why a slot could not be queued without waiting.
 #[derive(Debug)]
@@ -152,12 +163,18 @@ impl Shared {
         Some(self.record_in(&attached.slot, id))
     }
 
-    /// Records one event in a slot already looked up.
-    pub(crate) fn record_in(&self, slot: &Arc<Slot>, id: Option<&str>) -> RecordOutcome {
+    /// Records one event in a slot (hot path: the slot update, and a counter for duplicates).
+    fn note(&self, slot: &Slot, id: Option<&str>) -> Recorded {
         let recorded = slot.record(id.map(|id| (id, self.hasher.hash(id))));
         if recorded.duplicate {
             metrics::counter!(m::DUPLICATE_EVENTS).increment(1);
         }
+        recorded
+    }
+
+    /// Records one event in a slot already looked up, and queues it if it just turned dirty.
+    pub(crate) fn record_in(&self, slot: &Arc<Slot>, id: Option<&str>) -> RecordOutcome {
+        let recorded = self.note(slot, id);
         if recorded.enqueue {
             self.enqueue_or_park(slot.clone());
         }
@@ -191,8 +208,47 @@ impl Attachment {
         &self.slot
     }
 
-    pub(crate) fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+    pub(crate) fn session(&self) -> &SessionId {
+        self.slot.session()
+    }
+
+    /// Records one event of the stream (hot path: the slot update alone). Returns `true` when
+    /// the session just turned dirty: the caller must then queue it.
+    #[inline]
+    pub(crate) fn record(&self, id: Option<&str>) -> bool {
+        self.shared.note(&self.slot, id).enqueue
+    }
+
+    /// Records one event and queues the session if it just turned dirty (parks it if the
+    /// queue is full).
+    pub(crate) fn record_and_enqueue(&self, id: Option<&str>) -> RecordOutcome {
+        self.shared.record_in(&self.slot, id)
+    }
+
+    /// Queues the session without waiting.
+    pub(crate) fn try_enqueue(&self) -> Result<(), TryEnqueueError> {
+        self.shared.try_enqueue(self.slot.clone())
+    }
+
+    /// Waits for room in the queue (see [`send`](Self::send)).
+    pub(crate) fn reserve(&self) -> Reserve {
+        Box::pin(self.shared.queue.clone().reserve_owned())
+    }
+
+    /// Queues the session in the room `reserve` found.
+    pub(crate) fn send(&self, permit: OwnedPermit<Arc<Slot>>) {
+        permit.send(self.slot.clone());
+        self.shared.wake_if_filling();
+    }
+
+    /// Parks the session: the worker writes it on its next tick.
+    pub(crate) fn park(&self) {
+        self.shared.park(self.slot.clone());
+    }
+
+    /// Queues the session, parking it if the queue is full.
+    pub(crate) fn enqueue_or_park(&self) {
+        self.shared.enqueue_or_park(self.slot.clone());
     }
 }
 

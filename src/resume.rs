@@ -1,0 +1,68 @@
+//! Resume: `Last-Event-ID` filled in for a client that reconnects without it, from memory at
+//! once or from the store before the inner service is called.
+
+use std::{future::Future, pin::Pin};
+
+use http::{HeaderName, HeaderValue, Request};
+
+use crate::{
+    SessionId,
+    config::Config,
+    metrics as m,
+    store::{SessionRecord, StoreError},
+};
+
+/// The `Last-Event-ID` request header.
+pub(crate) static LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
+
+/// The store read that a resuming request waits for.
+pub(crate) type Load =
+    Pin<Box<dyn Future<Output = Result<Option<SessionRecord>, StoreError>> + Send>>;
+
+/// Fills in `Last-Event-ID` for a request of a known session that has none: from memory at
+/// once, or returns the store read to wait for first (then [`finish`]).
+pub(crate) fn start<B>(config: &Config, session: &SessionId, req: &mut Request<B>) -> Option<Load> {
+    if req.headers().contains_key(&LAST_EVENT_ID) {
+        // The client knows where it is: never override it.
+        return None;
+    }
+    match config.worker.last_event_id(session) {
+        // Known in memory (possibly cleared, then no header).
+        Some(id) => {
+            insert(req, &id);
+            None
+        }
+        None => {
+            let store = config.worker.store().clone();
+            let session = session.clone();
+            Some(Box::pin(async move { store.load(&session).await }))
+        }
+    }
+}
+
+/// Applies what the store read returned. A store error leaves the request as it was: tracking
+/// never fails a request.
+pub(crate) fn finish<B>(req: &mut Request<B>, loaded: Result<Option<SessionRecord>, StoreError>) {
+    match loaded {
+        Ok(record) => {
+            if let Some(id) = record.as_ref().and_then(|r| r.last_event_id.as_str()) {
+                insert(req, id);
+            }
+        }
+        Err(error) => {
+            metrics::counter!(m::RESUME_ERRORS).increment(1);
+            tracing::warn!(%error, "could not read the session's last event id to resume it");
+        }
+    }
+}
+
+/// Inserts the ID unless it is empty (cleared) or not representable as a header value.
+fn insert<B>(req: &mut Request<B>, id: &str) {
+    if id.is_empty() {
+        return;
+    }
+    if let Ok(value) = HeaderValue::from_str(id) {
+        req.headers_mut().insert(LAST_EVENT_ID.clone(), value);
+        metrics::counter!(m::RESUMED).increment(1);
+    }
+}

@@ -2,8 +2,9 @@
 //!
 //! All names start with `sse_tracking_`. Metrics go to whatever [`metrics`] recorder the
 //! application installed (for example `metrics-exporter-prometheus`); without one they cost
-//! nothing. Nothing is recorded per event on the hot path: events are counted in the session
-//! slots and reported by the worker per flush.
+//! nothing. Events are counted in the session slots and reported by the worker once per flush;
+//! on the per-event path only what is rare is counted where it happens (duplicate and oversized
+//! IDs).
 //!
 //! ```
 //! // Once, after installing a recorder:

@@ -202,13 +202,17 @@ impl MemoryStore {
 }
 
 impl SessionStore for MemoryStore {
+    // The work happens when the future is polled, not when it is made, so that a timeout or a
+    // cancelled future around a call means what it says.
     fn save_batch<'a>(&'a self, batch: &'a [SessionUpdate]) -> StoreFuture<'a, ()> {
-        self.apply(batch);
-        Box::pin(std::future::ready(Ok(())))
+        Box::pin(async move {
+            self.apply(batch);
+            Ok(())
+        })
     }
 
     fn load<'a>(&'a self, session: &'a SessionId) -> StoreFuture<'a, Option<SessionRecord>> {
-        Box::pin(std::future::ready(Ok(self.get(session))))
+        Box::pin(async move { Ok(self.get(session)) })
     }
 }
 
@@ -266,6 +270,16 @@ mod tests {
         assert_eq!(store.len(), 1);
         assert!(store.get(&SessionId::new("a").unwrap()).is_none());
         assert!(store.is_empty());
+    }
+
+    #[test]
+    fn a_write_happens_when_its_future_runs_not_when_it_is_made() {
+        let store = MemoryStore::new();
+        let batch = [update("a", "1", 1, SystemTime::now())];
+        drop(store.save_batch(&batch));
+        assert!(store.is_empty(), "a dropped future wrote nothing");
+        block_on(store.save_batch(&batch)).unwrap();
+        assert_eq!(store.len(), 1);
     }
 
     #[test]

@@ -30,6 +30,7 @@
 //! # }
 //! ```
 
+mod breaker;
 mod config;
 mod handle;
 mod retry;

@@ -10,6 +10,7 @@ use tracing::Instrument;
 
 use super::{
     Control, FlushReport, ShutdownReport,
+    breaker::Breaker,
     retry::{RetryHeap, backoff},
     shared::Shared,
 };
@@ -17,29 +18,13 @@ use crate::{
     metrics as m, registry::EXPIRE_PER_SHARD_PER_TICK, store::SessionUpdate, tracker::Slot,
 };
 
-/// Circuit breaker over store calls.
+/// How a flush treats a failing store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Circuit {
-    Closed { failures: u32 },
-    Open { until: Instant },
-    HalfOpen,
-}
-
-impl Circuit {
-    fn gauge(self) -> f64 {
-        match self {
-            Circuit::Closed { .. } => 0.0,
-            Circuit::Open { .. } => 1.0,
-            Circuit::HalfOpen => 2.0,
-        }
-    }
-}
-
-/// Whether a flush respects the breaker and backoff (normal ticks) or tries everything now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Tick,
-    Now,
+enum FlushMode {
+    /// A tick: respects the circuit breaker and the retries' backoff.
+    Paced,
+    /// An explicit flush or the shutdown: tries everything now.
+    Forced,
 }
 
 pub(crate) struct Worker {
@@ -49,7 +34,7 @@ pub(crate) struct Worker {
     /// Sessions to write at the next flush, with the attempts already made. Each at most once.
     pending: Vec<(Arc<Slot>, u32)>,
     retries: RetryHeap,
-    circuit: Circuit,
+    breaker: Breaker,
     /// Seeds the retry jitter.
     rand: foldhash::fast::RandomState,
     rand_counter: u64,
@@ -61,13 +46,17 @@ impl Worker {
         rx: mpsc::Receiver<Arc<Slot>>,
         control: mpsc::Receiver<Control>,
     ) -> Self {
+        let breaker = Breaker::new(
+            shared.config.breaker_threshold,
+            shared.config.breaker_cooldown,
+        );
         Self {
             shared,
             rx,
             control,
             pending: Vec::new(),
             retries: RetryHeap::default(),
-            circuit: Circuit::Closed { failures: 0 },
+            breaker,
             rand: foldhash::fast::RandomState::default(),
             rand_counter: 0,
         }
@@ -76,7 +65,7 @@ impl Worker {
     pub(crate) async fn run(mut self) {
         let config = self.shared.config.clone();
         metrics::gauge!(m::QUEUE_CAPACITY).set(config.queue_capacity as f64);
-        metrics::gauge!(m::CIRCUIT_STATE).set(self.circuit.gauge());
+        self.breaker.report();
         let mut interval = tokio::time::interval(config.flush_interval);
         interval.set_missed_tick_behavior(MissedTickBehavior::Skip);
         let mut buf = Vec::with_capacity(config.recv_batch);
@@ -104,7 +93,7 @@ impl Worker {
                     self.drain_queue(&mut buf).await;
                     self.collect_overflow();
                     self.collect_due_retries(Instant::now());
-                    self.flush(Mode::Tick, None).await;
+                    self.flush(FlushMode::Paced, None).await;
                     // Bounded work: the fronts of the idle lists, a few hundred per shard at most.
                     self.shared.registry.expire(EXPIRE_PER_SHARD_PER_TICK);
                     self.gauges();
@@ -115,7 +104,7 @@ impl Worker {
                 () = self.shared.wake.notified() => {
                     self.drain_queue(&mut buf).await;
                     if self.pending.len() >= config.max_batch {
-                        self.flush(Mode::Tick, None).await;
+                        self.flush(FlushMode::Paced, None).await;
                     }
                 }
             }
@@ -172,19 +161,19 @@ impl Worker {
         while let Some(retry) = self.retries.pop() {
             self.pending.push((retry.slot, retry.attempts));
         }
-        let report = self.flush(Mode::Now, None).await;
+        let report = self.flush(FlushMode::Forced, None).await;
         self.gauges();
         report
     }
 
     /// Writes pending sessions in batches of at most `max_batch`, stopping at `deadline`.
-    async fn flush(&mut self, mode: Mode, deadline: Option<Instant>) -> FlushReport {
+    async fn flush(&mut self, mode: FlushMode, deadline: Option<Instant>) -> FlushReport {
         let mut report = FlushReport::default();
         // Slots that got new events while being written go to the next flush, not this one.
         let mut again = Vec::new();
         while !self.pending.is_empty() {
             let now = Instant::now();
-            if mode == Mode::Tick && !self.circuit_allows(now) {
+            if mode == FlushMode::Paced && !self.breaker.allows(now) {
                 break;
             }
             let mut timeout = self.shared.config.store_timeout;
@@ -204,29 +193,12 @@ impl Worker {
         report
     }
 
-    fn circuit_allows(&mut self, now: Instant) -> bool {
-        match self.circuit {
-            Circuit::Closed { .. } | Circuit::HalfOpen => true,
-            Circuit::Open { until } if now >= until => {
-                self.set_circuit(Circuit::HalfOpen);
-                tracing::info!("circuit half-open: probing the store with one batch");
-                true
-            }
-            Circuit::Open { .. } => false,
-        }
-    }
-
-    fn set_circuit(&mut self, circuit: Circuit) {
-        self.circuit = circuit;
-        metrics::gauge!(m::CIRCUIT_STATE).set(circuit.gauge());
-    }
-
     /// Writes one batch. Returns (written, failed) session counts.
     async fn write_batch(
         &mut self,
         entries: Vec<(Arc<Slot>, u32)>,
         again: &mut Vec<(Arc<Slot>, u32)>,
-        mode: Mode,
+        mode: FlushMode,
         timeout: std::time::Duration,
     ) -> (usize, usize) {
         let now = SystemTime::now();
@@ -275,10 +247,7 @@ impl Worker {
                 metrics::counter!(m::PERSISTED).increment(n as u64);
                 metrics::counter!(m::EVENTS).increment(events);
                 metrics::histogram!(m::COALESCE_RATIO).record(events as f64 / n as f64);
-                if self.circuit != (Circuit::Closed { failures: 0 }) {
-                    tracing::info!("store writes succeed again: circuit closed");
-                    self.set_circuit(Circuit::Closed { failures: 0 });
-                }
+                self.breaker.succeeded();
                 for ((slot, _), seq) in slots.into_iter().zip(seqs) {
                     if slot.mark_persisted(seq) {
                         again.push((slot, 0));
@@ -302,30 +271,12 @@ impl Worker {
         &mut self,
         error: &crate::store::StoreError,
         slots: Vec<(Arc<Slot>, u32)>,
-        mode: Mode,
+        mode: FlushMode,
     ) {
         let shared = self.shared.clone();
         let config = &shared.config;
         let now = Instant::now();
-        // The breaker counts failed batches; in half-open state one failure reopens it.
-        let failures = match self.circuit {
-            Circuit::Closed { failures } => failures + 1,
-            Circuit::HalfOpen | Circuit::Open { .. } => config.breaker_threshold,
-        };
-        if failures >= config.breaker_threshold {
-            if !matches!(self.circuit, Circuit::Open { .. }) {
-                tracing::warn!(
-                    cooldown = ?config.breaker_cooldown,
-                    %error,
-                    "store keeps failing: circuit open"
-                );
-            }
-            self.set_circuit(Circuit::Open {
-                until: now + config.breaker_cooldown,
-            });
-        } else {
-            self.set_circuit(Circuit::Closed { failures });
-        }
+        self.breaker.failed(now, error);
         let mut retried = 0u64;
         let mut exhausted = 0u64;
         for (slot, attempts) in slots {
@@ -344,7 +295,7 @@ impl Worker {
                 now + config.breaker_cooldown
             };
             let attempts = attempts.min(config.max_attempts.saturating_add(1));
-            let due = if mode == Mode::Now {
+            let due = if mode == FlushMode::Forced {
                 due.min(now + config.base_backoff)
             } else {
                 due
@@ -391,7 +342,10 @@ impl Worker {
                     break;
                 }
                 if !self.pending.is_empty() {
-                    persisted += self.flush(Mode::Now, Some(deadline)).await.persisted;
+                    persisted += self
+                        .flush(FlushMode::Forced, Some(deadline))
+                        .await
+                        .persisted;
                 }
                 // Newer events that arrived during the writes, and failed writes after backoff.
                 self.collect_overflow();

@@ -12,9 +12,10 @@ use std::{
 use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 
 use crate::{
+    heartbeat::Heartbeat,
     metrics as m,
     parser::SseParser,
     worker::{Attachment, Reserve, TryEnqueueError},
@@ -23,9 +24,6 @@ use crate::{
 /// Most separate chunks one data frame may have for us to read it without copying; a frame made
 /// of more (never seen in practice: SSE frames are `Bytes`) stops tracking for its stream.
 const MAX_IOVECS: usize = 64;
-
-/// The comment line sent as a heartbeat.
-const HEARTBEAT: &[u8] = b":\n";
 
 pin_project! {
     /// The response body of a tracked `text/event-stream` response.
@@ -69,17 +67,28 @@ pub(crate) struct Tracking {
     /// The stream's hold on its session; `None` for an event stream that only gets heartbeats
     /// (no valid session, or the registry was full).
     session: Option<Attachment>,
+    heartbeat: Option<Heartbeat>,
     backpressure_timeout: Duration,
-    heartbeat: Option<Duration>,
-    reserve: Option<Reserve>,
-    /// The backpressure deadline, or the next heartbeat; allocated the first time it is needed
-    /// (most streams never need it: no heartbeats, no full queue).
-    timer: Option<Pin<Box<Sleep>>>,
+    /// Set while a frame is held back for room in the worker's queue.
+    wait: Option<Wait>,
+    /// The parser's count of oversized IDs already reported.
     oversized_ids: u64,
-    /// A heartbeat went out before the first upstream byte: a byte order mark starting the
-    /// upstream would now land mid-stream for the client, so it is dropped from what is
-    /// forwarded (the parser still sees it). `Some(n)`: `n` bytes of it dropped so far.
-    strip_bom: Option<u8>,
+}
+
+/// A stream waiting for room in the worker's queue, at most until its deadline.
+struct Wait {
+    reserve: Reserve,
+    deadline: Pin<Box<Sleep>>,
+}
+
+/// What to do with an upstream frame once the parser has read it.
+enum Forward<D> {
+    /// Send it on.
+    Send(Frame<D>),
+    /// Hold its data back until the session is queued or parked.
+    Hold(D),
+    /// Send it on, and stop tracking the stream.
+    Untrack(Frame<D>),
 }
 
 impl Tracking {
@@ -92,12 +101,93 @@ impl Tracking {
         Self {
             parser: SseParser::new().max_id_len(max_id_len),
             session,
+            heartbeat: heartbeat.map(Heartbeat::new),
             backpressure_timeout,
-            heartbeat,
-            reserve: None,
-            timer: None,
+            wait: None,
             oversized_ids: 0,
-            strip_bom: None,
+        }
+    }
+
+    /// Reads an upstream frame and decides what to do with it.
+    fn forward<D>(&mut self, mut frame: Frame<D>) -> Forward<D>
+    where
+        D: Buf + From<Bytes>,
+    {
+        if let Some(heartbeat) = &mut self.heartbeat {
+            heartbeat.reset();
+        }
+        let Some(data) = frame.data_ref() else {
+            return Forward::Send(frame);
+        };
+        let fed = self.feed_buf(data);
+        if let Some(heartbeat) = &mut self.heartbeat {
+            heartbeat.forward(&mut frame);
+        }
+        match fed {
+            Fed::Recorded => Forward::Send(frame),
+            Fed::Unreadable => {
+                tracing::warn!(
+                    session = ?self.session.as_ref().map(Attachment::session),
+                    "data frame in more than {MAX_IOVECS} pieces: stream no longer tracked"
+                );
+                Forward::Untrack(frame)
+            }
+            Fed::TurnedDirty => self.enqueue(frame),
+        }
+    }
+
+    /// The session just turned dirty: queue it, or, if the queue is full, start waiting for
+    /// room (at most for the backpressure timeout) and hold the frame back.
+    fn enqueue<D>(&mut self, frame: Frame<D>) -> Forward<D> {
+        let Some(session) = &self.session else {
+            return Forward::Send(frame);
+        };
+        match session.try_enqueue() {
+            Ok(()) | Err(TryEnqueueError::Closed) => Forward::Send(frame),
+            Err(TryEnqueueError::Full(_)) => {
+                metrics::counter!(m::BACKPRESSURE_WAITS).increment(1);
+                self.wait = Some(Wait {
+                    reserve: session.reserve(),
+                    deadline: Box::pin(tokio::time::sleep(self.backpressure_timeout)),
+                });
+                match frame.into_data() {
+                    Ok(data) => Forward::Hold(data),
+                    Err(frame) => Forward::Send(frame),
+                }
+            }
+        }
+    }
+
+    /// Waits for queue room or the backpressure deadline; on the deadline, parks the session in
+    /// the worker's overflow set (the worker writes it on its next tick).
+    fn poll_backpressure(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let (Some(wait), Some(session)) = (&mut self.wait, &self.session) else {
+            return Poll::Ready(());
+        };
+        match wait.reserve.as_mut().poll(cx) {
+            Poll::Ready(Ok(permit)) => session.send(permit),
+            Poll::Ready(Err(_closed)) => {
+                metrics::counter!(m::DROPPED_AFTER_SHUTDOWN).increment(1);
+            }
+            Poll::Pending => {
+                if wait.deadline.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                session.park();
+            }
+        }
+        self.wait = None;
+        if let Some(heartbeat) = &mut self.heartbeat {
+            heartbeat.reset();
+        }
+        Poll::Ready(())
+    }
+
+    /// The upstream is idle: a heartbeat, when they are on and one is due.
+    fn poll_heartbeat(&mut self, cx: &mut Context<'_>) -> Poll<Bytes> {
+        match &mut self.heartbeat {
+            Some(heartbeat) => heartbeat.poll(cx, &self.parser),
+            None => Poll::Pending,
         }
     }
 
@@ -158,7 +248,7 @@ impl Drop for Tracking {
         // already marked queued, so it must reach the worker now or it would never be written.
         // (Then the attachment drops: the stream leaves the session.)
         if let Some(session) = &self.session
-            && self.reserve.take().is_some()
+            && self.wait.take().is_some()
         {
             session.enqueue_or_park();
         }
@@ -243,76 +333,33 @@ where
         let Some(tracking) = this.tracking.as_mut() else {
             return this.inner.poll_frame(cx);
         };
-
-        // A frame held while the worker's queue is full: release it once the session is queued
-        // or parked, whichever comes first.
-        if this.held.is_some() {
-            ready!(poll_backpressure(tracking, cx));
-            if let Some(every) = tracking.heartbeat {
-                arm(&mut tracking.timer, Instant::now() + every);
-            }
-            return Poll::Ready(this.held.take().map(|data| Ok(Frame::data(data))));
-        }
-
-        let frame = match this.inner.as_mut().poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => frame,
-            Poll::Ready(None) => {
-                tracking.parser.finish();
-                return Poll::Ready(None);
-            }
-            Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error))),
-            Poll::Pending => {
-                if let Some(every) = tracking.heartbeat {
-                    return poll_heartbeat(tracking, every, cx);
+        if this.held.is_none() {
+            let frame = match this.inner.as_mut().poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => frame,
+                Poll::Ready(None) => {
+                    tracking.parser.finish();
+                    return Poll::Ready(None);
                 }
-                return Poll::Pending;
-            }
-        };
-
-        if let Some(every) = tracking.heartbeat {
-            // Upstream spoke: the idle timer starts again.
-            arm(&mut tracking.timer, Instant::now() + every);
-        }
-        let mut frame = frame;
-        let Some(data) = frame.data_ref() else {
-            return Poll::Ready(Some(Ok(frame)));
-        };
-        let fed = tracking.feed_buf(data);
-        if tracking.strip_bom.is_some() {
-            strip_leading_bom(&mut tracking.strip_bom, &mut frame);
-        }
-        if fed == Fed::Unreadable {
-            tracing::warn!(
-                session = ?tracking.session.as_ref().map(Attachment::session),
-                "data frame in more than {MAX_IOVECS} pieces: stream no longer tracked"
-            );
-            *this.tracking = None;
-            return Poll::Ready(Some(Ok(frame)));
-        }
-        if fed != Fed::TurnedDirty {
-            return Poll::Ready(Some(Ok(frame)));
-        }
-        let Some(session) = tracking.session.as_ref() else {
-            return Poll::Ready(Some(Ok(frame)));
-        };
-        match session.try_enqueue() {
-            Ok(()) | Err(TryEnqueueError::Closed) => Poll::Ready(Some(Ok(frame))),
-            Err(TryEnqueueError::Full(_)) => {
-                // The queue is full right when the session turned dirty: wait for room, at most
-                // for the backpressure timeout, holding this frame.
-                metrics::counter!(m::BACKPRESSURE_WAITS).increment(1);
-                tracking.reserve = Some(session.reserve());
-                let deadline = Instant::now() + tracking.backpressure_timeout;
-                arm(&mut tracking.timer, deadline);
-                // A data frame (checked above).
-                *this.held = frame.into_data().ok();
-                ready!(poll_backpressure(tracking, cx));
-                if let Some(every) = tracking.heartbeat {
-                    arm(&mut tracking.timer, Instant::now() + every);
+                Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error))),
+                Poll::Pending => {
+                    return tracking
+                        .poll_heartbeat(cx)
+                        .map(|comment| Some(Ok(Frame::data(comment.into()))));
                 }
-                Poll::Ready(this.held.take().map(|data| Ok(Frame::data(data))))
+            };
+            match tracking.forward(frame) {
+                Forward::Send(frame) => return Poll::Ready(Some(Ok(frame))),
+                Forward::Untrack(frame) => {
+                    *this.tracking = None;
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Forward::Hold(data) => *this.held = Some(data),
             }
         }
+        // A frame held while the worker's queue is full: released once the session is queued or
+        // parked, whichever comes first.
+        ready!(tracking.poll_backpressure(cx));
+        Poll::Ready(this.held.take().map(|data| Ok(Frame::data(data))))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -331,117 +378,4 @@ where
             _ => inner,
         }
     }
-}
-
-/// Sets the timer to `deadline`, creating it the first time.
-fn arm(timer: &mut Option<Pin<Box<Sleep>>>, deadline: Instant) {
-    match timer {
-        Some(sleep) => sleep.as_mut().reset(deadline),
-        None => *timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
-    }
-}
-
-/// Waits for queue room or the backpressure deadline; on the deadline, parks the session in the
-/// worker's overflow set (the worker writes it on its next tick).
-fn poll_backpressure(tracking: &mut Tracking, cx: &mut Context<'_>) -> Poll<()> {
-    let (Some(reserve), Some(session)) = (tracking.reserve.as_mut(), tracking.session.as_ref())
-    else {
-        return Poll::Ready(());
-    };
-    match reserve.as_mut().poll(cx) {
-        Poll::Ready(Ok(permit)) => session.send(permit),
-        Poll::Ready(Err(_closed)) => {
-            metrics::counter!(m::DROPPED_AFTER_SHUTDOWN).increment(1);
-        }
-        Poll::Pending => {
-            let fired = tracking
-                .timer
-                .as_mut()
-                .is_none_or(|sleep| sleep.as_mut().poll(cx).is_ready());
-            if !fired {
-                return Poll::Pending;
-            }
-            session.park();
-        }
-    }
-    tracking.reserve = None;
-    Poll::Ready(())
-}
-
-/// Drops a byte order mark at the start of the upstream (possibly split across frames) from a
-/// frame about to be forwarded; see `Tracking::strip_bom`. Bytes that looked like the start of
-/// one but were not are put back in front of the frame.
-fn strip_leading_bom<D>(strip: &mut Option<u8>, frame: &mut Frame<D>)
-where
-    D: Buf + From<Bytes>,
-{
-    const BOM: [u8; 3] = [0xEF, 0xBB, 0xBF];
-    while let Some(n) = *strip {
-        let n = usize::from(n);
-        let Some(data) = frame.data_mut() else {
-            return;
-        };
-        if !data.has_remaining() {
-            return;
-        }
-        let chunk = data.chunk();
-        let k = chunk
-            .iter()
-            .zip(&BOM[n..])
-            .take_while(|(a, b)| a == b)
-            .count();
-        if n + k == BOM.len() {
-            data.advance(k);
-            *strip = None;
-        } else if k == chunk.len() {
-            // Still a prefix of the mark: drop it for now.
-            data.advance(k);
-            *strip = Some((n + k) as u8);
-        } else {
-            *strip = None;
-            if n > 0 {
-                // Not a byte order mark after all: the bytes dropped earlier go back in front.
-                let mut bytes = BOM[..n].to_vec();
-                while data.has_remaining() {
-                    let len = data.chunk().len();
-                    bytes.extend_from_slice(data.chunk());
-                    data.advance(len);
-                }
-                *frame = Frame::data(D::from(Bytes::from(bytes)));
-            }
-        }
-    }
-}
-
-/// The inner body is idle: send a heartbeat comment when the timer fires at a line boundary.
-fn poll_heartbeat<D, E>(
-    tracking: &mut Tracking,
-    every: Duration,
-    cx: &mut Context<'_>,
-) -> Poll<Option<Result<Frame<D>, E>>>
-where
-    D: From<Bytes>,
-{
-    let sleep = tracking
-        .timer
-        .get_or_insert_with(|| Box::pin(tokio::time::sleep(every)));
-    if sleep.as_mut().poll(cx).is_pending() {
-        return Poll::Pending;
-    }
-    sleep.as_mut().reset(Instant::now() + every);
-    // Register the new deadline with the waker.
-    let _ = sleep.as_mut().poll(cx);
-    let at_start = tracking.parser.at_stream_start();
-    if !(tracking.parser.at_line_boundary() || at_start) {
-        // Mid-line, right after a CR (an LF may follow), or inside what may be a byte order
-        // mark: a comment now would change the stream's meaning. Try again later.
-        return Poll::Pending;
-    }
-    if at_start && tracking.strip_bom.is_none() {
-        tracking.strip_bom = Some(0);
-    }
-    metrics::counter!(m::HEARTBEATS).increment(1);
-    Poll::Ready(Some(Ok(Frame::data(D::from(Bytes::from_static(
-        HEARTBEAT,
-    ))))))
 }

@@ -57,6 +57,7 @@ mod body;
 mod clock;
 mod config;
 mod future;
+mod heartbeat;
 mod layer;
 mod lru;
 pub mod metrics;

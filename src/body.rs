@@ -44,7 +44,7 @@ pin_project! {
         #[pin]
         inner: B,
         // `None`: pass-through.
-        tracking: Option<Box<Tracking>>,
+        tracking: Option<Box<StreamState>>,
         // The data of a frame held back while waiting for queue capacity.
         held: Option<B::Data>,
     }
@@ -62,7 +62,7 @@ enum Fed {
 }
 
 /// Per-stream tracking state, boxed so that untracked bodies stay small.
-pub(crate) struct Tracking {
+pub(crate) struct StreamState {
     parser: SseParser,
     /// The stream's hold on its session; `None` for an event stream that only gets heartbeats
     /// (no valid session, or the registry was full).
@@ -91,7 +91,7 @@ enum Forward<D> {
     Untrack(Frame<D>),
 }
 
-impl Tracking {
+impl StreamState {
     pub(crate) fn new(
         session: Option<Attachment>,
         max_id_len: usize,
@@ -242,7 +242,7 @@ impl Tracking {
     }
 }
 
-impl Drop for Tracking {
+impl Drop for StreamState {
     fn drop(&mut self) {
         // Dropped while a frame waited for queue room (the client went away): the slot is
         // already marked queued, so it must reach the worker now or it would never be written.
@@ -255,9 +255,9 @@ impl Drop for Tracking {
     }
 }
 
-impl fmt::Debug for Tracking {
+impl fmt::Debug for StreamState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Tracking")
+        f.debug_struct("StreamState")
             .field("session", &self.session.as_ref().map(Attachment::session))
             .field("parser", &self.parser)
             .finish_non_exhaustive()
@@ -274,7 +274,7 @@ impl<B: Body> TrackingBody<B> {
         }
     }
 
-    pub(crate) fn tracked(inner: B, tracking: Tracking) -> Self {
+    pub(crate) fn tracked(inner: B, tracking: StreamState) -> Self {
         Self {
             inner,
             tracking: Some(Box::new(tracking)),

@@ -15,7 +15,7 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use crate::{
-    body::{Tracking, TrackingBody},
+    body::{StreamState, TrackingBody},
     config::Config,
     metrics as m,
     registry::Full,
@@ -192,7 +192,7 @@ fn wrap<B: Body>(response: Response<B>, info: RequestInfo) -> Response<TrackingB
         return response.map(TrackingBody::passthrough);
     }
     // An event stream without a session still gets heartbeats when they are on.
-    let tracking = Tracking::new(
+    let tracking = StreamState::new(
         attachment,
         config.max_id_len,
         config.backpressure_timeout,

@@ -66,8 +66,8 @@ mod registry;
 mod resume;
 mod service;
 mod session;
+mod slot;
 pub mod store;
-mod tracker;
 pub mod worker;
 
 pub use self::{

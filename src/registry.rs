@@ -29,7 +29,7 @@ use std::{
 
 use tokio::time::Instant;
 
-use crate::{SessionId, lru::LinkedSlab, metrics as m, tracker::Slot};
+use crate::{SessionId, lru::LinkedSlab, metrics as m, slot::Slot};
 
 /// Most expired sessions forgotten per shard per worker tick.
 pub(crate) const EXPIRE_PER_SHARD_PER_TICK: usize = 256;
@@ -393,7 +393,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tracker::IdHasher;
+    use crate::slot::IdHasher;
 
     fn sid(key: &str) -> SessionId {
         SessionId::new(key).unwrap()

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use crate::tracker::DEFAULT_DEDUP_WINDOW;
+use crate::slot::DEFAULT_DEDUP_WINDOW;
 
 /// Settings of the persistence worker and of the in-memory session registry it persists from.
 ///

@@ -7,7 +7,7 @@ use tokio::{
     time::Instant,
 };
 
-use super::{Attachment, Shared, WorkerConfig, run};
+use super::{Attachment, Tracker, WorkerConfig, run};
 use crate::{
     SessionId,
     registry::{Full, RegistryStats},
@@ -64,7 +64,7 @@ impl Future for WorkerFuture {
 /// ```
 #[derive(Clone, Debug)]
 pub struct WorkerHandle {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) tracker: Arc<Tracker>,
 }
 
 impl WorkerHandle {
@@ -87,12 +87,12 @@ impl WorkerHandle {
         let (queue_tx, queue_rx) = mpsc::channel(config.queue_capacity);
         let (control_tx, control_rx) = mpsc::channel(16);
         let store: Arc<dyn SessionStore> = Arc::new(store);
-        let shared = Arc::new(Shared::new(config, store, queue_tx, control_tx));
-        let worker = run::Worker::new(shared.clone(), queue_rx, control_rx);
+        let tracker = Arc::new(Tracker::new(config, store, queue_tx, control_tx));
+        let worker = run::Worker::new(tracker.clone(), queue_rx, control_rx);
         let future = WorkerFuture {
             inner: Box::pin(worker.run()),
         };
-        (Self { shared }, future)
+        (Self { tracker }, future)
     }
 
     /// Records one event for `session` outside of any HTTP stream: `id` is the event's `id`
@@ -103,7 +103,7 @@ impl WorkerHandle {
     /// [`RecordOutcome::RegistryFull`] if the session could not be tracked (the registry is
     /// full of sessions with live streams or unwritten state).
     pub fn record(&self, session: &SessionId, id: Option<&str>) -> RecordOutcome {
-        self.shared
+        self.tracker
             .record(session, id)
             .unwrap_or(RecordOutcome::RegistryFull)
     }
@@ -129,40 +129,40 @@ impl WorkerHandle {
     /// # }
     /// ```
     pub fn session(&self, session: &SessionId) -> Option<TrackedSession> {
-        let attachment = Attachment::new(&self.shared, session).ok()?;
+        let attachment = Attachment::new(&self.tracker, session).ok()?;
         Some(TrackedSession { attachment })
     }
 
     /// Attaches a stream to `session`, admitting it into the registry if needed.
     pub(crate) fn attach(&self, session: &SessionId) -> Result<Attachment, Full> {
-        Attachment::new(&self.shared, session)
+        Attachment::new(&self.tracker, session)
     }
 
     /// The session's newest last event ID known in memory: `None` if this process recorded no
     /// `id` for it, `Some("")` if the stream cleared it.
     pub fn last_event_id(&self, session: &SessionId) -> Option<String> {
-        self.shared.registry.get(session)?.last_event_id()
+        self.tracker.registry.get(session)?.last_event_id()
     }
 
     /// The store the worker writes to.
     pub fn store(&self) -> &Arc<dyn SessionStore> {
-        &self.shared.store
+        &self.tracker.store
     }
 
     /// Sessions tracked in memory.
     pub fn tracked_sessions(&self) -> usize {
-        self.shared.registry.len()
+        self.tracker.registry.len()
     }
 
     /// How the in-memory registry made room for new sessions. Not a stable API: for tests.
     #[doc(hidden)]
     pub fn registry_stats(&self) -> RegistryStats {
-        self.shared.registry.stats()
+        self.tracker.registry.stats()
     }
 
     /// Whether [`shutdown`](Self::shutdown) has run (or the worker has stopped).
     pub fn is_shut_down(&self) -> bool {
-        self.shared.is_closed() || self.shared.control.is_closed()
+        self.tracker.is_closed() || self.tracker.control.is_closed()
     }
 
     /// Writes everything recorded before the call now: returns once it is written or has
@@ -173,7 +173,7 @@ impl WorkerHandle {
     /// [`WorkerGone`] if the worker has shut down.
     pub async fn flush(&self) -> Result<FlushReport, WorkerGone> {
         let (reply, rx) = oneshot::channel();
-        self.shared
+        self.tracker
             .control
             .send(Control::Flush(reply))
             .await
@@ -191,7 +191,7 @@ impl WorkerHandle {
     pub async fn shutdown(&self, timeout: Duration) -> Result<ShutdownReport, WorkerGone> {
         let deadline = Instant::now() + timeout;
         let (reply, rx) = oneshot::channel();
-        self.shared
+        self.tracker
             .control
             .send(Control::Shutdown { deadline, reply })
             .await

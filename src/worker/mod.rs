@@ -35,7 +35,7 @@ mod config;
 mod handle;
 mod retry;
 mod run;
-mod shared;
+mod tracker;
 
 pub use self::{
     config::WorkerConfig,
@@ -49,5 +49,5 @@ pub use crate::registry::RegistryStats;
 
 pub(crate) use self::{
     handle::Control,
-    shared::{Attachment, Reserve, Shared, TryEnqueueError},
+    tracker::{Attachment, Reserve, Tracker, TryEnqueueError},
 };

@@ -9,7 +9,7 @@ use std::{
 
 use tokio::time::Instant;
 
-use crate::tracker::Slot;
+use crate::slot::Slot;
 
 /// A session whose write failed, due again at `due`.
 #[derive(Debug)]

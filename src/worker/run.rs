@@ -12,11 +12,9 @@ use super::{
     Control, FlushReport, ShutdownReport,
     breaker::Breaker,
     retry::{RetryHeap, backoff},
-    shared::Shared,
+    tracker::Tracker,
 };
-use crate::{
-    metrics as m, registry::EXPIRE_PER_SHARD_PER_TICK, store::SessionUpdate, tracker::Slot,
-};
+use crate::{metrics as m, registry::EXPIRE_PER_SHARD_PER_TICK, slot::Slot, store::SessionUpdate};
 
 /// How a flush treats a failing store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,7 +26,7 @@ enum FlushMode {
 }
 
 pub(crate) struct Worker {
-    shared: Arc<Shared>,
+    tracker: Arc<Tracker>,
     rx: mpsc::Receiver<Arc<Slot>>,
     control: mpsc::Receiver<Control>,
     /// Sessions to write at the next flush, with the attempts already made. Each at most once.
@@ -42,16 +40,16 @@ pub(crate) struct Worker {
 
 impl Worker {
     pub(crate) fn new(
-        shared: Arc<Shared>,
+        tracker: Arc<Tracker>,
         rx: mpsc::Receiver<Arc<Slot>>,
         control: mpsc::Receiver<Control>,
     ) -> Self {
         let breaker = Breaker::new(
-            shared.config.breaker_threshold,
-            shared.config.breaker_cooldown,
+            tracker.config.breaker_threshold,
+            tracker.config.breaker_cooldown,
         );
         Self {
-            shared,
+            tracker,
             rx,
             control,
             pending: Vec::new(),
@@ -63,7 +61,7 @@ impl Worker {
     }
 
     pub(crate) async fn run(mut self) {
-        let config = self.shared.config.clone();
+        let config = self.tracker.config.clone();
         metrics::gauge!(m::QUEUE_CAPACITY).set(config.queue_capacity as f64);
         self.breaker.report();
         let mut interval = tokio::time::interval(config.flush_interval);
@@ -84,9 +82,9 @@ impl Worker {
                     }
                 },
                 _ = interval.tick() => {
-                    // The worker's own `Shared` holds a queue sender, so the queue never closes:
+                    // The worker's own `Tracker` holds a queue sender, so the queue never closes:
                     // the last handle, layer or stream gone is noticed here.
-                    if Arc::strong_count(&self.shared) == 1 {
+                    if Arc::strong_count(&self.tracker) == 1 {
                         self.orphaned().await;
                         return;
                     }
@@ -95,13 +93,13 @@ impl Worker {
                     self.collect_due_retries(Instant::now());
                     self.flush(FlushMode::Paced, None).await;
                     // Bounded work: the fronts of the idle lists, a few hundred per shard at most.
-                    self.shared.registry.expire(EXPIRE_PER_SHARD_PER_TICK);
+                    self.tracker.registry.expire(EXPIRE_PER_SHARD_PER_TICK);
                     self.gauges();
                 }
                 // Senders wake the worker only when the queue is half full: between ticks there
                 // is nothing to do with a queued session (writes happen on ticks or once
                 // `max_batch` sessions wait), so a wake-up per enqueue would be wasted work.
-                () = self.shared.wake.notified() => {
+                () = self.tracker.wake.notified() => {
                     self.drain_queue(&mut buf).await;
                     if self.pending.len() >= config.max_batch {
                         self.flush(FlushMode::Paced, None).await;
@@ -113,7 +111,7 @@ impl Worker {
 
     /// Every handle, layer and stream is gone: writes what is left, then the worker stops.
     async fn orphaned(&mut self) {
-        let deadline = Instant::now() + self.shared.config.store_timeout;
+        let deadline = Instant::now() + self.tracker.config.store_timeout;
         let report = self.shutdown(deadline).await;
         if !report.unpersisted.is_empty() {
             tracing::error!(
@@ -124,15 +122,15 @@ impl Worker {
     }
 
     fn gauges(&self) {
-        let queued = self.shared.config.queue_capacity - self.shared.queue.capacity();
+        let queued = self.tracker.config.queue_capacity - self.tracker.queue.capacity();
         metrics::gauge!(m::QUEUE_DEPTH).set(queued as f64);
         metrics::gauge!(m::PENDING_SESSIONS).set((self.pending.len() + self.retries.len()) as f64);
-        metrics::gauge!(m::TRACKED_SESSIONS).set(self.shared.registry.len() as f64);
+        metrics::gauge!(m::TRACKED_SESSIONS).set(self.tracker.registry.len() as f64);
     }
 
     fn collect_overflow(&mut self) {
         let mut parked = Vec::new();
-        self.shared.take_overflow(&mut parked);
+        self.tracker.take_overflow(&mut parked);
         self.pending
             .extend(parked.into_iter().map(|slot| (slot, 0)));
     }
@@ -147,7 +145,7 @@ impl Worker {
     async fn drain_queue(&mut self, buf: &mut Vec<Arc<Slot>>) {
         while !self.rx.is_empty() {
             // Returns at once: messages are available.
-            if self.rx.recv_many(buf, self.shared.config.recv_batch).await == 0 {
+            if self.rx.recv_many(buf, self.tracker.config.recv_batch).await == 0 {
                 break;
             }
             self.pending.extend(buf.drain(..).map(|slot| (slot, 0)));
@@ -176,14 +174,14 @@ impl Worker {
             if mode == FlushMode::Paced && !self.breaker.allows(now) {
                 break;
             }
-            let mut timeout = self.shared.config.store_timeout;
+            let mut timeout = self.tracker.config.store_timeout;
             if let Some(deadline) = deadline {
                 timeout = timeout.min(deadline.saturating_duration_since(now));
                 if timeout.is_zero() {
                     break;
                 }
             }
-            let take = self.pending.len().min(self.shared.config.max_batch);
+            let take = self.pending.len().min(self.tracker.config.max_batch);
             let entries: Vec<_> = self.pending.drain(..take).collect();
             let (persisted, failed) = self.write_batch(entries, &mut again, mode, timeout).await;
             report.persisted += persisted;
@@ -219,7 +217,7 @@ impl Worker {
                     if slot.mark_persisted(0) {
                         again.push((slot, 0));
                     } else {
-                        self.shared.registry.refresh(&slot);
+                        self.tracker.registry.refresh(&slot);
                     }
                 }
             }
@@ -231,7 +229,7 @@ impl Worker {
         let span = tracing::debug_span!("sse_tracking.flush", batch = n, events);
         let started = Instant::now();
         let result = async {
-            match tokio::time::timeout(timeout, self.shared.store.save_batch(&updates)).await {
+            match tokio::time::timeout(timeout, self.tracker.store.save_batch(&updates)).await {
                 Ok(result) => result,
                 Err(_) => Err(crate::store::StoreError::transient(format!(
                     "save_batch took longer than {timeout:?}"
@@ -253,7 +251,7 @@ impl Worker {
                         again.push((slot, 0));
                     } else {
                         // Clean: idle if no stream holds it, and then free to forget.
-                        self.shared.registry.refresh(&slot);
+                        self.tracker.registry.refresh(&slot);
                     }
                 }
                 (n, 0)
@@ -273,8 +271,8 @@ impl Worker {
         slots: Vec<(Arc<Slot>, u32)>,
         mode: FlushMode,
     ) {
-        let shared = self.shared.clone();
-        let config = &shared.config;
+        let tracker = self.tracker.clone();
+        let config = &tracker.config;
         let now = Instant::now();
         self.breaker.failed(now, error);
         let mut retried = 0u64;
@@ -324,7 +322,7 @@ impl Worker {
     async fn shutdown(&mut self, deadline: Instant) -> ShutdownReport {
         let span = tracing::info_span!("sse_tracking.shutdown");
         async {
-            self.shared.close();
+            self.tracker.close();
             // Closing the receiver refuses new messages even while sender clones live; what
             // was queued before stays readable.
             self.rx.close();
@@ -352,7 +350,7 @@ impl Worker {
                 let next = if !self.pending.is_empty() {
                     // Sessions that got events while being written (streams may still run):
                     // write them a flush interval later rather than spin.
-                    Instant::now() + self.shared.config.flush_interval
+                    Instant::now() + self.tracker.config.flush_interval
                 } else if let Some(due) = self.retries.next_due() {
                     due
                 } else {

@@ -30,7 +30,7 @@ pub(crate) struct Recorded {
     pub(crate) enqueue: bool,
 }
 
-/// One session's tracked state. Shared by the streams of the session, the registry and (while it
+/// One session's tracked state. Tracker by the streams of the session, the registry and (while it
 /// has something to write) the persistence worker.
 pub(crate) struct Slot {
     session: SessionId,

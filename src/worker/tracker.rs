@@ -1,5 +1,6 @@
-//! State shared by the worker, its handles and every tracked stream: the registry, the queue's
-//! sending side and the overflow set.
+//! [`Tracker`]: what the worker, its handles and every tracked stream share (the registry of
+//! sessions, the queue's sending side, the overflow set), and [`Attachment`], a stream's hold on
+//! one session.
 
 use std::{
     future::Future,
@@ -19,8 +20,8 @@ use super::{Control, RecordOutcome, WorkerConfig};
 use crate::{
     SessionId, metrics as m,
     registry::{Full, Registry, RegistryLimits},
+    slot::{IdHasher, Recorded, Slot},
     store::SessionStore,
-    tracker::{IdHasher, Recorded, Slot},
 };
 
 /// Resolves once the worker's queue has room for one session.
@@ -36,7 +37,9 @@ pub(crate) enum TryEnqueueError {
     Closed,
 }
 
-pub(crate) struct Shared {
+/// The sessions being tracked and the way to the worker that persists them, shared (behind an
+/// `Arc`) by the worker, its handles and every tracked stream.
+pub(crate) struct Tracker {
     pub(crate) config: WorkerConfig,
     pub(crate) registry: Registry,
     pub(crate) hasher: IdHasher,
@@ -53,16 +56,16 @@ pub(crate) struct Shared {
     wake_below: usize,
 }
 
-impl std::fmt::Debug for Shared {
+impl std::fmt::Debug for Tracker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared")
+        f.debug_struct("Tracker")
             .field("registry", &self.registry)
             .field("closed", &self.is_closed())
             .finish_non_exhaustive()
     }
 }
 
-impl Shared {
+impl Tracker {
     pub(crate) fn new(
         config: WorkerConfig,
         store: Arc<dyn SessionStore>,
@@ -191,16 +194,16 @@ impl Shared {
 /// to write becomes idle (and may be forgotten, its state being in the store).
 pub(crate) struct Attachment {
     slot: Arc<Slot>,
-    shared: Arc<Shared>,
+    tracker: Arc<Tracker>,
 }
 
 impl Attachment {
     /// Attaches to `session`, admitting it into the registry if needed.
-    pub(crate) fn new(shared: &Arc<Shared>, session: &SessionId) -> Result<Self, Full> {
-        let slot = shared.registry.attach(session)?;
+    pub(crate) fn new(tracker: &Arc<Tracker>, session: &SessionId) -> Result<Self, Full> {
+        let slot = tracker.registry.attach(session)?;
         Ok(Self {
             slot,
-            shared: shared.clone(),
+            tracker: tracker.clone(),
         })
     }
 
@@ -216,55 +219,55 @@ impl Attachment {
     /// the session just turned dirty: the caller must then queue it.
     #[inline]
     pub(crate) fn record(&self, id: Option<&str>) -> bool {
-        self.shared.note(&self.slot, id).enqueue
+        self.tracker.note(&self.slot, id).enqueue
     }
 
     /// Records one event and queues the session if it just turned dirty (parks it if the
     /// queue is full).
     pub(crate) fn record_and_enqueue(&self, id: Option<&str>) -> RecordOutcome {
-        self.shared.record_in(&self.slot, id)
+        self.tracker.record_in(&self.slot, id)
     }
 
     /// Queues the session without waiting.
     pub(crate) fn try_enqueue(&self) -> Result<(), TryEnqueueError> {
-        self.shared.try_enqueue(self.slot.clone())
+        self.tracker.try_enqueue(self.slot.clone())
     }
 
     /// Waits for room in the queue (see [`send`](Self::send)).
     pub(crate) fn reserve(&self) -> Reserve {
-        Box::pin(self.shared.queue.clone().reserve_owned())
+        Box::pin(self.tracker.queue.clone().reserve_owned())
     }
 
     /// Queues the session in the room `reserve` found.
     pub(crate) fn send(&self, permit: OwnedPermit<Arc<Slot>>) {
         permit.send(self.slot.clone());
-        self.shared.wake_if_filling();
+        self.tracker.wake_if_filling();
     }
 
     /// Parks the session: the worker writes it on its next tick.
     pub(crate) fn park(&self) {
-        self.shared.park(self.slot.clone());
+        self.tracker.park(self.slot.clone());
     }
 
     /// Queues the session, parking it if the queue is full.
     pub(crate) fn enqueue_or_park(&self) {
-        self.shared.enqueue_or_park(self.slot.clone());
+        self.tracker.enqueue_or_park(self.slot.clone());
     }
 }
 
 impl Clone for Attachment {
     fn clone(&self) -> Self {
-        self.shared.registry.attach_again(&self.slot);
+        self.tracker.registry.attach_again(&self.slot);
         Self {
             slot: self.slot.clone(),
-            shared: self.shared.clone(),
+            tracker: self.tracker.clone(),
         }
     }
 }
 
 impl Drop for Attachment {
     fn drop(&mut self) {
-        self.shared.registry.detach(&self.slot);
+        self.tracker.registry.detach(&self.slot);
     }
 }
 

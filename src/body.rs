@@ -144,7 +144,7 @@ impl StreamState {
         };
         match session.try_enqueue() {
             Ok(()) | Err(TryEnqueueError::Closed) => Forward::Send(frame),
-            Err(TryEnqueueError::Full(_)) => {
+            Err(TryEnqueueError::Full) => {
                 metrics::counter!(m::BACKPRESSURE_WAITS).increment(1);
                 self.wait = Some(Wait {
                     reserve: session.reserve(),

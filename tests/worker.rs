@@ -495,6 +495,46 @@ fn worker_task_ends_once_every_handle_is_dropped() {
     });
 }
 
+/// A tracked session (a stream, for the layer) holds the worker's queue open: with every handle
+/// gone the worker keeps writing its events, and ends once the session is dropped too.
+#[test]
+fn worker_lives_while_a_tracked_session_does_and_ends_with_it() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let runtime = tokio::runtime::Handle::current().metrics();
+        let before = runtime.num_alive_tasks();
+        let store = MemoryStore::new();
+        let worker = WorkerHandle::spawn(store.clone(), WorkerConfig::default());
+        let session = worker.session(&sid("s")).unwrap();
+        drop(worker);
+        session.record(Some("1"));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(runtime.num_alive_tasks(), before + 1, "still running");
+        assert_eq!(
+            stored(&store, &sid("s")).as_deref(),
+            Some("1"),
+            "and writing"
+        );
+        session.record(Some("2"));
+        drop(session);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            runtime.num_alive_tasks(),
+            before,
+            "ended with the last sender"
+        );
+        assert_eq!(
+            stored(&store, &sid("s")).as_deref(),
+            Some("2"),
+            "after writing the rest"
+        );
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. Coalescing
 // ---------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ use tokio::{
     time::Instant,
 };
 
-use super::{Attachment, Tracker, WorkerConfig, run};
+use super::{Attachment, Queue, Tracker, WorkerConfig, run};
 use crate::{
     SessionId,
     registry::{Full, RegistryStats},
@@ -62,9 +62,20 @@ impl Future for WorkerFuture {
 /// assert!(worker.flush().await.is_err(), "after shutdown");
 /// # }
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct WorkerHandle {
-    pub(crate) tracker: Arc<Tracker>,
+    tracker: Arc<Tracker>,
+    /// Handles and streams hold the queue's senders: the worker ends once all are dropped.
+    queue: Queue,
+    control: mpsc::Sender<Control>,
+}
+
+impl fmt::Debug for WorkerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerHandle")
+            .field("tracker", &self.tracker)
+            .finish_non_exhaustive()
+    }
 }
 
 impl WorkerHandle {
@@ -87,12 +98,17 @@ impl WorkerHandle {
         let (queue_tx, queue_rx) = mpsc::channel(config.queue_capacity);
         let (control_tx, control_rx) = mpsc::channel(16);
         let store: Arc<dyn SessionStore> = Arc::new(store);
-        let tracker = Arc::new(Tracker::new(config, store, queue_tx, control_tx));
+        let tracker = Arc::new(Tracker::new(config, store));
         let worker = run::Worker::new(tracker.clone(), queue_rx, control_rx);
         let future = WorkerFuture {
             inner: Box::pin(worker.run()),
         };
-        (Self { tracker }, future)
+        let handle = Self {
+            tracker,
+            queue: queue_tx,
+            control: control_tx,
+        };
+        (handle, future)
     }
 
     /// Records one event for `session` outside of any HTTP stream: `id` is the event's `id`
@@ -103,9 +119,10 @@ impl WorkerHandle {
     /// [`RecordOutcome::RegistryFull`] if the session could not be tracked (the registry is
     /// full of sessions with live streams or unwritten state).
     pub fn record(&self, session: &SessionId, id: Option<&str>) -> RecordOutcome {
-        self.tracker
-            .record(session, id)
-            .unwrap_or(RecordOutcome::RegistryFull)
+        match self.attach(session) {
+            Ok(attachment) => attachment.record_and_enqueue(id),
+            Err(Full) => RecordOutcome::RegistryFull,
+        }
     }
 
     /// The session's handle for recording many events without looking it up each time (the
@@ -129,13 +146,13 @@ impl WorkerHandle {
     /// # }
     /// ```
     pub fn session(&self, session: &SessionId) -> Option<TrackedSession> {
-        let attachment = Attachment::new(&self.tracker, session).ok()?;
+        let attachment = self.attach(session).ok()?;
         Some(TrackedSession { attachment })
     }
 
     /// Attaches a stream to `session`, admitting it into the registry if needed.
     pub(crate) fn attach(&self, session: &SessionId) -> Result<Attachment, Full> {
-        Attachment::new(&self.tracker, session)
+        Attachment::new(&self.tracker, &self.queue, session)
     }
 
     /// The session's newest last event ID known in memory: `None` if this process recorded no
@@ -162,7 +179,7 @@ impl WorkerHandle {
 
     /// Whether [`shutdown`](Self::shutdown) has run (or the worker has stopped).
     pub fn is_shut_down(&self) -> bool {
-        self.tracker.is_closed() || self.tracker.control.is_closed()
+        self.tracker.is_closed() || self.control.is_closed()
     }
 
     /// Writes everything recorded before the call now: returns once it is written or has
@@ -173,8 +190,7 @@ impl WorkerHandle {
     /// [`WorkerGone`] if the worker has shut down.
     pub async fn flush(&self) -> Result<FlushReport, WorkerGone> {
         let (reply, rx) = oneshot::channel();
-        self.tracker
-            .control
+        self.control
             .send(Control::Flush(reply))
             .await
             .map_err(|_| WorkerGone(()))?;
@@ -191,8 +207,7 @@ impl WorkerHandle {
     pub async fn shutdown(&self, timeout: Duration) -> Result<ShutdownReport, WorkerGone> {
         let deadline = Instant::now() + timeout;
         let (reply, rx) = oneshot::channel();
-        self.tracker
-            .control
+        self.control
             .send(Control::Shutdown { deadline, reply })
             .await
             .map_err(|_| WorkerGone(()))?;

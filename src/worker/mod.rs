@@ -49,5 +49,5 @@ pub use crate::registry::RegistryStats;
 
 pub(crate) use self::{
     handle::Control,
-    tracker::{Attachment, Reserve, Tracker, TryEnqueueError},
+    tracker::{Attachment, Queue, Reserve, Tracker, TryEnqueueError},
 };

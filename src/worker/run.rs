@@ -82,9 +82,9 @@ impl Worker {
                     }
                 },
                 _ = interval.tick() => {
-                    // The worker's own `Tracker` holds a queue sender, so the queue never closes:
-                    // the last handle, layer or stream gone is noticed here.
-                    if Arc::strong_count(&self.tracker) == 1 {
+                    // Only handles and streams hold the queue's senders: once the last is gone,
+                    // the channel says so (noticed here rather than woken per enqueue).
+                    if self.rx.is_closed() {
                         self.orphaned().await;
                         return;
                     }
@@ -122,7 +122,7 @@ impl Worker {
     }
 
     fn gauges(&self) {
-        let queued = self.tracker.config.queue_capacity - self.tracker.queue.capacity();
+        let queued = self.rx.len();
         metrics::gauge!(m::QUEUE_DEPTH).set(queued as f64);
         metrics::gauge!(m::PENDING_SESSIONS).set((self.pending.len() + self.retries.len()) as f64);
         metrics::gauge!(m::TRACKED_SESSIONS).set(self.tracker.registry.len() as f64);

@@ -16,7 +16,7 @@ use tokio::sync::{
     mpsc::{OwnedPermit, error::SendError},
 };
 
-use super::{Control, RecordOutcome, WorkerConfig};
+use super::{RecordOutcome, WorkerConfig};
 use crate::{
     SessionId, metrics as m,
     registry::{Full, Registry, RegistryLimits},
@@ -31,21 +31,24 @@ pub(crate) type Reserve =
 /// Why a slot could not be queued without waiting.
 #[derive(Debug)]
 pub(crate) enum TryEnqueueError {
-    /// The queue is full; the slot is handed back.
-    Full(Arc<Slot>),
+    /// The queue is full.
+    Full,
     /// The worker has shut down.
     Closed,
 }
 
-/// The sessions being tracked and the way to the worker that persists them, shared (behind an
-/// `Arc`) by the worker, its handles and every tracked stream.
+/// The sending side of the worker's queue. Only handles and attachments (streams) hold one: the
+/// worker ends once the last is dropped (or on shutdown), as its channel says.
+pub(crate) type Queue = mpsc::Sender<Arc<Slot>>;
+
+/// The sessions being tracked, shared (behind an `Arc`) by the worker, its handles and every
+/// tracked stream. It holds no sender of the worker's queue, so that it does not keep the
+/// worker alive.
 pub(crate) struct Tracker {
     pub(crate) config: WorkerConfig,
     pub(crate) registry: Registry,
     pub(crate) hasher: IdHasher,
     pub(crate) store: Arc<dyn SessionStore>,
-    pub(crate) queue: mpsc::Sender<Arc<Slot>>,
-    pub(crate) control: mpsc::Sender<Control>,
     /// Sessions that could not be queued in time; the worker collects them on every tick.
     /// Bounded by the number of sessions: a slot is here at most once.
     overflow: Mutex<Vec<Arc<Slot>>>,
@@ -66,12 +69,7 @@ impl std::fmt::Debug for Tracker {
 }
 
 impl Tracker {
-    pub(crate) fn new(
-        config: WorkerConfig,
-        store: Arc<dyn SessionStore>,
-        queue: mpsc::Sender<Arc<Slot>>,
-        control: mpsc::Sender<Control>,
-    ) -> Self {
+    pub(crate) fn new(config: WorkerConfig, store: Arc<dyn SessionStore>) -> Self {
         // Wake once half the queue (or `max_batch` sessions, if fewer) is taken.
         let wake_below = config
             .queue_capacity
@@ -86,8 +84,6 @@ impl Tracker {
             registry,
             hasher: IdHasher::default(),
             store,
-            queue,
-            control,
             overflow: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
             wake: Notify::new(),
@@ -103,67 +99,23 @@ impl Tracker {
         self.closed.store(true, Ordering::Release);
     }
 
-    /// Queues a slot that just turned dirty, without waiting.
-    pub(crate) fn try_enqueue(&self, slot: Arc<Slot>) -> Result<(), TryEnqueueError> {
-        match self.queue.try_send(slot) {
-            Ok(()) => {
-                self.wake_if_filling();
-                Ok(())
-            }
-            Err(mpsc::error::TrySendError::Full(slot)) => Err(TryEnqueueError::Full(slot)),
-            Err(mpsc::error::TrySendError::Closed(slot)) => {
-                metrics::counter!(m::DROPPED_AFTER_SHUTDOWN).increment(1);
-                // Nobody will write it: let the registry forget it once idle.
-                slot.release();
-                self.registry.refresh(&slot);
-                Err(TryEnqueueError::Closed)
-            }
-        }
-    }
-
     /// Wakes the worker if the queue is filling up (called after every successful send).
-    pub(crate) fn wake_if_filling(&self) {
-        if self.queue.capacity() <= self.wake_below {
+    fn wake_if_filling(&self, queue: &Queue) {
+        if queue.capacity() <= self.wake_below {
             self.wake.notify_one();
         }
     }
 
-    /// Parks a slot the queue had no room for; the worker writes it on its next tick even if
-    /// the stream goes quiet.
-    pub(crate) fn park(&self, slot: Arc<Slot>) {
-        if self.is_closed() {
-            metrics::counter!(m::DROPPED_AFTER_SHUTDOWN).increment(1);
-            slot.release();
-            self.registry.refresh(&slot);
-            return;
-        }
-        metrics::counter!(m::OVERFLOW_PARKED).increment(1);
-        self.overflow
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(slot);
-    }
-
-    /// Queues a slot, parking it if the queue is full.
-    pub(crate) fn enqueue_or_park(&self, slot: Arc<Slot>) {
-        if let Err(TryEnqueueError::Full(slot)) = self.try_enqueue(slot) {
-            self.park(slot);
-        }
+    /// Nobody will write the slot (the worker has shut down): let the registry forget it once
+    /// idle.
+    fn dropped_after_shutdown(&self, slot: &Arc<Slot>) {
+        metrics::counter!(m::DROPPED_AFTER_SHUTDOWN).increment(1);
+        slot.release();
+        self.registry.refresh(slot);
     }
 
     pub(crate) fn take_overflow(&self, into: &mut Vec<Arc<Slot>>) {
         into.append(&mut self.overflow.lock().unwrap_or_else(PoisonError::into_inner));
-    }
-
-    /// Records one event for `session` (tracking it if needed) and queues the session if it just
-    /// turned dirty. Returns `None` if the session cannot be tracked (registry full).
-    pub(crate) fn record(
-        self: &Arc<Self>,
-        session: &SessionId,
-        id: Option<&str>,
-    ) -> Option<RecordOutcome> {
-        let attached = Attachment::new(self, session).ok()?;
-        Some(self.record_in(&attached.slot, id))
     }
 
     /// Records one event in a slot (hot path: the slot update, and a counter for duplicates).
@@ -174,36 +126,30 @@ impl Tracker {
         }
         recorded
     }
-
-    /// Records one event in a slot already looked up, and queues it if it just turned dirty.
-    pub(crate) fn record_in(&self, slot: &Arc<Slot>, id: Option<&str>) -> RecordOutcome {
-        let recorded = self.note(slot, id);
-        if recorded.enqueue {
-            self.enqueue_or_park(slot.clone());
-        }
-        if recorded.duplicate {
-            RecordOutcome::Duplicate
-        } else {
-            RecordOutcome::Recorded
-        }
-    }
 }
 
 /// A stream's or handle's hold on a session: while one exists, the registry keeps the session in
-/// memory. Cloning attaches once more; dropping detaches, after which a session with nothing left
-/// to write becomes idle (and may be forgotten, its state being in the store).
+/// memory and the worker runs. Cloning attaches once more; dropping detaches, after which a
+/// session with nothing left to write becomes idle (and may be forgotten, its state being in the
+/// store).
 pub(crate) struct Attachment {
     slot: Arc<Slot>,
     tracker: Arc<Tracker>,
+    queue: Queue,
 }
 
 impl Attachment {
     /// Attaches to `session`, admitting it into the registry if needed.
-    pub(crate) fn new(tracker: &Arc<Tracker>, session: &SessionId) -> Result<Self, Full> {
+    pub(crate) fn new(
+        tracker: &Arc<Tracker>,
+        queue: &Queue,
+        session: &SessionId,
+    ) -> Result<Self, Full> {
         let slot = tracker.registry.attach(session)?;
         Ok(Self {
             slot,
             tracker: tracker.clone(),
+            queue: queue.clone(),
         })
     }
 
@@ -225,33 +171,63 @@ impl Attachment {
     /// Records one event and queues the session if it just turned dirty (parks it if the
     /// queue is full).
     pub(crate) fn record_and_enqueue(&self, id: Option<&str>) -> RecordOutcome {
-        self.tracker.record_in(&self.slot, id)
+        let recorded = self.tracker.note(&self.slot, id);
+        if recorded.enqueue {
+            self.enqueue_or_park();
+        }
+        if recorded.duplicate {
+            RecordOutcome::Duplicate
+        } else {
+            RecordOutcome::Recorded
+        }
     }
 
     /// Queues the session without waiting.
     pub(crate) fn try_enqueue(&self) -> Result<(), TryEnqueueError> {
-        self.tracker.try_enqueue(self.slot.clone())
+        match self.queue.try_send(self.slot.clone()) {
+            Ok(()) => {
+                self.tracker.wake_if_filling(&self.queue);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => Err(TryEnqueueError::Full),
+            Err(mpsc::error::TrySendError::Closed(slot)) => {
+                self.tracker.dropped_after_shutdown(&slot);
+                Err(TryEnqueueError::Closed)
+            }
+        }
     }
 
     /// Waits for room in the queue (see [`send`](Self::send)).
     pub(crate) fn reserve(&self) -> Reserve {
-        Box::pin(self.tracker.queue.clone().reserve_owned())
+        Box::pin(self.queue.clone().reserve_owned())
     }
 
     /// Queues the session in the room `reserve` found.
     pub(crate) fn send(&self, permit: OwnedPermit<Arc<Slot>>) {
         permit.send(self.slot.clone());
-        self.tracker.wake_if_filling();
+        self.tracker.wake_if_filling(&self.queue);
     }
 
-    /// Parks the session: the worker writes it on its next tick.
+    /// Parks the session, which the queue had no room for: the worker writes it on its next
+    /// tick even if the stream goes quiet.
     pub(crate) fn park(&self) {
-        self.tracker.park(self.slot.clone());
+        if self.tracker.is_closed() {
+            self.tracker.dropped_after_shutdown(&self.slot);
+            return;
+        }
+        metrics::counter!(m::OVERFLOW_PARKED).increment(1);
+        self.tracker
+            .overflow
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(self.slot.clone());
     }
 
     /// Queues the session, parking it if the queue is full.
     pub(crate) fn enqueue_or_park(&self) {
-        self.tracker.enqueue_or_park(self.slot.clone());
+        if let Err(TryEnqueueError::Full) = self.try_enqueue() {
+            self.park();
+        }
     }
 }
 
@@ -261,6 +237,7 @@ impl Clone for Attachment {
         Self {
             slot: self.slot.clone(),
             tracker: self.tracker.clone(),
+            queue: self.queue.clone(),
         }
     }
 }

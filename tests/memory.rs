@@ -1,6 +1,8 @@
 //! Memory per tracked session, measured with a counting global allocator (in its own test
 //! binary so that it does not affect other tests).
 
+mod support;
+
 use std::{
     alloc::{GlobalAlloc, Layout, System},
     convert::Infallible,
@@ -193,10 +195,7 @@ async fn per_stream(tracked: bool, streams: usize, events: usize) -> f64 {
 #[test]
 fn an_idle_tracked_session_costs_less_than_512_bytes() {
     const SESSIONS: usize = 10_000;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = support::runtime();
     rt.block_on(async {
         let layer = EventTrackingLayer::builder().store(Discard).build();
         // Let the worker start (its first tick allocates its buffers).

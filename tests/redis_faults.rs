@@ -6,6 +6,8 @@
 
 mod support;
 
+use support::sid;
+
 use std::{
     collections::HashMap,
     convert::Infallible,
@@ -41,10 +43,6 @@ use support::redis::{RedisConfig, RedisServer};
 
 /// Generous bound for anything that should take milliseconds.
 const PATIENCE: Duration = Duration::from_secs(20);
-
-fn sid(key: &str) -> SessionId {
-    SessionId::new(key).unwrap()
-}
 
 async fn connect(server: &RedisServer, prefix: &str) -> RedisStore {
     RedisStore::builder()

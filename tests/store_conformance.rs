@@ -7,6 +7,8 @@
 
 mod support;
 
+use support::sid;
+
 use std::time::{Duration, SystemTime};
 
 use tower_sse_tracking::{
@@ -178,10 +180,6 @@ conformance!(memory_store, Memory);
 conformance!(redb_store, Redb);
 #[cfg(feature = "redis")]
 conformance!(redis_store, Redis);
-
-fn sid(key: &str) -> SessionId {
-    SessionId::new(key).unwrap()
-}
 
 fn update(session: &str, id: &str, version: u64, at: SystemTime) -> SessionUpdate {
     SessionUpdate {

@@ -119,10 +119,13 @@ impl WorkerHandle {
     /// [`RecordOutcome::RegistryFull`] if the session could not be tracked (the registry is
     /// full of sessions with live streams or unwritten state).
     pub fn record(&self, session: &SessionId, id: Option<&str>) -> RecordOutcome {
-        match self.attach(session) {
-            Ok(attachment) => attachment.record_and_enqueue(id),
-            Err(Full) => RecordOutcome::RegistryFull,
-        }
+        // Attached for the call only, without an `Attachment`: no sender clone per call.
+        let Ok(slot) = self.tracker.registry.attach(session) else {
+            return RecordOutcome::RegistryFull;
+        };
+        let outcome = self.tracker.record(&slot, &self.queue, id);
+        self.tracker.registry.detach(&slot);
+        outcome
     }
 
     /// The session's handle for recording many events without looking it up each time (the

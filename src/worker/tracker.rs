@@ -126,6 +126,61 @@ impl Tracker {
         }
         recorded
     }
+
+    /// Records one event in a slot held by the caller, and queues the slot on `queue` if it just
+    /// turned dirty (parks it if the queue is full).
+    pub(crate) fn record(
+        &self,
+        slot: &Arc<Slot>,
+        queue: &Queue,
+        id: Option<&str>,
+    ) -> RecordOutcome {
+        let recorded = self.note(slot, id);
+        if recorded.enqueue {
+            self.enqueue_or_park(slot, queue);
+        }
+        if recorded.duplicate {
+            RecordOutcome::Duplicate
+        } else {
+            RecordOutcome::Recorded
+        }
+    }
+
+    /// Queues a slot without waiting.
+    fn try_enqueue(&self, slot: &Arc<Slot>, queue: &Queue) -> Result<(), TryEnqueueError> {
+        match queue.try_send(slot.clone()) {
+            Ok(()) => {
+                self.wake_if_filling(queue);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => Err(TryEnqueueError::Full),
+            Err(mpsc::error::TrySendError::Closed(slot)) => {
+                self.dropped_after_shutdown(&slot);
+                Err(TryEnqueueError::Closed)
+            }
+        }
+    }
+
+    /// Parks a slot the queue had no room for: the worker writes it on its next tick even if
+    /// its stream goes quiet.
+    fn park(&self, slot: &Arc<Slot>) {
+        if self.is_closed() {
+            self.dropped_after_shutdown(slot);
+            return;
+        }
+        metrics::counter!(m::OVERFLOW_PARKED).increment(1);
+        self.overflow
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(slot.clone());
+    }
+
+    /// Queues a slot, parking it if the queue is full.
+    fn enqueue_or_park(&self, slot: &Arc<Slot>, queue: &Queue) {
+        if let Err(TryEnqueueError::Full) = self.try_enqueue(slot, queue) {
+            self.park(slot);
+        }
+    }
 }
 
 /// A stream's or handle's hold on a session: while one exists, the registry keeps the session in
@@ -171,30 +226,12 @@ impl Attachment {
     /// Records one event and queues the session if it just turned dirty (parks it if the
     /// queue is full).
     pub(crate) fn record_and_enqueue(&self, id: Option<&str>) -> RecordOutcome {
-        let recorded = self.tracker.note(&self.slot, id);
-        if recorded.enqueue {
-            self.enqueue_or_park();
-        }
-        if recorded.duplicate {
-            RecordOutcome::Duplicate
-        } else {
-            RecordOutcome::Recorded
-        }
+        self.tracker.record(&self.slot, &self.queue, id)
     }
 
     /// Queues the session without waiting.
     pub(crate) fn try_enqueue(&self) -> Result<(), TryEnqueueError> {
-        match self.queue.try_send(self.slot.clone()) {
-            Ok(()) => {
-                self.tracker.wake_if_filling(&self.queue);
-                Ok(())
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => Err(TryEnqueueError::Full),
-            Err(mpsc::error::TrySendError::Closed(slot)) => {
-                self.tracker.dropped_after_shutdown(&slot);
-                Err(TryEnqueueError::Closed)
-            }
-        }
+        self.tracker.try_enqueue(&self.slot, &self.queue)
     }
 
     /// Waits for room in the queue (see [`send`](Self::send)).
@@ -208,26 +245,14 @@ impl Attachment {
         self.tracker.wake_if_filling(&self.queue);
     }
 
-    /// Parks the session, which the queue had no room for: the worker writes it on its next
-    /// tick even if the stream goes quiet.
+    /// Parks the session, which the queue had no room for (see [`Tracker::park`]).
     pub(crate) fn park(&self) {
-        if self.tracker.is_closed() {
-            self.tracker.dropped_after_shutdown(&self.slot);
-            return;
-        }
-        metrics::counter!(m::OVERFLOW_PARKED).increment(1);
-        self.tracker
-            .overflow
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(self.slot.clone());
+        self.tracker.park(&self.slot);
     }
 
     /// Queues the session, parking it if the queue is full.
     pub(crate) fn enqueue_or_park(&self) {
-        if let Err(TryEnqueueError::Full) = self.try_enqueue() {
-            self.park();
-        }
+        self.tracker.enqueue_or_park(&self.slot, &self.queue);
     }
 }
 

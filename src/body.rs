@@ -47,6 +47,8 @@ pin_project! {
         tracking: Option<Box<StreamState>>,
         // The data of a frame held back while waiting for queue capacity.
         held: Option<B::Data>,
+        // The inner body ended (or failed): it is never polled again.
+        ended: bool,
     }
 }
 
@@ -271,6 +273,7 @@ impl<B: Body> TrackingBody<B> {
             inner,
             tracking: None,
             held: None,
+            ended: false,
         }
     }
 
@@ -279,6 +282,7 @@ impl<B: Body> TrackingBody<B> {
             inner,
             tracking: Some(Box::new(tracking)),
             held: None,
+            ended: false,
         }
     }
 
@@ -301,6 +305,15 @@ impl<B: Body> TrackingBody<B> {
     /// Consumes the wrapper and returns the inner body (a held frame, if any, is lost).
     pub fn into_inner(self) -> B {
         self.inner
+    }
+}
+
+/// An untracked body around the inner body's default, so that `TrackingBody` fits layers that
+/// need `ResBody: Default` (tower-http's `TimeoutLayer`, `CorsLayer`,
+/// `ValidateRequestHeaderLayer`).
+impl<B: Body + Default> Default for TrackingBody<B> {
+    fn default() -> Self {
+        Self::passthrough(B::default())
     }
 }
 
@@ -330,17 +343,31 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
+        if *this.ended {
+            // Some bodies panic when polled after their end (an unfused stream under a
+            // compression layer, say): the end is final here whatever the inner body does.
+            return Poll::Ready(None);
+        }
         let Some(tracking) = this.tracking.as_mut() else {
-            return this.inner.poll_frame(cx);
+            let polled = ready!(this.inner.poll_frame(cx));
+            *this.ended = !matches!(polled, Some(Ok(_)));
+            return Poll::Ready(polled);
         };
         if this.held.is_none() {
             let frame = match this.inner.as_mut().poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => frame,
                 Poll::Ready(None) => {
                     tracking.parser.finish();
+                    // The stream is over: its session is released now, not when the body drops.
+                    *this.tracking = None;
+                    *this.ended = true;
                     return Poll::Ready(None);
                 }
-                Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error))),
+                Poll::Ready(Some(Err(error))) => {
+                    *this.tracking = None;
+                    *this.ended = true;
+                    return Poll::Ready(Some(Err(error)));
+                }
                 Poll::Pending => {
                     return tracking
                         .poll_heartbeat(cx)
@@ -363,10 +390,13 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.held.is_none() && self.inner.is_end_stream()
+        self.ended || (self.held.is_none() && self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.ended {
+            return SizeHint::with_exact(0);
+        }
         let inner = self.inner.size_hint();
         match &self.tracking {
             // Heartbeats add bytes: keep the lower bound, drop the upper one.

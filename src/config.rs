@@ -1,8 +1,13 @@
 //! [`Config`]: the settings every service of one layer shares.
 
-use std::time::Duration;
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
 
-use crate::{session::SessionSource, worker::WorkerHandle};
+use http::Method;
+
+use crate::{metrics as m, session::SessionSource, worker::WorkerHandle};
 
 /// Settings shared by every service the layer builds (behind one `Arc`).
 #[derive(Debug)]
@@ -14,4 +19,28 @@ pub(crate) struct Config {
     pub(crate) backpressure_timeout: Duration,
     pub(crate) heartbeat: Option<Duration>,
     pub(crate) resume: bool,
+    /// The methods whose requests resume (GET, by default: how `EventSource` reconnects).
+    pub(crate) resume_methods: Vec<Method>,
+    /// A content-encoded event stream was seen (and logged once).
+    pub(crate) warned_encoded: AtomicBool,
+}
+
+impl Config {
+    /// Whether a request of this method may have `Last-Event-ID` filled in.
+    pub(crate) fn resumes(&self, method: &Method) -> bool {
+        self.resume && self.resume_methods.contains(method)
+    }
+
+    /// An event stream arrived content-encoded: it cannot be tracked (nor get heartbeats).
+    /// Counted every time, logged once per layer.
+    pub(crate) fn encoded_event_stream(&self) {
+        metrics::counter!(m::UNTRACKED, "reason" => "content_encoding").increment(1);
+        if !self.warned_encoded.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "a text/event-stream response arrived content-encoded: it is not tracked and gets \
+                 no heartbeats; put the compression layer outside the tracking layer \
+                 (logged once; counted as sse_tracking_untracked_total{{reason=\"content_encoding\"}})"
+            );
+        }
+    }
 }

@@ -160,10 +160,15 @@ where
 /// Wraps the body of a successful, uncompressed `text/event-stream` response with a known
 /// session; passes everything else through.
 fn wrap<B: Body>(response: Response<B>, info: RequestInfo) -> Response<TrackingBody<B>> {
-    if !is_trackable(&response) {
-        return response.map(TrackingBody::passthrough);
-    }
     let config = info.config;
+    match trackable(&response) {
+        Trackable::Yes => {}
+        Trackable::Encoded => {
+            config.encoded_event_stream();
+            return response.map(TrackingBody::passthrough);
+        }
+        Trackable::No => return response.map(TrackingBody::passthrough),
+    }
     let session = match info.session {
         RequestSession::Known(session) => Some(session),
         RequestSession::InResponse => config
@@ -201,23 +206,34 @@ fn wrap<B: Body>(response: Response<B>, info: RequestInfo) -> Response<TrackingB
     response.map(|body| TrackingBody::tracked(body, tracking))
 }
 
-/// A successful `text/event-stream` response (any case, any parameters) without a content
-/// coding.
-pub(crate) fn is_trackable<B>(response: &Response<B>) -> bool {
-    if !response.status().is_success() {
-        return false;
-    }
+/// Whether a response can be tracked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Trackable {
+    /// A successful `text/event-stream` response (any case, any parameters), not encoded.
+    Yes,
+    /// A successful event stream with a content coding (compressed inside the layer).
+    Encoded,
+    /// Anything else.
+    No,
+}
+
+pub(crate) fn trackable<B>(response: &Response<B>) -> Trackable {
     let headers = response.headers();
+    let event_stream = headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| is_event_stream(v.as_bytes()));
+    if !(event_stream && response.status().is_success()) {
+        return Trackable::No;
+    }
     let encoded = headers
         .get_all(header::CONTENT_ENCODING)
         .iter()
         .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
     if encoded {
-        return false;
+        Trackable::Encoded
+    } else {
+        Trackable::Yes
     }
-    headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| is_event_stream(v.as_bytes()))
 }
 
 fn is_event_stream(content_type: &[u8]) -> bool {
@@ -256,20 +272,29 @@ mod tests {
     #[test]
     fn encoded_or_failed_responses_are_not_tracked() {
         let sse = || Response::builder().header(header::CONTENT_TYPE, "text/event-stream");
-        assert!(is_trackable(&sse().body(()).unwrap()));
-        assert!(is_trackable(
-            &sse()
-                .header(header::CONTENT_ENCODING, "identity")
-                .body(())
-                .unwrap()
-        ));
-        assert!(!is_trackable(
-            &sse()
-                .header(header::CONTENT_ENCODING, "gzip")
-                .body(())
-                .unwrap()
-        ));
-        assert!(!is_trackable(&sse().status(500).body(()).unwrap()));
-        assert!(!is_trackable(&Response::new(())));
+        assert_eq!(trackable(&sse().body(()).unwrap()), Trackable::Yes);
+        assert_eq!(
+            trackable(
+                &sse()
+                    .header(header::CONTENT_ENCODING, "identity")
+                    .body(())
+                    .unwrap()
+            ),
+            Trackable::Yes
+        );
+        assert_eq!(
+            trackable(
+                &sse()
+                    .header(header::CONTENT_ENCODING, "gzip")
+                    .body(())
+                    .unwrap()
+            ),
+            Trackable::Encoded
+        );
+        assert_eq!(
+            trackable(&sse().status(500).body(()).unwrap()),
+            Trackable::No
+        );
+        assert_eq!(trackable(&Response::new(())), Trackable::No);
     }
 }

@@ -1,8 +1,12 @@
 //! [`EventTrackingLayer`] and its builder.
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    sync::{Arc, atomic::AtomicBool},
+    time::Duration,
+};
 
-use http::{HeaderName, request::Parts};
+use http::{HeaderName, Method, request::Parts};
 use tower_layer::Layer;
 
 use crate::{
@@ -133,6 +137,7 @@ pub struct EventTrackingLayerBuilder {
     backpressure_timeout: Duration,
     heartbeat: Option<Duration>,
     resume: bool,
+    resume_methods: Vec<Method>,
     worker: WorkerConfig,
 }
 
@@ -146,6 +151,7 @@ impl Default for EventTrackingLayerBuilder {
             backpressure_timeout: DEFAULT_BACKPRESSURE_TIMEOUT,
             heartbeat: None,
             resume: false,
+            resume_methods: vec![Method::GET],
             worker: WorkerConfig::default(),
         }
     }
@@ -235,10 +241,21 @@ impl EventTrackingLayerBuilder {
     /// When a request for a known session carries no `Last-Event-ID`, inserts the session's
     /// last event ID (from memory, else from the store) before calling the inner service. A
     /// client's own header is never overridden; a store error leaves the request as it was.
+    /// Only requests of the [`resume_methods`](Self::resume_methods) (GET) are resumed.
     ///
     /// Defaults to off.
     pub fn resume(mut self, enabled: bool) -> Self {
         self.resume = enabled;
+        self
+    }
+
+    /// The request methods that [`resume`](Self::resume) applies to. `EventSource` reconnects
+    /// with GET; a POST usually starts new work, which must not be told to continue an old
+    /// stream, so only add methods whose requests really continue a stream.
+    ///
+    /// Defaults to GET only.
+    pub fn resume_methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
+        self.resume_methods = methods.into_iter().collect();
         self
     }
 
@@ -275,6 +292,8 @@ impl EventTrackingLayerBuilder {
             backpressure_timeout: self.backpressure_timeout,
             heartbeat: self.heartbeat,
             resume: self.resume,
+            resume_methods: self.resume_methods,
+            warned_encoded: AtomicBool::new(false),
         };
         (
             EventTrackingLayer {

@@ -95,7 +95,9 @@ where
         let config = &self.config;
         let (mut req, session) = config.source.of_request(req, config.max_key_len);
         let load = match &session {
-            RequestSession::Known(id) if config.resume => resume::start(config, id, &mut req),
+            RequestSession::Known(id) if config.resumes(req.method()) => {
+                resume::start(config, id, &mut req)
+            }
             _ => None,
         };
         let info = RequestInfo::new(config, session);

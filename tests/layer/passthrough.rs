@@ -230,7 +230,7 @@ fn tracking_body_adds_a_few_words_to_the_inner_body() {
     let axum = size_of::<TrackingBody<axum::body::Body>>();
     let full = size_of::<TrackingBody<Full<Bytes>>>();
     println!("size_of TrackingBody<axum::body::Body> = {axum}, TrackingBody<Full<Bytes>> = {full}");
-    // The inner body, a pointer to the boxed tracking state and a held frame's data.
-    assert!(axum <= size_of::<axum::body::Body>() + 8 + size_of::<Option<Bytes>>());
-    assert!(full <= size_of::<Full<Bytes>>() + 8 + size_of::<Option<Bytes>>());
+    // The inner body, a pointer to the boxed tracking state, a held frame's data, an end flag.
+    assert!(axum <= size_of::<axum::body::Body>() + 16 + size_of::<Option<Bytes>>());
+    assert!(full <= size_of::<Full<Bytes>>() + 16 + size_of::<Option<Bytes>>());
 }

@@ -5,6 +5,8 @@
 #[cfg(feature = "redis")]
 pub mod redis;
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
 use tower_sse_tracking::SessionId;
 
 /// A valid session key (panics on an invalid one: tests name their sessions).
@@ -28,4 +30,30 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
+}
+
+/// Serves `app` on a free loopback port until the runtime ends; returns its address.
+pub async fn serve(app: axum::Router) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+/// Sends `request` (its URI a path) to the server at `addr` over a real HTTP/1.1 connection and
+/// reads the whole response.
+pub async fn fetch(
+    addr: std::net::SocketAddr,
+    request: http::Request<Empty<Bytes>>,
+) -> (http::response::Parts, Bytes) {
+    let (mut parts, body) = request.into_parts();
+    parts.uri = format!("http://{addr}{}", parts.uri).parse().unwrap();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let response = client
+        .request(http::Request::from_parts(parts, body))
+        .await
+        .unwrap();
+    let (parts, body) = response.into_parts();
+    (parts, body.collect().await.unwrap().to_bytes())
 }

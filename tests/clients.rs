@@ -1,0 +1,258 @@
+//! What real HTTP clients meet, through a real loopback server: a body that ended stays ended,
+//! resume only where a client resumes (GET), a compressed stream that cannot be tracked is
+//! counted, and the layer fits a tower-http `ServiceBuilder` stack.
+
+mod support;
+
+use std::{convert::Infallible, time::Duration};
+
+use axum::{
+    Router,
+    body::Body,
+    response::sse::{Event, Sse},
+    routing::{get, post},
+};
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt, stream};
+use http::{HeaderMap, Method, Request, StatusCode, header};
+use http_body_util::Empty;
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use tower::ServiceBuilder;
+use tower_http::compression::{CompressionLayer, predicate::Predicate};
+use tower_sse_tracking::{EventTrackingLayer, metrics as m, store::MemoryStore};
+
+use support::{fetch, serve, sid};
+
+/// Compresses every response, event streams included (tower-http's default predicate never
+/// compresses `text/event-stream`).
+#[derive(Clone, Copy)]
+struct Always;
+
+impl Predicate for Always {
+    fn should_compress<B: http_body::Body>(&self, _: &http::Response<B>) -> bool {
+        true
+    }
+}
+
+/// An event stream that is *not* fused: polled after its end, `unfold` panics.
+fn unfused(ids: &'static [&'static str]) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    Sse::new(stream::unfold(ids.iter(), |mut it| async move {
+        let id = it.next()?;
+        Some((Ok(Event::default().id(*id).data("x")), it))
+    }))
+}
+
+fn get_request(path: &str, session: &str) -> Request<Empty<Bytes>> {
+    Request::get(path)
+        .header("mcp-session-id", session)
+        .body(Empty::new())
+        .unwrap()
+}
+
+/// Finding 6: under a compression layer that compresses event streams, the encoder polls its
+/// inner body again after the end; an unfused axum stream then panics. The layer's body stays
+/// ended, so the client gets the whole stream.
+#[tokio::test]
+async fn an_ended_body_is_never_polled_again_so_compression_over_an_unfused_stream_works() {
+    let tracking = EventTrackingLayer::builder().build();
+    let app = Router::new()
+        .route("/events", get(|| async { unfused(&["1", "2", "3"]) }))
+        .layer(tracking.clone())
+        .layer(CompressionLayer::new().compress_when(Always));
+    let addr = serve(app).await;
+    let mut request = get_request("/events", "gz");
+    request
+        .headers_mut()
+        .insert(header::ACCEPT_ENCODING, "gzip".parse().unwrap());
+    let (parts, body) = fetch(addr, request).await;
+    assert_eq!(parts.status, StatusCode::OK);
+    assert_eq!(parts.headers[header::CONTENT_ENCODING], "gzip");
+    assert!(!body.is_empty(), "a gzip stream arrived");
+    tracking.flush().await.unwrap();
+    assert_eq!(
+        tracking.worker().last_event_id(&sid("gz")).as_deref(),
+        Some("3")
+    );
+}
+
+/// Finding 9: `EventSource` reconnects with GET; a POST that starts new work must never be told
+/// to continue an old stream. Resume fills in `Last-Event-ID` on GET only by default.
+#[tokio::test]
+async fn resume_fills_in_last_event_id_on_get_only_by_default() {
+    let tracking = EventTrackingLayer::builder().resume(true).build();
+    let seen = |headers: HeaderMap| async move {
+        let id = headers
+            .get("last-event-id")
+            .map_or("none".to_owned(), |v| v.to_str().unwrap().to_owned());
+        Sse::new(stream::iter([Ok::<_, Infallible>(
+            Event::default().id("7").data(id),
+        )]))
+    };
+    let app = Router::new()
+        .route("/events", get(seen).post(seen))
+        .layer(tracking.clone());
+    let addr = serve(app).await;
+    // The session's position is 7 after a first stream.
+    fetch(addr, get_request("/events", "s")).await;
+    tracking.flush().await.unwrap();
+    let (_, body) = fetch(addr, get_request("/events", "s")).await;
+    assert_eq!(body, "id: 7\ndata: 7\n\n", "a GET resumes");
+    let mut post_request = get_request("/events", "s");
+    *post_request.method_mut() = Method::POST;
+    let (_, body) = fetch(addr, post_request).await;
+    assert_eq!(body, "id: 7\ndata: none\n\n", "a POST starts afresh");
+
+    // Configurable: POST too.
+    let tracking = EventTrackingLayer::builder()
+        .resume(true)
+        .resume_methods([Method::GET, Method::POST])
+        .build();
+    let app = Router::new()
+        .route("/events", post(seen))
+        .layer(tracking.clone());
+    let addr = serve(app).await;
+    let mut first = get_request("/events", "p");
+    *first.method_mut() = Method::POST;
+    fetch(addr, first).await;
+    tracking.flush().await.unwrap();
+    let mut again = get_request("/events", "p");
+    *again.method_mut() = Method::POST;
+    let (_, body) = fetch(addr, again).await;
+    assert_eq!(body, "id: 7\ndata: 7\n\n");
+}
+
+/// Finding 5: an event stream compressed inside the layer cannot be tracked; that is counted
+/// (`untracked{reason="content_encoding"}`), not silent.
+#[test]
+fn a_compressed_event_stream_is_counted_as_untracked() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let rt = support::runtime();
+    metrics::with_local_recorder(&recorder, || {
+        rt.block_on(async {
+            let tracking = EventTrackingLayer::builder().build();
+            // Fused: under compression without this layer between, an unfused stream panics.
+            let app = Router::new()
+                .route(
+                    "/events",
+                    get(|| async {
+                        let events = [Ok::<_, Infallible>(Event::default().id("1").data("x"))];
+                        Sse::new(stream::iter(events).fuse())
+                    }),
+                )
+                .layer(CompressionLayer::new().compress_when(Always))
+                .layer(tracking.clone());
+            let addr = serve(app).await;
+            for _ in 0..2 {
+                let mut request = get_request("/events", "zipped");
+                request
+                    .headers_mut()
+                    .insert(header::ACCEPT_ENCODING, "gzip".parse().unwrap());
+                let (parts, _) = fetch(addr, request).await;
+                assert_eq!(parts.headers[header::CONTENT_ENCODING], "gzip");
+            }
+            tracking.flush().await.unwrap();
+            assert_eq!(tracking.worker().last_event_id(&sid("zipped")), None);
+        });
+    });
+    let untracked: u64 = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| {
+            key.key().name() == m::UNTRACKED
+                && key
+                    .key()
+                    .labels()
+                    .any(|l| l.key() == "reason" && l.value() == "content_encoding")
+        })
+        .map(|(.., value)| match value {
+            DebugValue::Counter(n) => n,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(untracked, 2);
+}
+
+/// Finding 10: the layer inside a tower-http `ServiceBuilder` stack whose layers need
+/// `ResBody: Default` (timeout, CORS, bearer auth), with request IDs, tracing and compression,
+/// serving a whole `Router`; and the tracking layer outside that stack.
+#[tokio::test]
+async fn the_layer_fits_a_tower_http_stack_in_either_order() {
+    use tower_http::{
+        cors::CorsLayer,
+        request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+        timeout::TimeoutLayer,
+        trace::TraceLayer,
+        validate_request::ValidateRequestHeaderLayer,
+    };
+    let events = || async { unfused(&["1", "2"]) };
+    let request_id = http::HeaderName::from_static("x-request-id");
+
+    // Tracking innermost, the whole stack around it.
+    let tracking = EventTrackingLayer::builder()
+        .store(MemoryStore::new())
+        .build();
+    let app = Router::new().route("/events", get(events)).layer(
+        ServiceBuilder::new()
+            .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+            .layer(PropagateRequestIdLayer::new(request_id.clone()))
+            .layer(TraceLayer::new_for_http())
+            .layer(CompressionLayer::new())
+            .layer(CorsLayer::permissive())
+            .layer(TimeoutLayer::with_status_code(
+                StatusCode::REQUEST_TIMEOUT,
+                Duration::from_secs(30),
+            ))
+            // Deprecated as too basic for real use; it is the layer users reported, and what
+            // matters here is its `ResBody: Default` bound.
+            .layer(
+                #[allow(deprecated)]
+                ValidateRequestHeaderLayer::bearer("secret"),
+            )
+            .layer(tracking.clone()),
+    );
+    let addr = serve(app).await;
+    let mut request = get_request("/events", "stacked");
+    request
+        .headers_mut()
+        .insert(header::AUTHORIZATION, "Bearer secret".parse().unwrap());
+    let (parts, body) = fetch(addr, request).await;
+    assert_eq!(parts.status, StatusCode::OK);
+    assert!(parts.headers.contains_key(&request_id));
+    assert_eq!(body, "id: 1\ndata: x\n\nid: 2\ndata: x\n\n");
+    let (parts, _) = fetch(addr, get_request("/events", "no-token")).await;
+    assert_eq!(parts.status, StatusCode::UNAUTHORIZED);
+    tracking.flush().await.unwrap();
+    assert_eq!(
+        tracking.worker().last_event_id(&sid("stacked")).as_deref(),
+        Some("2")
+    );
+    assert_eq!(tracking.worker().last_event_id(&sid("no-token")), None);
+
+    // Tracking outermost, around a whole router with its own stack: `axum::serve` wants an
+    // `axum::body::Body`, hence the `map_response`.
+    let tracking = EventTrackingLayer::builder().build();
+    let inner = Router::new().route("/events", get(events)).layer(
+        ServiceBuilder::new()
+            .layer(CorsLayer::permissive())
+            .layer(TimeoutLayer::with_status_code(
+                StatusCode::REQUEST_TIMEOUT,
+                Duration::from_secs(30),
+            )),
+    );
+    let app = Router::new().fallback_service(
+        ServiceBuilder::new()
+            .map_response(|response: http::Response<_>| response.map(Body::new))
+            .layer(tracking.clone())
+            .service(inner),
+    );
+    let addr = serve(app).await;
+    let (_, body) = fetch(addr, get_request("/events", "outside")).await;
+    assert_eq!(body, "id: 1\ndata: x\n\nid: 2\ndata: x\n\n");
+    tracking.flush().await.unwrap();
+    assert_eq!(
+        tracking.worker().last_event_id(&sid("outside")).as_deref(),
+        Some("2")
+    );
+}

@@ -174,10 +174,8 @@ impl WorkerConfig {
     }
 
     /// How many recent event IDs per session are remembered to spot duplicates (0 turns the
-    /// check off). Each costs 4 bytes per session, allocated as the session sees new IDs (a
-    /// 32-bit keyed fingerprint: an ID new to a full window of 64 is taken for a duplicate about
-    /// once in 67 million events; that event still reaches the client, only its ID is not
-    /// recorded until the next event).
+    /// check off). Each costs 8 bytes per session (a 64-bit keyed fingerprint), allocated as the
+    /// session sees new IDs.
     ///
     /// Defaults to 64.
     pub fn dedup_window(mut self, n: usize) -> Self {

@@ -263,10 +263,17 @@ impl DedupWindow {
             }
             self.ring.push(hash);
             self.tags.push(Self::tag(hash));
-        } else if len > 0 {
-            self.ring[self.next as usize] = hash;
-            self.tags[self.next as usize] = Self::tag(hash);
-            self.next = (self.next + 1) % self.capacity;
+        } else if let (Some(slot), Some(tag)) = (
+            self.ring.get_mut(self.next as usize),
+            self.tags.get_mut(self.next as usize),
+        ) {
+            *slot = hash;
+            *tag = Self::tag(hash);
+            // A compare, not a division: this runs for every new ID.
+            self.next += 1;
+            if self.next == self.capacity {
+                self.next = 0;
+            }
         }
     }
 

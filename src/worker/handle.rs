@@ -239,6 +239,7 @@ impl TrackedSession {
     /// (parking it if the queue is full). Never waits. [`RecordOutcome::Duplicate`] if the ID is
     /// a duplicate of a recent one (counted, the session's ID left as it was); never
     /// [`RecordOutcome::RegistryFull`]: holding the handle keeps the session tracked.
+    #[inline]
     pub fn record(&self, id: Option<&str>) -> RecordOutcome {
         self.attachment.record_and_enqueue(id)
     }

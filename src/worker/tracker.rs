@@ -119,6 +119,8 @@ impl Tracker {
     }
 
     /// Records one event in a slot (hot path: the slot update, and a counter for duplicates).
+    /// Inlined into the callers of other modules, like the per-event paths below.
+    #[inline]
     fn note(&self, slot: &Slot, id: Option<&str>) -> Recorded {
         let recorded = slot.record(id.map(|id| (id, self.hasher.hash(id))));
         if recorded.duplicate {
@@ -129,6 +131,7 @@ impl Tracker {
 
     /// Records one event in a slot held by the caller, and queues the slot on `queue` if it just
     /// turned dirty (parks it if the queue is full).
+    #[inline]
     pub(crate) fn record(
         &self,
         slot: &Arc<Slot>,
@@ -225,6 +228,7 @@ impl Attachment {
 
     /// Records one event and queues the session if it just turned dirty (parks it if the
     /// queue is full).
+    #[inline]
     pub(crate) fn record_and_enqueue(&self, id: Option<&str>) -> RecordOutcome {
         self.tracker.record(&self.slot, &self.queue, id)
     }

@@ -118,10 +118,7 @@ impl<S> Layer<S> for EventTrackingLayer {
 /// let tracking = EventTrackingLayer::builder()
 ///     .store(MemoryStore::new())
 ///     // The session key from a query parameter instead of a header.
-///     .session_fn(|parts| {
-///         let query = parts.uri.query()?;
-///         query.strip_prefix("session=").map(str::to_owned)
-///     })
+///     .session_query("session")
 ///     .heartbeat(Duration::from_secs(15))
 ///     .backpressure_timeout(Duration::from_millis(50))
 ///     .worker(WorkerConfig::default().flush_interval(Duration::from_millis(20)))
@@ -186,6 +183,38 @@ impl EventTrackingLayerBuilder {
     /// Defaults to `mcp-session-id`.
     pub fn session_header(mut self, name: HeaderName) -> Self {
         self.source = SessionSource::Header(name);
+        self
+    }
+
+    /// Takes the session key from a cookie of the request, as browsers send it: `EventSource`
+    /// cannot send custom headers, but sends the page's cookies (with `withCredentials` across
+    /// origins). The value is percent-decoded (`%XX`) and validated like any key; a request
+    /// without the cookie is not tracked.
+    ///
+    /// Defaults to the `mcp-session-id` header (see [`session_header`](Self::session_header)).
+    ///
+    /// ```
+    /// use tower_sse_tracking::EventTrackingLayer;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let tracking = EventTrackingLayer::builder().session_cookie("sid").build();
+    /// # let _ = tracking;
+    /// # }
+    /// ```
+    pub fn session_cookie(mut self, name: &str) -> Self {
+        self.source = SessionSource::Cookie(Arc::from(name));
+        self
+    }
+
+    /// Takes the session key from a parameter of the request's query string (for
+    /// `new EventSource("/events?session=...")`), decoded as browsers encode it (`%XX`, `+` for
+    /// a space) and validated like any key; the first parameter of that name counts. A request
+    /// without it is not tracked.
+    ///
+    /// Defaults to the `mcp-session-id` header (see [`session_header`](Self::session_header)).
+    pub fn session_query(mut self, name: &str) -> Self {
+        self.source = SessionSource::Query(Arc::from(name));
         self
     }
 

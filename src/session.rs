@@ -138,6 +138,9 @@ pub enum InvalidSessionId {
     ControlCharacter,
     /// The key is not valid UTF-8.
     NotUtf8,
+    /// A percent-encoded key (cookie or query parameter) has a `%` that is not followed by two
+    /// hex digits.
+    BadEscape,
 }
 
 impl fmt::Display for InvalidSessionId {
@@ -149,6 +152,7 @@ impl fmt::Display for InvalidSessionId {
             }
             Self::ControlCharacter => f.write_str("session key contains a control character"),
             Self::NotUtf8 => f.write_str("session key is not valid utf-8"),
+            Self::BadEscape => f.write_str("session key has an invalid percent escape"),
         }
     }
 }
@@ -163,6 +167,10 @@ pub(crate) type KeyFn = dyn Fn(&Parts) -> Option<String> + Send + Sync;
 pub(crate) enum SessionSource {
     /// A header on the request or, if the request has none, on the response.
     Header(HeaderName),
+    /// A cookie of the request (`Cookie` headers), by name.
+    Cookie(Arc<str>),
+    /// A parameter of the request's query string, by name.
+    Query(Arc<str>),
     /// A function of the request head.
     Fn(Arc<KeyFn>),
 }
@@ -171,6 +179,8 @@ impl fmt::Debug for SessionSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Header(name) => f.debug_tuple("Header").field(name).finish(),
+            Self::Cookie(name) => f.debug_tuple("Cookie").field(name).finish(),
+            Self::Query(name) => f.debug_tuple("Query").field(name).finish(),
             Self::Fn(_) => f.write_str("Fn(..)"),
         }
     }
@@ -204,6 +214,25 @@ impl SessionSource {
                 };
                 (req, session)
             }
+            Self::Cookie(name) => {
+                let session = match cookie(req.headers(), name) {
+                    Some(value) => valid(
+                        percent_decode(value.as_bytes(), false)
+                            .and_then(|key| SessionId::from_bytes(&key, max_len)),
+                    ),
+                    None => RequestSession::Untracked,
+                };
+                (req, session)
+            }
+            Self::Query(name) => {
+                let session = match req.uri().query().and_then(|q| query_param(q, name)) {
+                    Some(value) => {
+                        valid(value.and_then(|key| SessionId::from_bytes(&key, max_len)))
+                    }
+                    None => RequestSession::Untracked,
+                };
+                (req, session)
+            }
             Self::Fn(f) => {
                 let (parts, body) = req.into_parts();
                 let session = match f(&parts) {
@@ -228,6 +257,67 @@ impl SessionSource {
             _ => None,
         }
     }
+}
+
+/// The value of the first cookie named `name` in the request's `Cookie` headers (RFC 6265:
+/// `name=value` pairs separated by `;`), without the optional double quotes around it.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .find_map(|pair| {
+            let (n, v) = pair.split_once('=')?;
+            (n.trim() == name).then(|| {
+                let v = v.trim();
+                v.strip_prefix('"')
+                    .and_then(|v| v.strip_suffix('"'))
+                    .unwrap_or(v)
+            })
+        })
+}
+
+/// The decoded value of the first parameter named `name` in a query string
+/// (`application/x-www-form-urlencoded`: `&`-separated pairs, `+` for a space, `%XX` escapes).
+/// `Err` when the value has an invalid escape (the key is then refused, not guessed at).
+fn query_param(query: &str, name: &str) -> Option<Result<Vec<u8>, InvalidSessionId>> {
+    query.split('&').find_map(|pair| {
+        let (n, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let n = percent_decode(n.as_bytes(), true).ok()?;
+        (n == name.as_bytes()).then(|| percent_decode(v.as_bytes(), true))
+    })
+}
+
+/// Decodes `%XX` escapes (and `+` as a space when `plus` is set). A `%` not followed by two hex
+/// digits makes the value invalid.
+fn percent_decode(bytes: &[u8], plus: bool) -> Result<Vec<u8>, InvalidSessionId> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = |b: u8| (b as char).to_digit(16);
+                let (Some(hi), Some(lo)) = (
+                    bytes.get(i + 1).and_then(|&b| hex(b)),
+                    bytes.get(i + 2).and_then(|&b| hex(b)),
+                ) else {
+                    return Err(InvalidSessionId::BadEscape);
+                };
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            b'+' if plus => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// A validated key, or an untracked request (counted and logged: keys are client input).
@@ -277,5 +367,62 @@ mod tests {
             SessionId::from_bytes(b"a\xffb", 128),
             Err(InvalidSessionId::NotUtf8)
         );
+    }
+
+    fn key<B>(source: &SessionSource, req: Request<B>) -> Option<String> {
+        match source.of_request(req, 128).1 {
+            RequestSession::Known(id) => Some(id.as_str().to_owned()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn query_parameters_are_found_anywhere_and_decoded() {
+        let query = SessionSource::Query(Arc::from("session"));
+        let at = |uri: &str| key(&query, Request::get(uri).body(()).unwrap());
+        assert_eq!(at("/e?session=a&max=30").as_deref(), Some("a"));
+        assert_eq!(at("/e?max=30&session=a").as_deref(), Some("a"));
+        assert_eq!(at("/e?session=a%2Fb+c").as_deref(), Some("a/b c"));
+        assert_eq!(at("/e?s%65ssion=x").as_deref(), Some("x"), "encoded name");
+        assert_eq!(
+            at("/e?session=1&session=2").as_deref(),
+            Some("1"),
+            "first wins"
+        );
+        assert_eq!(at("/e?sessions=a"), None);
+        assert_eq!(at("/e?xsession=a"), None);
+        assert_eq!(at("/e?session"), None, "empty key");
+        assert_eq!(at("/e?session=%zz"), None, "invalid escape");
+        assert_eq!(at("/e?session=%0A"), None, "control character");
+        assert_eq!(at("/e"), None);
+    }
+
+    #[test]
+    fn cookies_are_found_among_others_and_decoded() {
+        let source = SessionSource::Cookie(Arc::from("sid"));
+        let with = |cookies: &[&str]| {
+            let mut req = Request::get("/e");
+            for c in cookies {
+                req = req.header(http::header::COOKIE, *c);
+            }
+            key(&source, req.body(()).unwrap())
+        };
+        assert_eq!(with(&["sid=abc"]).as_deref(), Some("abc"));
+        assert_eq!(
+            with(&["theme=dark; sid=a%20b; x=1"]).as_deref(),
+            Some("a b")
+        );
+        assert_eq!(
+            with(&["theme=dark", "sid=\"quoted\""]).as_deref(),
+            Some("quoted")
+        );
+        assert_eq!(
+            with(&["sid=a+b"]).as_deref(),
+            Some("a+b"),
+            "no + decoding in cookies"
+        );
+        assert_eq!(with(&["xsid=a; sidx=b"]), None);
+        assert_eq!(with(&["sid=%zz"]), None);
+        assert_eq!(with(&[]), None);
     }
 }

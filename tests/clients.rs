@@ -256,3 +256,63 @@ async fn the_layer_fits_a_tower_http_stack_in_either_order() {
         Some("2")
     );
 }
+
+/// Finding 1: browsers cannot send custom headers: `EventSource` sends the page's cookies and
+/// the URL. Sessions from a cookie and from a query parameter, over real requests.
+#[tokio::test]
+async fn browsers_are_tracked_by_cookie_or_query_parameter() {
+    let events = || async { unfused(&["1", "2"]) };
+
+    let by_cookie = EventTrackingLayer::builder().session_cookie("sid").build();
+    let addr = serve(
+        Router::new()
+            .route("/events", get(events))
+            .layer(by_cookie.clone()),
+    )
+    .await;
+    let request = Request::get("/events")
+        .header(header::COOKIE, "theme=dark; sid=tab%201; lang=en")
+        .body(Empty::new())
+        .unwrap();
+    let (_, body) = fetch(addr, request).await;
+    assert_eq!(body, "id: 1\ndata: x\n\nid: 2\ndata: x\n\n");
+    by_cookie.flush().await.unwrap();
+    assert_eq!(
+        by_cookie.worker().last_event_id(&sid("tab 1")).as_deref(),
+        Some("2")
+    );
+
+    let by_query = EventTrackingLayer::builder()
+        .session_query("session")
+        .build();
+    let addr = serve(
+        Router::new()
+            .route("/events", get(events))
+            .layer(by_query.clone()),
+    )
+    .await;
+    for (uri, session) in [
+        ("/events?session=a&max=30", "a"),
+        ("/events?max=30&session=b", "b"),
+        ("/events?session=c%2Fd+e", "c/d e"),
+    ] {
+        let (_, body) = fetch(addr, Request::get(uri).body(Empty::new()).unwrap()).await;
+        assert_eq!(body, "id: 1\ndata: x\n\nid: 2\ndata: x\n\n");
+        by_query.flush().await.unwrap();
+        assert_eq!(
+            by_query.worker().last_event_id(&sid(session)).as_deref(),
+            Some("2"),
+            "{uri}"
+        );
+    }
+    // A broken escape is refused, not guessed at.
+    fetch(
+        addr,
+        Request::get("/events?session=%zz")
+            .body(Empty::new())
+            .unwrap(),
+    )
+    .await;
+    by_query.flush().await.unwrap();
+    assert_eq!(by_query.worker().tracked_sessions(), 3);
+}

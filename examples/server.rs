@@ -58,7 +58,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let report = tracking.shutdown(Duration::from_secs(5)).await?;
     println!(
         "flushed {} sessions, {} not persisted",
-        report.persisted(),
+        report.written_during_shutdown(),
         report.unpersisted().len()
     );
     Ok(())

@@ -295,9 +295,16 @@ pub struct ShutdownReport {
 }
 
 impl ShutdownReport {
-    /// Session writes that succeeded during shutdown.
-    pub fn persisted(&self) -> usize {
+    /// Session writes that succeeded during the shutdown itself (0 when everything had been
+    /// written before it began: see [`is_complete`](Self::is_complete) for that question).
+    pub fn written_during_shutdown(&self) -> usize {
         self.persisted
+    }
+
+    /// Whether nothing was left unwritten: every session's newest last event ID is in the
+    /// store.
+    pub fn is_complete(&self) -> bool {
+        self.unpersisted.is_empty()
     }
 
     /// Sessions whose newest last event ID could not be written before the deadline.

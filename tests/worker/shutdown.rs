@@ -26,7 +26,7 @@ async fn shutdown_persists_100k_queued_ids_with_live_clones() {
 
     let report = worker.shutdown(Duration::from_secs(30)).await.unwrap();
     assert_eq!(report.unpersisted(), &[] as &[SessionId]);
-    assert_eq!(report.persisted(), SESSIONS);
+    assert_eq!(report.written_during_shutdown(), SESSIONS);
     assert_eq!(store.len(), SESSIONS);
     for (i, session) in sessions.iter().enumerate() {
         assert_eq!(stored(&store, session), Some(format!("{i}-b")));

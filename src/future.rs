@@ -27,17 +27,24 @@ use crate::{
 pub(crate) struct RequestInfo {
     config: Arc<Config>,
     session: RequestSession,
+    /// The `Last-Event-ID` the client itself sent (authoritative for the stream's position).
+    stated: Option<Box<str>>,
 }
 
 impl RequestInfo {
     /// `None` when the response needs nothing from the layer: no session and no heartbeats.
-    pub(crate) fn new(config: &Arc<Config>, session: RequestSession) -> Option<Self> {
+    pub(crate) fn new(
+        config: &Arc<Config>,
+        session: RequestSession,
+        stated: Option<Box<str>>,
+    ) -> Option<Self> {
         if matches!(session, RequestSession::Untracked) && config.heartbeat.is_none() {
             return None;
         }
         Some(Self {
             config: config.clone(),
             session,
+            stated,
         })
     }
 }
@@ -178,7 +185,12 @@ fn wrap<B: Body>(response: Response<B>, info: RequestInfo) -> Response<TrackingB
     };
     let attachment = match session {
         Some(session) => match config.worker.attach(&session) {
-            Ok(attachment) => Some(attachment),
+            Ok(attachment) => {
+                if let Some(id) = &info.stated {
+                    attachment.resume_from(id);
+                }
+                Some(attachment)
+            }
             Err(Full) => {
                 // Debug, not warn: a flood of new keys must not become a flood of log lines.
                 // The counter is what to alert on.

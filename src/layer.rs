@@ -272,6 +272,11 @@ impl EventTrackingLayerBuilder {
     /// client's own header is never overridden; a store error leaves the request as it was.
     /// Only requests of the [`resume_methods`](Self::resume_methods) (GET) are resumed.
     ///
+    /// Whether resume is on or not, a `Last-Event-ID` that the client sends itself is
+    /// authoritative: the session's position moves to it, and the duplicate window starts again
+    /// from it, so that the events the stream sends after it are tracked even if the session
+    /// had seen them before.
+    ///
     /// Defaults to off.
     pub fn resume(mut self, enabled: bool) -> Self {
         self.resume = enabled;

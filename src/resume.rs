@@ -19,6 +19,13 @@ pub(crate) static LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-even
 pub(crate) type Load =
     Pin<Box<dyn Future<Output = Result<Option<SessionRecord>, StoreError>> + Send>>;
 
+/// The `Last-Event-ID` a client sent itself, if it is a usable ID (UTF-8, no NUL, at most
+/// `max_len` bytes; anything else is ignored as the parser would ignore such an `id`).
+pub(crate) fn stated<B>(req: &Request<B>, max_len: usize) -> Option<Box<str>> {
+    let value = std::str::from_utf8(req.headers().get(&LAST_EVENT_ID)?.as_bytes()).ok()?;
+    (value.len() <= max_len && !value.contains('\0')).then(|| value.into())
+}
+
 /// Fills in `Last-Event-ID` for a request of a known session that has none: from memory at
 /// once, or returns the store read to wait for first (then [`finish`]).
 pub(crate) fn start<B>(config: &Config, session: &SessionId, req: &mut Request<B>) -> Option<Load> {

@@ -94,13 +94,14 @@ where
         }
         let config = &self.config;
         let (mut req, session) = config.source.of_request(req, config.max_key_len);
+        let stated = resume::stated(&req, config.max_id_len);
         let load = match &session {
             RequestSession::Known(id) if config.resumes(req.method()) => {
                 resume::start(config, id, &mut req)
             }
             _ => None,
         };
-        let info = RequestInfo::new(config, session);
+        let info = RequestInfo::new(config, session, stated);
         match load {
             None => ResponseFuture::calling(self.inner.call(req), info),
             // The store must answer before the inner service is called: the service that was

@@ -146,6 +146,29 @@ impl Slot {
         Recorded { duplicate, enqueue }
     }
 
+    /// A client reconnected stating `id` as its `Last-Event-ID`: its position is authoritative.
+    /// The slot's ID becomes `id` (with a new version, so that it wins over what was stored),
+    /// and the duplicate window starts again from it, so that the events the stream sends after
+    /// it count as new. Counts as one recorded change.
+    pub(crate) fn resume_from(&self, id: &str, hash: u64) -> Recorded {
+        let mut st = self.lock();
+        st.seq += 1;
+        st.dedup.clear();
+        if !id.is_empty() {
+            st.dedup.insert(hash);
+        }
+        st.id.clear();
+        st.id.push_str(id);
+        st.id_known = true;
+        st.version = clock::stamp(st.version);
+        let enqueue = !st.queued;
+        st.queued = true;
+        Recorded {
+            duplicate: false,
+            enqueue,
+        }
+    }
+
     /// The newest last event ID recorded in this process: `None` if none was recorded,
     /// `Some("")` if the stream cleared it.
     pub(crate) fn last_event_id(&self) -> Option<String> {

@@ -316,3 +316,45 @@ async fn browsers_are_tracked_by_cookie_or_query_parameter() {
     by_query.flush().await.unwrap();
     assert_eq!(by_query.worker().tracked_sessions(), 3);
 }
+
+/// Finding 3: a client's own `Last-Event-ID` is authoritative. After 1..100, a client that
+/// reconnects at 90 gets 91..95: the stored position must be 95, not 100 (91..95 were still in
+/// the duplicate window); one that reconnects at 0 gets 1..5, and the position is 5.
+#[tokio::test]
+async fn a_clients_own_last_event_id_resets_the_position() {
+    let store = MemoryStore::new();
+    let tracking = EventTrackingLayer::builder().store(store.clone()).build();
+    let numbered = |headers: HeaderMap| async move {
+        let (from, count) = match headers.get("last-event-id") {
+            Some(v) => (v.to_str().unwrap().parse::<u64>().unwrap(), 5),
+            None => (0, 100),
+        };
+        let events = (from + 1..=from + count)
+            .map(|n| Ok::<_, Infallible>(Event::default().id(n.to_string()).data("x")));
+        Sse::new(stream::iter(events))
+    };
+    let app = Router::new()
+        .route("/events", get(numbered))
+        .layer(tracking.clone());
+    let addr = serve(app).await;
+    let store_id = || async {
+        tracking.flush().await.unwrap();
+        let stored = store.get(&sid("c")).unwrap().last_event_id;
+        assert_eq!(
+            tracking.worker().last_event_id(&sid("c")).as_deref(),
+            stored.as_str(),
+            "memory and store agree"
+        );
+        stored.as_str().map(str::to_owned)
+    };
+    fetch(addr, get_request("/events", "c")).await;
+    assert_eq!(store_id().await.as_deref(), Some("100"));
+    for (stated, expect) in [("90", "95"), ("0", "5"), ("5", "10")] {
+        let mut request = get_request("/events", "c");
+        request
+            .headers_mut()
+            .insert("last-event-id", stated.parse().unwrap());
+        fetch(addr, request).await;
+        assert_eq!(store_id().await.as_deref(), Some(expect), "after {stated}");
+    }
+}

@@ -233,6 +233,15 @@ impl Attachment {
         self.tracker.record(&self.slot, &self.queue, id)
     }
 
+    /// The client stated `id` as its `Last-Event-ID`: the session's position moves there (see
+    /// `Slot::resume_from`), and is written like any change.
+    pub(crate) fn resume_from(&self, id: &str) {
+        let recorded = self.slot.resume_from(id, self.tracker.hasher.hash(id));
+        if recorded.enqueue {
+            self.enqueue_or_park();
+        }
+    }
+
     /// Queues the session without waiting.
     pub(crate) fn try_enqueue(&self) -> Result<(), TryEnqueueError> {
         self.tracker.try_enqueue(&self.slot, &self.queue)

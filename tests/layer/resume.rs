@@ -100,14 +100,15 @@ async fn resume_inserts_the_tracked_id_of_a_session_known_in_memory() {
     // Nor does a request without a session.
     fetch(&tracking, handler.service(), resume_request(None, None, "")).await;
     assert_eq!(handler.last_seen(), None);
-    // The newest id is used.
+    // The client's own header was authoritative: the session's position moved back to 2 (the
+    // stream sent nothing after it), and the next resume continues from there.
     fetch(
         &tracking,
         handler.service(),
         resume_request(Some("a"), None, ""),
     )
     .await;
-    assert_eq!(handler.last_seen().as_deref(), Some("4"));
+    assert_eq!(handler.last_seen().as_deref(), Some("2"));
 }
 
 #[tokio::test]
@@ -194,16 +195,17 @@ async fn resume_reads_a_session_known_only_in_the_store() {
     )
     .await;
     assert_eq!(handler.last_seen(), None);
-    // Now known in memory, newer than the store.
+    // Now known in memory: the client's own 42 moved the position (nothing was sent after it),
+    // and it wins over the older 100 in the store too.
     fetch(
         &tracking,
         handler.service(),
         resume_request(Some("stored"), None, ""),
     )
     .await;
-    assert_eq!(handler.last_seen().as_deref(), Some("100"));
+    assert_eq!(handler.last_seen().as_deref(), Some("42"));
     tracking.flush().await.unwrap();
-    assert_eq!(stored(&store, "stored"), set("100"));
+    assert_eq!(stored(&store, "stored"), set("42"));
 }
 
 /// A store whose reads always fail.

@@ -61,6 +61,25 @@ struct SlotState {
     dedup: DedupWindow,
 }
 
+impl SlotState {
+    /// Makes `id` the newest ID, with a new version.
+    fn set_id(&mut self, id: &str) {
+        self.id.clear();
+        self.id.push_str(id);
+        self.id_known = true;
+        // One clock read per new ID (a vDSO call): the version is the time the ID was recorded,
+        // see `clock`.
+        self.version = clock::stamp(self.version);
+    }
+
+    /// Marks the slot as with the worker; `true` if it just turned so (the caller queues it).
+    fn turn_dirty(&mut self) -> bool {
+        let enqueue = !self.queued;
+        self.queued = true;
+        enqueue
+    }
+}
+
 impl std::fmt::Debug for Slot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let st = self.lock();
@@ -122,9 +141,7 @@ impl Slot {
         if let Some((id, hash)) = id {
             if id.is_empty() {
                 if !st.id_known || !st.id.is_empty() {
-                    st.id.clear();
-                    st.id_known = true;
-                    st.version = clock::stamp(st.version);
+                    st.set_id("");
                 }
                 st.dedup.clear();
             } else if st.dedup.contains(hash) {
@@ -132,18 +149,14 @@ impl Slot {
             } else {
                 st.dedup.insert(hash);
                 if !st.id_known || st.id != id {
-                    st.id.clear();
-                    st.id.push_str(id);
-                    st.id_known = true;
-                    // One clock read per new ID (a vDSO call): the version is the time the ID
-                    // was recorded, see `clock`.
-                    st.version = clock::stamp(st.version);
+                    st.set_id(id);
                 }
             }
         }
-        let enqueue = !st.queued;
-        st.queued = true;
-        Recorded { duplicate, enqueue }
+        Recorded {
+            duplicate,
+            enqueue: st.turn_dirty(),
+        }
     }
 
     /// A client reconnected stating `id` as its `Last-Event-ID`: its position is authoritative.
@@ -157,15 +170,10 @@ impl Slot {
         if !id.is_empty() {
             st.dedup.insert(hash);
         }
-        st.id.clear();
-        st.id.push_str(id);
-        st.id_known = true;
-        st.version = clock::stamp(st.version);
-        let enqueue = !st.queued;
-        st.queued = true;
+        st.set_id(id);
         Recorded {
             duplicate: false,
-            enqueue,
+            enqueue: st.turn_dirty(),
         }
     }
 

@@ -272,6 +272,13 @@ impl EventTrackingLayerBuilder {
     /// client's own header is never overridden; a store error leaves the request as it was.
     /// Only requests of the [`resume_methods`](Self::resume_methods) (GET) are resumed.
     ///
+    /// What resume promises: the tracked ID is the last event the layer handed to the
+    /// connection, not the last one the client processed. Events in flight when a connection
+    /// broke (in socket buffers, say) are not sent again: a client that had processed 7 while
+    /// 8..10 were on their way resumes at 11. Resume is *at most once* for those events; a
+    /// client that needs every event sends its own `Last-Event-ID` (browsers' `EventSource`
+    /// does when it reconnects by itself).
+    ///
     /// Whether resume is on or not, a `Last-Event-ID` that the client sends itself is
     /// authoritative: the session's position moves to it, and the duplicate window starts again
     /// from it, so that the events the stream sends after it are tracked even if the session

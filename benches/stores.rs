@@ -20,7 +20,7 @@ use std::{
 use criterion::{BatchSize, BenchmarkId, Criterion, SamplingMode, Throughput};
 use tokio::runtime::Runtime;
 use tower_sse_tracking::{
-    SessionId,
+    SessionId, StreamKey,
     store::{LastEventId, MemoryStore, SessionStore, SessionUpdate},
 };
 
@@ -59,6 +59,7 @@ fn updates(sessions: &[SessionId], version: &Cell<u64>) -> Vec<SessionUpdate> {
         .iter()
         .map(|session| SessionUpdate {
             session: session.clone(),
+            stream: StreamKey::new("/events").unwrap(),
             last_event_id: id.clone(),
             version: v,
             last_activity: now,

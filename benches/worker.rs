@@ -7,7 +7,7 @@
 //! (its mutex, the ID's fingerprint, a scan of the duplicate window of up to 64 entries, the ID
 //! copied into the slot's buffer). Streams behind the layer pay only the slot update per event:
 //! they look the session up once per request; `session/*` measures that path, through a
-//! `TrackedSession` (the slot update alone). `dirty/no_id` and `dirty/new_id_no_dedup` isolate
+//! `TrackedStream` (the slot update alone). `dirty/no_id` and `dirty/new_id_no_dedup` isolate
 //! parts of it. `admit/*` measures a new session key below the registry's cap and at it.
 //!
 //! Run with `cargo bench --bench worker`. The events-per-write figures are printed first.
@@ -23,7 +23,7 @@ use std::{
 
 use criterion::{Criterion, Throughput, criterion_group};
 use tower_sse_tracking::{
-    SessionId,
+    SessionId, StreamKey,
     store::{SessionRecord, SessionStore, SessionUpdate, StoreFuture},
     worker::{WorkerConfig, WorkerHandle},
 };
@@ -47,9 +47,22 @@ impl SessionStore for CountingStore {
         Box::pin(std::future::ready(Ok(())))
     }
 
-    fn load<'a>(&'a self, _session: &'a SessionId) -> StoreFuture<'a, Option<SessionRecord>> {
+    fn load<'a>(
+        &'a self,
+        _session: &'a SessionId,
+        _stream: &'a StreamKey,
+    ) -> StoreFuture<'a, Option<SessionRecord>> {
         Box::pin(std::future::ready(Ok(None)))
     }
+
+    fn delete_session<'a>(&'a self, _session: &'a SessionId) -> StoreFuture<'a, ()> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+/// The stream every event of these benches belongs to.
+fn stream_key() -> StreamKey {
+    StreamKey::new("/events").unwrap()
 }
 
 fn sessions(n: usize, prefix: &str) -> Vec<SessionId> {
@@ -67,16 +80,18 @@ fn ids() -> Vec<String> {
 /// `flush` calls, recorded sessions stay dirty. 10 000 sessions are registered first, so that
 /// lookups happen in a realistically filled registry.
 fn idle_worker(rt: &tokio::runtime::Runtime, config: WorkerConfig) -> WorkerHandle {
+    let key = stream_key();
     let _enter = rt.enter();
     let worker = WorkerHandle::spawn(CountingStore::default(), config);
     for session in sessions(10_000, "filler") {
-        worker.record(&session, Some("1"));
+        worker.record(&session, &key, Some("1"));
     }
     rt.block_on(worker.flush()).unwrap();
     worker
 }
 
 fn record(c: &mut Criterion) {
+    let key = stream_key();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -88,17 +103,17 @@ fn record(c: &mut Criterion) {
     // (a) The hot path: the session is already dirty (queued), nothing is enqueued.
     let worker = idle_worker(&rt, WorkerConfig::default());
     let hot = SessionId::new("hot").unwrap();
-    worker.record(&hot, Some("0"));
+    worker.record(&hot, &key, Some("0"));
     let mut i = 0;
     group.bench_function("dirty/new_id", |b| {
         b.iter(|| {
             i = (i + 1) & 1023;
-            worker.record(black_box(&hot), Some(black_box(&ids[i])))
+            worker.record(black_box(&hot), &key, Some(black_box(&ids[i])))
         })
     });
-    // The same through a `TrackedSession`: the slot update alone, which is what a stream behind
+    // The same through a `TrackedStream`: the slot update alone, which is what a stream behind
     // the layer pays per event (it looks the session up once per request).
-    let tracked = worker.session(&hot).unwrap();
+    let tracked = worker.stream(&hot, &key).unwrap();
     group.bench_function("session/dirty/new_id", |b| {
         b.iter(|| {
             i = (i + 1) & 1023;
@@ -107,14 +122,14 @@ fn record(c: &mut Criterion) {
     });
     group.bench_function("session/dirty/no_id", |b| b.iter(|| tracked.record(None)));
     group.bench_function("dirty/no_id", |b| {
-        b.iter(|| worker.record(black_box(&hot), None))
+        b.iter(|| worker.record(black_box(&hot), &key, None))
     });
     let no_dedup = idle_worker(&rt, WorkerConfig::default().dedup_window(0));
-    no_dedup.record(&hot, Some("0"));
+    no_dedup.record(&hot, &key, Some("0"));
     group.bench_function("dirty/new_id_no_dedup", |b| {
         b.iter(|| {
             i = (i + 1) & 1023;
-            no_dedup.record(black_box(&hot), Some(black_box(&ids[i])))
+            no_dedup.record(black_box(&hot), &key, Some(black_box(&ids[i])))
         })
     });
 
@@ -134,7 +149,7 @@ fn record(c: &mut Criterion) {
                 let id = &ids[next_id];
                 let start = Instant::now();
                 for session in &round[..n] {
-                    black_box(worker.record(black_box(session), Some(id)));
+                    black_box(worker.record(black_box(session), &key, Some(id)));
                 }
                 total += start.elapsed();
                 done += n as u64;
@@ -144,13 +159,13 @@ fn record(c: &mut Criterion) {
     });
     group.bench_function("dirty/round_robin_1024", |b| {
         for session in &round {
-            worker.record(session, Some("0"));
+            worker.record(session, &key, Some("0"));
         }
         let mut s = 0;
         b.iter(|| {
             s = (s + 1) & 1023;
             i = (i + 1) & 1023;
-            worker.record(black_box(&round[s]), Some(black_box(&ids[i])))
+            worker.record(black_box(&round[s]), &key, Some(black_box(&ids[i])))
         })
     });
     group.finish();
@@ -161,6 +176,7 @@ fn record(c: &mut Criterion) {
 /// forgets the least recently idle session. Both registries hold 100 000 idle, written sessions
 /// when a round starts; a round admits at most 50 000 new keys, so neither changes regime.
 fn admit(c: &mut Criterion) {
+    let key = stream_key();
     const FILL: usize = 100_000;
     const ROUND: usize = 50_000;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -186,13 +202,13 @@ fn admit(c: &mut Criterion) {
                         )
                     };
                     for session in &fill {
-                        worker.record(session, Some("1"));
+                        worker.record(session, &key, Some("1"));
                     }
                     rt.block_on(worker.flush()).unwrap();
                     assert_eq!(worker.tracked_sessions(), FILL);
                     let start = Instant::now();
                     for session in &fresh[..n] {
-                        drop(black_box(worker.session(black_box(session))));
+                        drop(black_box(worker.stream(black_box(session), &key)));
                     }
                     total += start.elapsed();
                     assert_eq!(worker.tracked_sessions(), (FILL + n).min(max_sessions));
@@ -209,6 +225,7 @@ fn admit(c: &mut Criterion) {
 /// as one thread can while the worker runs on a multi-thread runtime; prints how many events
 /// each store write covered.
 fn events_per_write() {
+    let key = stream_key();
     const EVENTS: usize = 1_000_000;
     const SESSIONS: usize = 1_000;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -227,7 +244,7 @@ fn events_per_write() {
     for i in 0..EVENTS {
         id.clear();
         id.push_str(itoa(i as u64, &mut [0; 20]));
-        worker.record(&sessions[i % SESSIONS], Some(&id));
+        worker.record(&sessions[i % SESSIONS], &key, Some(&id));
     }
     let recorded = start.elapsed();
     rt.block_on(worker.flush()).unwrap();

@@ -23,7 +23,7 @@ use axum::{
     routing::get,
 };
 use futures_util::{Stream, stream};
-use tower_sse_tracking::{EventTrackingLayer, SessionId};
+use tower_sse_tracking::{EventTrackingLayer, SessionId, StreamKey};
 
 /// The page: sets the session cookie, opens an `EventSource` and writes every event it gets.
 const PAGE: &str = r#"<!doctype html>
@@ -65,7 +65,11 @@ async fn tracked(
     Query(query): Query<HashMap<String, String>>,
 ) -> String {
     let session = query.get("sid").and_then(|s| SessionId::new(s).ok());
-    let id = session.and_then(|s| tracking.worker().last_event_id(&s));
+    let id = session.and_then(|s| {
+        tracking
+            .worker()
+            .last_event_id(&s, &StreamKey::new("/events").ok()?)
+    });
     format!("{}\n", id.as_deref().unwrap_or("(none)"))
 }
 

@@ -37,7 +37,7 @@ use bytes::Bytes;
 use futures_util::{Stream, stream};
 use http_body_util::{BodyExt, Empty};
 use tower_sse_tracking::{
-    EventTrackingLayer, SessionId,
+    EventTrackingLayer, SessionId, StreamKey,
     parser::SseParser,
     store::{MemoryStore, SessionRecord, SessionStore, SessionUpdate, StoreFuture},
     worker::WorkerConfig,
@@ -138,8 +138,16 @@ impl SessionStore for LagStore {
         self.inner.save_batch(batch)
     }
 
-    fn load<'a>(&'a self, session: &'a SessionId) -> StoreFuture<'a, Option<SessionRecord>> {
-        self.inner.load(session)
+    fn load<'a>(
+        &'a self,
+        session: &'a SessionId,
+        stream: &'a StreamKey,
+    ) -> StoreFuture<'a, Option<SessionRecord>> {
+        self.inner.load(session, stream)
+    }
+
+    fn delete_session<'a>(&'a self, session: &'a SessionId) -> StoreFuture<'a, ()> {
+        self.inner.delete_session(session)
     }
 }
 

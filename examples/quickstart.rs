@@ -27,7 +27,7 @@ use futures_util::stream;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use tower_sse_tracking::{
-    EventTrackingLayer, SessionId,
+    EventTrackingLayer, SessionId, StreamKey,
     parser::SseParser,
     store::{MemoryStore, SessionStore},
 };
@@ -140,7 +140,9 @@ async fn persisted(
 ) -> Result<Vec<(String, u64)>, Box<dyn std::error::Error>> {
     let mut rows = Vec::new();
     for name in SESSIONS {
-        let record = store.load(&SessionId::new(name)?).await?;
+        let record = store
+            .load(&SessionId::new(name)?, &StreamKey::new("/events")?)
+            .await?;
         let id = record
             .and_then(|r| r.last_event_id.as_str().and_then(|id| id.parse().ok()))
             .unwrap_or(0);
@@ -214,7 +216,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let beta_id = SessionId::new("beta")?;
     let tracked = tracking
         .worker()
-        .last_event_id(&beta_id)
+        .last_event_id(&beta_id, &StreamKey::new("/events")?)
         .unwrap_or_default();
     println!(
         "\n2. beta reconnects WITHOUT Last-Event-ID; the layer inserts the tracked id {tracked:?}"

@@ -7,20 +7,28 @@ use std::{
 
 use http::Method;
 
-use crate::{metrics as m, session::SessionSource, worker::WorkerHandle};
+use crate::{
+    metrics as m,
+    session::{SessionSource, StreamSource},
+    worker::WorkerHandle,
+};
 
 /// Settings shared by every service the layer builds (behind one `Arc`).
 #[derive(Debug)]
 pub(crate) struct Config {
     pub(crate) worker: WorkerHandle,
     pub(crate) source: SessionSource,
+    pub(crate) streams: StreamSource,
     pub(crate) max_key_len: usize,
+    pub(crate) max_stream_key_len: usize,
     pub(crate) max_id_len: usize,
     pub(crate) backpressure_timeout: Duration,
     pub(crate) heartbeat: Option<Duration>,
     pub(crate) resume: bool,
     /// The methods whose requests resume (GET, by default: how `EventSource` reconnects).
     pub(crate) resume_methods: Vec<Method>,
+    /// The methods whose successful requests end their session (none, by default).
+    pub(crate) forget_methods: Vec<Method>,
     /// A content-encoded event stream was seen (and logged once).
     pub(crate) warned_encoded: AtomicBool,
 }
@@ -29,6 +37,11 @@ impl Config {
     /// Whether a request of this method may have `Last-Event-ID` filled in.
     pub(crate) fn resumes(&self, method: &Method) -> bool {
         self.resume && self.resume_methods.contains(method)
+    }
+
+    /// Whether a successful request of this method ends its session.
+    pub(crate) fn forgets(&self, method: &Method) -> bool {
+        self.forget_methods.contains(method)
     }
 
     /// An event stream arrived content-encoded: it cannot be tracked (nor get heartbeats).

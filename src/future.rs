@@ -15,10 +15,10 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use crate::{
+    StreamKey,
     body::{StreamState, TrackingBody},
     config::Config,
     metrics as m,
-    registry::Full,
     resume::{self, Load},
     session::RequestSession,
 };
@@ -27,8 +27,12 @@ use crate::{
 pub(crate) struct RequestInfo {
     config: Arc<Config>,
     session: RequestSession,
+    /// The request's stream (`None` only when the session is untracked).
+    stream: Option<StreamKey>,
     /// The `Last-Event-ID` the client itself sent (authoritative for the stream's position).
     stated: Option<Box<str>>,
+    /// A successful response ends the session (see `forget_on`).
+    forget: bool,
 }
 
 impl RequestInfo {
@@ -36,7 +40,9 @@ impl RequestInfo {
     pub(crate) fn new(
         config: &Arc<Config>,
         session: RequestSession,
+        stream: Option<StreamKey>,
         stated: Option<Box<str>>,
+        forget: bool,
     ) -> Option<Self> {
         if matches!(session, RequestSession::Untracked) && config.heartbeat.is_none() {
             return None;
@@ -44,16 +50,37 @@ impl RequestInfo {
         Some(Self {
             config: config.clone(),
             session,
+            stream,
             stated,
+            forget,
         })
     }
+
+    /// The store deletion to wait for before a successful response that ends its session.
+    fn forget<B>(&self, response: &Response<B>) -> Option<Forget> {
+        let RequestSession::Known(session) = &self.session else {
+            return None;
+        };
+        if !(self.forget && response.status().is_success()) {
+            return None;
+        }
+        let worker = self.config.worker.clone();
+        let session = session.clone();
+        // The worker logs and counts a failure; the response goes out either way.
+        Some(Box::pin(async move {
+            let _ = worker.forget(&session).await;
+        }))
+    }
 }
+
+/// The deletion of a session that a response ended.
+type Forget = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 pin_project! {
     /// The response future of [`EventTracking`](crate::EventTracking): resolves to the inner
     /// service's response with its body wrapped in a [`TrackingBody`] (see
     /// [`EventTracking`](crate::EventTracking) for an example). When resuming needs the store, it
-    /// first reads the session's last event ID, then calls the inner service.
+    /// first reads the stream's last event ID, then calls the inner service.
     pub struct ResponseFuture<S, ReqBody>
     where
         S: Service<Request<ReqBody>>,
@@ -70,7 +97,7 @@ pin_project! {
     where
         S: Service<Request<ReqBody>>,
     {
-        /// Reading the session's last event ID; the service (polled ready) and the request wait.
+        /// Reading the stream's last event ID; the service (polled ready) and the request wait.
         Loading {
             load: Load,
             service: Option<S>,
@@ -80,6 +107,12 @@ pin_project! {
         Calling {
             #[pin]
             future: S::Future,
+        },
+        /// The response ended its session: forgetting it before the response goes out, so that
+        /// the client's next request finds it gone.
+        Forgetting {
+            forget: Forget,
+            response: Option<S::Response>,
         },
     }
 }
@@ -120,6 +153,7 @@ where
         let state = match self.state {
             State::Loading { .. } => "loading",
             State::Calling { .. } => "calling",
+            State::Forgetting { .. } => "forgetting",
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)
@@ -154,13 +188,31 @@ where
                 }
                 StateProj::Calling { future } => {
                     let response = ready!(future.poll(cx))?;
-                    return Poll::Ready(Ok(match this.info.take() {
-                        Some(info) => wrap(response, info),
-                        None => response.map(TrackingBody::passthrough),
-                    }));
+                    if let Some(forget) = this.info.as_ref().and_then(|i| i.forget(&response)) {
+                        this.state.set(State::Forgetting {
+                            forget,
+                            response: Some(response),
+                        });
+                        continue;
+                    }
+                    return Poll::Ready(Ok(finish(response, this.info.take())));
+                }
+                StateProj::Forgetting { forget, response } => {
+                    ready!(forget.as_mut().poll(cx));
+                    let Some(response) = response.take() else {
+                        unreachable!("ResponseFuture polled after completion");
+                    };
+                    return Poll::Ready(Ok(finish(response, this.info.take())));
                 }
             }
         }
+    }
+}
+
+fn finish<B: Body>(response: Response<B>, info: Option<RequestInfo>) -> Response<TrackingBody<B>> {
+    match info {
+        Some(info) => wrap(response, info),
+        None => response.map(TrackingBody::passthrough),
     }
 }
 
@@ -183,23 +235,23 @@ fn wrap<B: Body>(response: Response<B>, info: RequestInfo) -> Response<TrackingB
             .of_response(response.headers(), config.max_key_len),
         RequestSession::Untracked => None,
     };
-    let attachment = match session {
-        Some(session) => match config.worker.attach(&session) {
+    let attachment = match (session, &info.stream) {
+        (Some(session), Some(stream)) => match config.worker.attach(&session, stream) {
             Ok(attachment) => {
                 if let Some(id) = &info.stated {
                     attachment.resume_from(id);
                 }
                 Some(attachment)
             }
-            Err(Full) => {
+            Err(full) => {
                 // Debug, not warn: a flood of new keys must not become a flood of log lines.
                 // The counter is what to alert on.
-                metrics::counter!(m::UNTRACKED, "reason" => "registry_full").increment(1);
-                tracing::debug!(%session, "session registry full: stream not tracked");
+                metrics::counter!(m::UNTRACKED, "reason" => full.reason()).increment(1);
+                tracing::debug!(%session, %stream, reason = full.reason(), "stream not tracked");
                 None
             }
         },
-        None => None,
+        _ => None,
     };
     // Injected bytes would break a declared length.
     let heartbeat = config

@@ -13,7 +13,9 @@ use crate::{
     config::Config,
     parser::DEFAULT_MAX_ID_LEN,
     service::EventTracking,
-    session::{DEFAULT_MAX_SESSION_KEY_LEN, SessionSource},
+    session::{
+        DEFAULT_MAX_SESSION_KEY_LEN, DEFAULT_MAX_STREAM_KEY_LEN, SessionSource, StreamSource,
+    },
     store::{MemoryStore, SessionStore},
     worker::{FlushReport, ShutdownReport, WorkerConfig, WorkerFuture, WorkerGone, WorkerHandle},
 };
@@ -129,12 +131,15 @@ impl<S> Layer<S> for EventTrackingLayer {
 pub struct EventTrackingLayerBuilder {
     store: Option<Arc<dyn SessionStore>>,
     source: SessionSource,
+    streams: StreamSource,
     max_key_len: usize,
+    max_stream_key_len: usize,
     max_id_len: usize,
     backpressure_timeout: Duration,
     heartbeat: Option<Duration>,
     resume: bool,
     resume_methods: Vec<Method>,
+    forget_methods: Vec<Method>,
     worker: WorkerConfig,
 }
 
@@ -143,12 +148,15 @@ impl Default for EventTrackingLayerBuilder {
         Self {
             store: None,
             source: SessionSource::Header(HeaderName::from_static("mcp-session-id")),
+            streams: StreamSource::Path,
             max_key_len: DEFAULT_MAX_SESSION_KEY_LEN,
+            max_stream_key_len: DEFAULT_MAX_STREAM_KEY_LEN,
             max_id_len: DEFAULT_MAX_ID_LEN,
             backpressure_timeout: DEFAULT_BACKPRESSURE_TIMEOUT,
             heartbeat: None,
             resume: false,
             resume_methods: vec![Method::GET],
+            forget_methods: Vec::new(),
             worker: WorkerConfig::default(),
         }
     }
@@ -158,11 +166,15 @@ impl fmt::Debug for EventTrackingLayerBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EventTrackingLayerBuilder")
             .field("source", &self.source)
+            .field("streams", &self.streams)
             .field("max_key_len", &self.max_key_len)
+            .field("max_stream_key_len", &self.max_stream_key_len)
             .field("max_id_len", &self.max_id_len)
             .field("backpressure_timeout", &self.backpressure_timeout)
             .field("heartbeat", &self.heartbeat)
             .field("resume", &self.resume)
+            .field("resume_methods", &self.resume_methods)
+            .field("forget_methods", &self.forget_methods)
             .field("worker", &self.worker)
             .finish_non_exhaustive()
     }
@@ -230,6 +242,85 @@ impl EventTrackingLayerBuilder {
         self
     }
 
+    /// Takes the stream key from a function of the request head: positions are tracked and
+    /// resumed per (session, stream), and this says which of a session's streams a request is.
+    /// `None` leaves the request untracked.
+    ///
+    /// Defaults to the request's path (without the query): different endpoints never share a
+    /// position. Two tabs of one page on the same endpoint with the same session do share one,
+    /// unless the key tells them apart, as below with a tab ID in the query.
+    ///
+    /// ```
+    /// use tower_sse_tracking::EventTrackingLayer;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let tracking = EventTrackingLayer::builder()
+    ///     .session_cookie("sid")
+    ///     // "/events?tab=3" -> "/events#3"
+    ///     .stream_key(|parts| {
+    ///         let tab = parts.uri.query()?.split('&').find_map(|p| p.strip_prefix("tab="))?;
+    ///         Some(format!("{}#{tab}", parts.uri.path()))
+    ///     })
+    ///     .build();
+    /// # let _ = tracking;
+    /// # }
+    /// ```
+    pub fn stream_key<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
+    {
+        self.streams = StreamSource::Fn(Arc::new(f));
+        self
+    }
+
+    /// Tracks one position per session, whatever the stream (the stream key is empty, see
+    /// [`StreamKey::whole_session`](crate::StreamKey::whole_session)). For protocols whose
+    /// event IDs are unique across all the streams of a session, where a reconnecting stream
+    /// may resume from an ID another stream sent.
+    ///
+    /// Defaults to one position per (session, request path); see
+    /// [`stream_key`](Self::stream_key).
+    pub fn one_position_per_session(mut self) -> Self {
+        self.streams = StreamSource::WholeSession;
+        self
+    }
+
+    /// Longest accepted stream key, in bytes. Longer keys, and keys with control characters,
+    /// leave the request untracked (counted as `sse_tracking_untracked_total{reason="invalid_key"}`).
+    ///
+    /// Defaults to 256.
+    pub fn max_stream_key_len(mut self, max: usize) -> Self {
+        self.max_stream_key_len = max;
+        self
+    }
+
+    /// Forgets a session when a request of one of these methods, carrying the session's key,
+    /// gets a successful (2xx) response: its positions are deleted from memory and from the
+    /// store (see [`WorkerHandle::forget`]) before the response goes out, so that the client's
+    /// next request finds the session gone. A failed deletion is logged and counted
+    /// (`sse_tracking_delete_errors_total`); the response goes out unchanged either way.
+    ///
+    /// For protocols where a request ends the session, such as MCP's `DELETE` with
+    /// `mcp-session-id`. Without it, an ended session stays in the store until its TTL.
+    ///
+    /// Defaults to none.
+    ///
+    /// ```
+    /// use http::Method;
+    /// use tower_sse_tracking::EventTrackingLayer;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let tracking = EventTrackingLayer::builder().forget_on([Method::DELETE]).build();
+    /// # let _ = tracking;
+    /// # }
+    /// ```
+    pub fn forget_on(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
+        self.forget_methods = methods.into_iter().collect();
+        self
+    }
+
     /// Longest accepted session key, in bytes. Longer keys, and keys with control characters,
     /// leave the request untracked (counted as `sse_tracking_untracked_total{reason="invalid_key"}`).
     ///
@@ -267,8 +358,8 @@ impl EventTrackingLayerBuilder {
         self
     }
 
-    /// When a request for a known session carries no `Last-Event-ID`, inserts the session's
-    /// last event ID (from memory, else from the store) before calling the inner service. A
+    /// When a request for a known session carries no `Last-Event-ID`, inserts its stream's
+    /// last event ID (from memory, else from the store; see [`stream_key`](Self::stream_key)) before calling the inner service. A
     /// client's own header is never overridden; a store error leaves the request as it was.
     /// Only requests of the [`resume_methods`](Self::resume_methods) (GET) are resumed.
     ///
@@ -280,7 +371,7 @@ impl EventTrackingLayerBuilder {
     /// does when it reconnects by itself).
     ///
     /// Whether resume is on or not, a `Last-Event-ID` that the client sends itself is
-    /// authoritative: the session's position moves to it, and the duplicate window starts again
+    /// authoritative: the stream's position moves to it, and the duplicate window starts again
     /// from it, so that the events the stream sends after it are tracked even if the session
     /// had seen them before.
     ///
@@ -328,12 +419,15 @@ impl EventTrackingLayerBuilder {
         let config = Config {
             worker,
             source: self.source,
+            streams: self.streams,
             max_key_len: self.max_key_len,
+            max_stream_key_len: self.max_stream_key_len,
             max_id_len: self.max_id_len,
             backpressure_timeout: self.backpressure_timeout,
             heartbeat: self.heartbeat,
             resume: self.resume,
             resume_methods: self.resume_methods,
+            forget_methods: self.forget_methods,
             warned_encoded: AtomicBool::new(false),
         };
         (

@@ -2,9 +2,10 @@
 //!
 //! [`EventTrackingLayer`] wraps any tower service whose responses are `text/event-stream`. The
 //! body reaches the client byte for byte unchanged, while an incremental, spec-exact parser reads
-//! the same bytes and records the last event ID of each session. One bounded worker, started when
-//! the layer is built, persists the newest ID per session to a [`SessionStore`](store::SessionStore):
-//! in memory by default, [`RedbStore`](store::RedbStore) on disk, or
+//! the same bytes and records the last event ID of each session's streams (a stream is the
+//! request's path by default, see [`StreamKey`]). One bounded worker, started when the layer is
+//! built, persists the newest ID per (session, stream) to a
+//! [`SessionStore`](store::SessionStore): in memory by default, [`RedbStore`](store::RedbStore) on disk, or
 //! [`RedisStore`](store::RedisStore) shared by replicas. A client that reconnects, with
 //! `Last-Event-ID` or (with [`resume`](EventTrackingLayerBuilder::resume)) without it, continues
 //! where it left off.
@@ -75,5 +76,5 @@ pub use self::{
     future::ResponseFuture,
     layer::{EventTrackingLayer, EventTrackingLayerBuilder},
     service::EventTracking,
-    session::{InvalidSessionId, SessionId},
+    session::{InvalidKey, SessionId, StreamKey},
 };

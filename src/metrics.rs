@@ -47,13 +47,19 @@ pub const PENDING_SESSIONS: &str = "sse_tracking_pending_sessions";
 pub const DUPLICATE_EVENTS: &str = "sse_tracking_duplicate_events_total";
 /// Counter: `id` values ignored because they were longer than the cap.
 pub const OVERSIZED_IDS: &str = "sse_tracking_oversized_ids_total";
-/// Counter: requests left untracked, by `reason` label (`invalid_key`, `registry_full`).
+/// Counter: requests left untracked, by `reason` label: `invalid_key` (session or stream key),
+/// `registry_full`, `too_many_streams`, `content_encoding`.
 pub const UNTRACKED: &str = "sse_tracking_untracked_total";
-/// Counter: idle sessions forgotten from memory (their state is in the store), by `reason`
-/// label: `idle` (after the idle TTL) or `capacity` (earlier, to admit a new session at the
-/// cap).
+/// Counter: positions (session, stream) forgotten from memory, by `reason` label: `idle` (after
+/// the idle TTL), `capacity` (earlier, to admit a new one at the cap), `streams` (to admit a new
+/// stream of a session at its cap of streams); their state is in the store. And `ended`: the
+/// session was forgotten on purpose (see `sse_tracking_sessions_deleted_total`).
 pub const SESSIONS_FORGOTTEN: &str = "sse_tracking_sessions_forgotten_total";
-/// Gauge: sessions in the in-memory registry.
+/// Counter: sessions deleted from the store because they ended (`WorkerHandle::forget`).
+pub const SESSIONS_DELETED: &str = "sse_tracking_sessions_deleted_total";
+/// Counter: failed deletions of ended sessions from the store.
+pub const DELETE_ERRORS: &str = "sse_tracking_delete_errors_total";
+/// Gauge: positions (session, stream) in the in-memory registry.
 pub const TRACKED_SESSIONS: &str = "sse_tracking_tracked_sessions";
 /// Counter: heartbeat comments injected.
 pub const HEARTBEATS: &str = "sse_tracking_heartbeats_total";
@@ -119,7 +125,17 @@ pub fn describe() {
         Unit::Count,
         "Idle sessions forgotten from memory"
     );
-    describe_gauge!(TRACKED_SESSIONS, Unit::Count, "Sessions tracked in memory");
+    describe_counter!(SESSIONS_DELETED, Unit::Count, "Ended sessions deleted");
+    describe_counter!(
+        DELETE_ERRORS,
+        Unit::Count,
+        "Failed deletions of ended sessions"
+    );
+    describe_gauge!(
+        TRACKED_SESSIONS,
+        Unit::Count,
+        "Positions (session, stream) tracked in memory"
+    );
     describe_counter!(HEARTBEATS, Unit::Count, "Heartbeat comments injected");
     describe_counter!(RESUMED, Unit::Count, "Last-Event-ID headers inserted");
     describe_counter!(

@@ -1,10 +1,13 @@
-//! [`Registry`]: the bounded, sharded map of tracked sessions.
+//! [`Registry`]: the bounded, sharded map of tracked positions: one per (session, stream).
 //!
 //! Session keys come from clients, so every operation costs O(1) whatever the registry holds,
 //! full or not, and no lock is held for longer than a map operation:
 //!
 //! - The map is split into shards (a power of two, from the number of cores), each behind its
-//!   own mutex; a key's shard is chosen by a randomly seeded hash, so clients cannot aim at one.
+//!   own mutex; a session's shard is chosen by a randomly seeded hash, so clients cannot aim at
+//!   one. All streams of a session live in its shard, chained from the session's map entry; a
+//!   session has at most `max_streams_per_session` of them, so walking the chain is O(1) too.
+//!   Below, "session" means one such position (the registry's unit).
 //! - Each session counts the streams and handles *attached* to it. A session with none attached
 //!   and nothing left to write ("idle") is on its shard's idle list, oldest first. Both facts
 //!   change only under the shard's lock (writes clear the slot first, then the worker calls
@@ -29,7 +32,7 @@ use std::{
 
 use tokio::time::Instant;
 
-use crate::{SessionId, lru::LinkedSlab, metrics as m, slot::Slot};
+use crate::{SessionId, StreamKey, lru::LinkedSlab, metrics as m, slot::Slot};
 
 /// Most expired sessions forgotten per shard per worker tick.
 pub(crate) const EXPIRE_PER_SHARD_PER_TICK: usize = 256;
@@ -38,13 +41,32 @@ pub(crate) const EXPIRE_PER_SHARD_PER_TICK: usize = 256;
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct RegistryLimits {
     pub(crate) max_sessions: usize,
+    pub(crate) max_streams_per_session: usize,
     pub(crate) idle_ttl: Duration,
     pub(crate) dedup_window: usize,
 }
 
-/// The registry is full of sessions that cannot be forgotten.
+/// Why a stream could not be tracked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Full;
+pub(crate) enum Full {
+    /// The registry is full of positions that cannot be forgotten.
+    Registry,
+    /// The session has `max_streams_per_session` streams, all busy.
+    Streams,
+}
+
+impl Full {
+    /// The `reason` label of the `untracked` counter.
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            Self::Registry => "registry_full",
+            Self::Streams => "too_many_streams",
+        }
+    }
+}
+
+/// The end of a session's chain of positions.
+const NIL: u32 = u32::MAX;
 
 /// How the registry made room for new sessions, for tests and operators.
 #[doc(hidden)]
@@ -67,10 +89,14 @@ pub struct RegistryStats {
     pub expired: u64,
     /// New sessions refused: nothing could be forgotten.
     pub refused: u64,
+    /// New streams refused: their session had the most streams allowed, all busy.
+    pub refused_streams: u64,
 }
 
 struct Node {
     slot: Arc<Slot>,
+    /// The next position of the same session, or `NIL`.
+    next: u32,
     /// Streams and handles holding the session.
     attached: u32,
     /// When the session last became idle, in milliseconds since the registry's epoch.
@@ -79,10 +105,63 @@ struct Node {
 
 #[derive(Default)]
 struct Shard {
-    /// Keyed by foldhash, randomly seeded: the keys are client input.
+    /// Each session's first position. Keyed by foldhash, randomly seeded: the keys are client
+    /// input.
     map: HashMap<SessionId, u32, foldhash::fast::RandomState>,
-    /// Every session of the shard; the idle ones are linked, least recently idle first.
+    /// Every position of the shard; the idle ones are linked, least recently idle first.
     nodes: LinkedSlab<Node>,
+}
+
+impl Shard {
+    /// The position of (session, stream), and how many positions the session has up to it (all
+    /// of them when it has none for `stream`).
+    fn find(&self, session: &str, stream: &str) -> (Option<u32>, usize) {
+        let mut ix = self.map.get(session).copied().unwrap_or(NIL);
+        let mut count = 0;
+        while let Some(node) = self.nodes.get(ix) {
+            if node.slot.stream().as_str() == stream {
+                return (Some(ix), count);
+            }
+            count += 1;
+            ix = node.next;
+        }
+        (None, count)
+    }
+
+    /// The positions of a session.
+    fn chain(&self, session: &str) -> Vec<u32> {
+        let mut ix = self.map.get(session).copied().unwrap_or(NIL);
+        let mut all = Vec::new();
+        while let Some(node) = self.nodes.get(ix) {
+            all.push(ix);
+            ix = node.next;
+        }
+        all
+    }
+
+    /// Removes a position from the shard: from its session's chain, the idle list and the slab.
+    fn remove(&mut self, ix: u32) -> Option<Node> {
+        let node = self.nodes.get(ix)?;
+        let (session, next) = (node.slot.session().clone(), node.next);
+        let head = self.map.get(session.as_str()).copied().unwrap_or(NIL);
+        if head == ix {
+            if next == NIL {
+                self.map.remove(session.as_str());
+            } else if let Some(head) = self.map.get_mut(session.as_str()) {
+                *head = next;
+            }
+        } else {
+            let mut prev = head;
+            while let Some(node) = self.nodes.get_mut(prev) {
+                if node.next == ix {
+                    node.next = next;
+                    break;
+                }
+                prev = node.next;
+            }
+        }
+        self.nodes.remove(ix)
+    }
 }
 
 /// A shard's lock on a cache line of its own, so that shards do not slow each other down.
@@ -108,6 +187,7 @@ pub(crate) struct Registry {
     evicted: AtomicU64,
     expired: AtomicU64,
     refused: AtomicU64,
+    refused_streams: AtomicU64,
 }
 
 impl std::fmt::Debug for Registry {
@@ -133,6 +213,7 @@ impl Registry {
             router: foldhash::fast::RandomState::default(),
             limits: RegistryLimits {
                 max_sessions: limits.max_sessions.max(1),
+                max_streams_per_session: limits.max_streams_per_session.max(1),
                 ..limits
             },
             ttl_ms: u64::try_from(limits.idle_ttl.as_millis()).unwrap_or(u64::MAX),
@@ -145,6 +226,7 @@ impl Registry {
             evicted: AtomicU64::new(0),
             expired: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            refused_streams: AtomicU64::new(0),
         }
     }
 
@@ -169,23 +251,39 @@ impl Registry {
         self.len.load(Relaxed)
     }
 
-    /// The session's slot, if it is tracked (not attached: for reading it).
-    pub(crate) fn get(&self, session: &SessionId) -> Option<Arc<Slot>> {
+    /// The position's slot, if it is tracked (not attached: for reading it).
+    pub(crate) fn get(&self, session: &SessionId, stream: &StreamKey) -> Option<Arc<Slot>> {
         let shard = self.lock(self.shard_of(session.as_str()));
-        let ix = *shard.map.get(session.as_str())?;
+        let ix = shard.find(session.as_str(), stream.as_str()).0?;
         shard.nodes.get(ix).map(|node| node.slot.clone())
     }
 
-    /// The session's slot, created if needed, attached: the caller must [`detach`](Self::detach)
-    /// it once. [`Full`] when the registry is at its cap and no session can be forgotten.
-    pub(crate) fn attach(&self, session: &SessionId) -> Result<Arc<Slot>, Full> {
+    /// The position's slot, created if needed, attached: the caller must
+    /// [`detach`](Self::detach) it once. [`Full`] when the registry is at its cap and no
+    /// position can be forgotten, or the session has the most streams allowed, all busy.
+    pub(crate) fn attach(
+        &self,
+        session: &SessionId,
+        stream: &StreamKey,
+    ) -> Result<Arc<Slot>, Full> {
         let home = self.shard_of(session.as_str());
         let mut shard = self.lock(home);
-        if let Some(slot) = self.attach_existing(&mut shard, session) {
-            return Ok(slot);
+        let (found, streams) = shard.find(session.as_str(), stream.as_str());
+        if let Some(ix) = found {
+            return Ok(self.attach_existing(&mut shard, ix));
+        }
+        if streams >= self.limits.max_streams_per_session {
+            // The session's own least recently idle stream makes room, whatever the TTL.
+            if !self.forget_idlest_stream(&mut shard, session) {
+                self.refused_streams.fetch_add(1, Relaxed);
+                return Err(Full::Streams);
+            }
+            metrics::counter!(m::SESSIONS_FORGOTTEN, "reason" => "streams").increment(1);
+            // One out, one in: the count stays.
+            return Ok(self.insert(&mut shard, home, session, stream));
         }
         if self.reserve() {
-            return Ok(self.insert(&mut shard, home, session));
+            return Ok(self.insert(&mut shard, home, session, stream));
         }
         // At the cap: forget the least recently idle session of this shard, else of another.
         self.admissions_at_cap.fetch_add(1, Relaxed);
@@ -195,7 +293,7 @@ impl Registry {
             metrics::counter!(m::SESSIONS_FORGOTTEN, "reason" => "capacity").increment(1);
             self.note_examined(examined);
             // One out, one in: the count stays at the cap.
-            return Ok(self.insert(&mut shard, home, session));
+            return Ok(self.insert(&mut shard, home, session, stream));
         }
         drop(shard);
         let mut freed = false;
@@ -217,15 +315,52 @@ impl Registry {
         self.note_examined(examined);
         if freed && self.reserve() {
             let mut shard = self.lock(home);
-            if let Some(slot) = self.attach_existing(&mut shard, session) {
+            let (found, streams) = shard.find(session.as_str(), stream.as_str());
+            if let Some(ix) = found {
                 // Another request admitted it meanwhile.
                 self.len.fetch_sub(1, Relaxed);
-                return Ok(slot);
+                return Ok(self.attach_existing(&mut shard, ix));
             }
-            return Ok(self.insert(&mut shard, home, session));
+            if streams >= self.limits.max_streams_per_session {
+                // Other requests gave the session its last streams meanwhile.
+                self.len.fetch_sub(1, Relaxed);
+                self.refused_streams.fetch_add(1, Relaxed);
+                return Err(Full::Streams);
+            }
+            return Ok(self.insert(&mut shard, home, session, stream));
         }
         self.refused.fetch_add(1, Relaxed);
-        Err(Full)
+        Err(Full::Registry)
+    }
+
+    /// Forgets every position of `session` (a session that ended): each slot forgets its ID
+    /// and what it had left to write, and the positions nothing holds leave the registry. Those
+    /// with a live stream stay (their later events start afresh). Returns how many positions
+    /// the session had.
+    pub(crate) fn forget_session(&self, session: &SessionId) -> usize {
+        let mut shard = self.lock(self.shard_of(session.as_str()));
+        let chain = shard.chain(session.as_str());
+        let mut removed = 0;
+        for &ix in &chain {
+            let Some(node) = shard.nodes.get(ix) else {
+                continue;
+            };
+            node.slot.forget();
+            if node.attached > 0 || node.slot.is_queued() {
+                continue;
+            }
+            if shard.nodes.is_linked(ix) {
+                self.idle.fetch_sub(1, Relaxed);
+            }
+            shard.remove(ix);
+            removed += 1;
+        }
+        drop(shard);
+        if removed > 0 {
+            self.len.fetch_sub(removed, Relaxed);
+            metrics::counter!(m::SESSIONS_FORGOTTEN, "reason" => "ended").increment(removed as u64);
+        }
+        chain.len()
     }
 
     /// Releases an attachment taken by [`attach`](Self::attach). The session becomes idle (and
@@ -310,6 +445,7 @@ impl Registry {
             evicted: self.evicted.load(Relaxed),
             expired: self.expired.load(Relaxed),
             refused: self.refused.load(Relaxed),
+            refused_streams: self.refused_streams.load(Relaxed),
         }
     }
 
@@ -327,35 +463,63 @@ impl Registry {
             .is_ok()
     }
 
-    fn attach_existing(&self, shard: &mut Shard, session: &SessionId) -> Option<Arc<Slot>> {
-        let ix = *shard.map.get(session.as_str())?;
+    fn attach_existing(&self, shard: &mut Shard, ix: u32) -> Arc<Slot> {
         let was_idle = shard.nodes.is_linked(ix);
         shard.nodes.unlink(ix);
         if was_idle {
             self.idle.fetch_sub(1, Relaxed);
         }
-        let node = shard.nodes.get_mut(ix)?;
+        let node = shard
+            .nodes
+            .get_mut(ix)
+            .expect("a position found in its shard is in the slab");
         node.attached += 1;
-        Some(node.slot.clone())
+        node.slot.clone()
     }
 
-    /// Inserts a new session, attached, in a place already counted under the cap.
-    fn insert(&self, shard: &mut Shard, home: usize, session: &SessionId) -> Arc<Slot> {
+    /// Inserts a new position, attached, in a place already counted under the cap, at the head
+    /// of its session's chain.
+    fn insert(
+        &self,
+        shard: &mut Shard,
+        home: usize,
+        session: &SessionId,
+        stream: &StreamKey,
+    ) -> Arc<Slot> {
         let ix = shard.nodes.vacant_index();
         let slot = Arc::new(Slot::new(
             session.clone(),
+            stream.clone(),
             home as u32,
             ix,
             self.limits.dedup_window,
         ));
+        let next = shard.map.get(session.as_str()).copied().unwrap_or(NIL);
         let inserted = shard.nodes.insert(Node {
             slot: slot.clone(),
+            next,
             attached: 1,
             idle_since: 0,
         });
         debug_assert_eq!(inserted, ix);
         shard.map.insert(session.clone(), ix);
         slot
+    }
+
+    /// Forgets the session's stream that has been idle longest, if one is idle (at most
+    /// `max_streams_per_session` looked at). Does not touch `len`.
+    fn forget_idlest_stream(&self, shard: &mut Shard, session: &SessionId) -> bool {
+        let idlest = shard
+            .chain(session.as_str())
+            .into_iter()
+            .filter(|&ix| shard.nodes.is_linked(ix))
+            .min_by_key(|&ix| shard.nodes.get(ix).map_or(u64::MAX, |n| n.idle_since));
+        let Some(ix) = idlest else {
+            return false;
+        };
+        self.idle.fetch_sub(1, Relaxed);
+        shard.remove(ix);
+        true
     }
 
     /// Forgets the front of the shard's idle list, if it has one (and, with `expired_at`, only
@@ -378,9 +542,7 @@ impl Registry {
             *examined += 1;
             self.idle.fetch_sub(1, Relaxed);
             if node.attached == 0 && !node.slot.is_queued() {
-                if let Some(node) = shard.nodes.remove(ix) {
-                    shard.map.remove(node.slot.session().as_str());
-                }
+                shard.remove(ix);
                 return true;
             }
             debug_assert!(false, "a busy session on the idle list");
@@ -399,10 +561,19 @@ mod tests {
         SessionId::new(key).unwrap()
     }
 
+    fn whole() -> StreamKey {
+        StreamKey::whole_session()
+    }
+
+    fn stream(key: &str) -> StreamKey {
+        StreamKey::new(key).unwrap()
+    }
+
     fn registry(max_sessions: usize, shards: usize) -> Registry {
         Registry::with_shards(
             RegistryLimits {
                 max_sessions,
+                max_streams_per_session: 3,
                 idle_ttl: Duration::from_secs(10),
                 dedup_window: 4,
             },
@@ -421,11 +592,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn full_registry_forgets_idle_written_sessions_lru_first() {
         let reg = registry(3, 1);
-        let a = reg.attach(&sid("a")).unwrap();
-        let b = reg.attach(&sid("b")).unwrap();
-        let c = reg.attach(&sid("c")).unwrap();
+        let a = reg.attach(&sid("a"), &whole()).unwrap();
+        let b = reg.attach(&sid("b"), &whole()).unwrap();
+        let c = reg.attach(&sid("c"), &whole()).unwrap();
         assert!(
-            matches!(reg.attach(&sid("d")), Err(Full)),
+            matches!(reg.attach(&sid("d"), &whole()), Err(Full::Registry)),
             "all three attached"
         );
         for slot in [&b, &a, &c] {
@@ -433,14 +604,14 @@ mod tests {
             reg.detach(slot);
         }
         // Idle order: b, a, c. No TTL has passed: the cap alone makes room.
-        assert!(reg.attach(&sid("d")).is_ok());
+        assert!(reg.attach(&sid("d"), &whole()).is_ok());
         assert!(
-            reg.get(&sid("b")).is_none(),
+            reg.get(&sid("b"), &whole()).is_none(),
             "least recently idle goes first"
         );
-        assert!(reg.attach(&sid("e")).is_ok());
-        assert!(reg.get(&sid("a")).is_none());
-        assert!(reg.get(&sid("c")).is_some());
+        assert!(reg.attach(&sid("e"), &whole()).is_ok());
+        assert!(reg.get(&sid("a"), &whole()).is_none());
+        assert!(reg.get(&sid("c"), &whole()).is_some());
         assert_eq!(reg.len(), 3);
         let stats = reg.stats();
         assert_eq!((stats.evicted, stats.max_examined), (2, 1));
@@ -449,42 +620,51 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn sessions_with_streams_or_unwritten_state_are_never_forgotten() {
         let reg = registry(2, 1);
-        let a = reg.attach(&sid("a")).unwrap();
-        let b = reg.attach(&sid("b")).unwrap();
+        let a = reg.attach(&sid("a"), &whole()).unwrap();
+        let b = reg.attach(&sid("b"), &whole()).unwrap();
         // a: stream gone but its event not written yet; b: still attached.
         a.record(Some(("1", 1)));
         reg.detach(&a);
         tokio::time::advance(Duration::from_secs(3600)).await;
         assert_eq!(reg.expire(usize::MAX), 0);
-        assert!(matches!(reg.attach(&sid("c")), Err(Full)));
+        assert!(matches!(
+            reg.attach(&sid("c"), &whole()),
+            Err(Full::Registry)
+        ));
         assert_eq!(reg.stats().refused, 1);
         // Written: a becomes idle and can go.
         let snap = a.snapshot(std::time::SystemTime::now()).unwrap();
         a.mark_persisted(snap.seq);
         reg.refresh(&a);
-        let c = reg.attach(&sid("c")).unwrap();
-        assert!(reg.get(&sid("a")).is_none());
-        assert!(reg.get(&sid("b")).is_some());
+        let c = reg.attach(&sid("c"), &whole()).unwrap();
+        assert!(reg.get(&sid("a"), &whole()).is_none());
+        assert!(reg.get(&sid("b"), &whole()).is_some());
         drop((b, c));
     }
 
     #[tokio::test(start_paused = true)]
     async fn reattaching_takes_a_session_off_the_idle_list() {
         let reg = registry(1, 1);
-        let a = reg.attach(&sid("a")).unwrap();
+        let a = reg.attach(&sid("a"), &whole()).unwrap();
         written(&reg, &a, "1");
         reg.detach(&a);
         assert_eq!(reg.stats().idle, 1);
-        let again = reg.attach(&sid("a")).unwrap();
+        let again = reg.attach(&sid("a"), &whole()).unwrap();
         assert!(Arc::ptr_eq(&a, &again), "the same slot");
         assert_eq!(reg.stats().idle, 0);
-        assert!(matches!(reg.attach(&sid("b")), Err(Full)));
+        assert!(matches!(
+            reg.attach(&sid("b"), &whole()),
+            Err(Full::Registry)
+        ));
         // Two attachments: one detach leaves it busy.
         reg.attach_again(&again);
         reg.detach(&again);
-        assert!(matches!(reg.attach(&sid("b")), Err(Full)));
+        assert!(matches!(
+            reg.attach(&sid("b"), &whole()),
+            Err(Full::Registry)
+        ));
         reg.detach(&again);
-        assert!(reg.attach(&sid("b")).is_ok());
+        assert!(reg.attach(&sid("b"), &whole()).is_ok());
     }
 
     #[tokio::test(start_paused = true)]
@@ -492,7 +672,7 @@ mod tests {
         let reg = registry(100, 1);
         let mut slots = Vec::new();
         for i in 0..10 {
-            let slot = reg.attach(&sid(&format!("s{i}"))).unwrap();
+            let slot = reg.attach(&sid(&format!("s{i}")), &whole()).unwrap();
             written(&reg, &slot, "1");
             reg.detach(&slot);
             slots.push(slot);
@@ -500,7 +680,7 @@ mod tests {
         }
         // s0 idle for 10 s, s9 for 1 s; TTL 10 s.
         assert_eq!(reg.expire(usize::MAX), 1);
-        assert!(reg.get(&sid("s0")).is_none() && reg.get(&sid("s1")).is_some());
+        assert!(reg.get(&sid("s0"), &whole()).is_none() && reg.get(&sid("s1"), &whole()).is_some());
         tokio::time::advance(Duration::from_secs(5)).await;
         assert_eq!(reg.expire(2), 2, "at most the budget per shard");
         assert_eq!(reg.expire(usize::MAX), 3);
@@ -514,7 +694,7 @@ mod tests {
         let mut held = Vec::new();
         // Fill to the cap; keep the first 60 attached, write and release the last 4.
         for i in 0..64 {
-            held.push(reg.attach(&sid(&format!("k{i}"))).unwrap());
+            held.push(reg.attach(&sid(&format!("k{i}")), &whole()).unwrap());
         }
         for slot in held.drain(60..) {
             written(&reg, &slot, "1");
@@ -522,10 +702,13 @@ mod tests {
         }
         // Four new sessions, whatever their shard, take the four idle places.
         for i in 0..4 {
-            held.push(reg.attach(&sid(&format!("new{i}"))).unwrap());
+            held.push(reg.attach(&sid(&format!("new{i}")), &whole()).unwrap());
             assert_eq!(reg.len(), 64);
         }
-        assert!(matches!(reg.attach(&sid("one-too-many")), Err(Full)));
+        assert!(matches!(
+            reg.attach(&sid("one-too-many"), &whole()),
+            Err(Full::Registry)
+        ));
         let stats = reg.stats();
         assert_eq!((stats.evicted, stats.refused, stats.idle), (4, 1, 0));
         assert!(stats.max_examined <= 1, "{stats:?}");
@@ -535,7 +718,7 @@ mod tests {
     async fn a_flood_at_the_cap_does_bounded_work_per_admission() {
         let reg = registry(1000, 8);
         for i in 0..20_000 {
-            let slot = reg.attach(&sid(&format!("flood-{i}"))).unwrap();
+            let slot = reg.attach(&sid(&format!("flood-{i}")), &whole()).unwrap();
             written(&reg, &slot, "1");
             reg.detach(&slot);
             assert!(reg.len() <= 1000);
@@ -545,5 +728,95 @@ mod tests {
         assert_eq!(stats.evicted, 19_000);
         assert!(stats.max_examined <= 1, "{stats:?}");
         assert_eq!(stats.examined, 19_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn streams_of_a_session_are_positions_of_their_own() {
+        let reg = registry(100, 1);
+        let events = reg.attach(&sid("a"), &stream("/events")).unwrap();
+        let chat = reg.attach(&sid("a"), &stream("/chat")).unwrap();
+        let other = reg.attach(&sid("b"), &stream("/events")).unwrap();
+        assert!(!Arc::ptr_eq(&events, &chat) && !Arc::ptr_eq(&events, &other));
+        written(&reg, &events, "5");
+        written(&reg, &chat, "c1");
+        let get = |s: &str, k: &str| reg.get(&sid(s), &stream(k)).unwrap().last_event_id();
+        assert_eq!(get("a", "/events").as_deref(), Some("5"));
+        assert_eq!(get("a", "/chat").as_deref(), Some("c1"));
+        assert_eq!(get("b", "/events"), None);
+        assert!(reg.get(&sid("a"), &stream("/other")).is_none());
+        assert_eq!(reg.len(), 3);
+        // Any position of the chain can leave it, the others stay found.
+        for slot in [&chat, &events, &other] {
+            reg.detach(slot);
+        }
+        tokio::time::advance(Duration::from_secs(11)).await;
+        let again = reg.attach(&sid("a"), &stream("/events")).unwrap();
+        assert_eq!(reg.expire(usize::MAX), 2, "chat and b's stream expire");
+        assert!(Arc::ptr_eq(
+            &again,
+            &reg.get(&sid("a"), &stream("/events")).unwrap()
+        ));
+        assert!(reg.get(&sid("a"), &stream("/chat")).is_none());
+        reg.detach(&again);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_has_at_most_its_cap_of_streams() {
+        // Cap: 3 streams per session.
+        let reg = registry(100, 1);
+        let held: Vec<_> = (0..3)
+            .map(|i| reg.attach(&sid("a"), &stream(&format!("/s{i}"))).unwrap())
+            .collect();
+        assert_eq!(
+            reg.attach(&sid("a"), &stream("/s3")).err(),
+            Some(Full::Streams),
+            "all three busy"
+        );
+        assert_eq!(reg.stats().refused_streams, 1);
+        assert!(
+            reg.attach(&sid("b"), &stream("/s3")).is_ok(),
+            "other sessions are not capped"
+        );
+        // The idlest of the session's streams makes room, before its TTL.
+        written(&reg, &held[1], "1");
+        reg.detach(&held[1]);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        written(&reg, &held[2], "1");
+        reg.detach(&held[2]);
+        let s3 = reg.attach(&sid("a"), &stream("/s3")).unwrap();
+        assert!(reg.get(&sid("a"), &stream("/s1")).is_none(), "idle longest");
+        assert!(reg.get(&sid("a"), &stream("/s2")).is_some());
+        assert_eq!(reg.len(), 4);
+        drop((held, s3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn forgetting_a_session_drops_its_idle_positions_and_resets_busy_ones() {
+        let reg = registry(100, 1);
+        let idle = reg.attach(&sid("a"), &stream("/idle")).unwrap();
+        written(&reg, &idle, "7");
+        reg.detach(&idle);
+        let live = reg.attach(&sid("a"), &stream("/live")).unwrap();
+        written(&reg, &live, "9");
+        let unwritten = reg.attach(&sid("a"), &stream("/unwritten")).unwrap();
+        unwritten.record(Some(("3", 3)));
+        reg.detach(&unwritten);
+        let other = reg.attach(&sid("b"), &stream("/idle")).unwrap();
+        written(&reg, &other, "1");
+        assert_eq!(reg.forget_session(&sid("a")), 3);
+        assert!(reg.get(&sid("a"), &stream("/idle")).is_none());
+        // Still held (by a stream, by the worker): kept, but with nothing to remember or write.
+        assert_eq!(live.last_event_id(), None);
+        assert!(unwritten.snapshot(std::time::SystemTime::now()).is_none());
+        assert_eq!(reg.len(), 3);
+        assert_eq!(reg.stats().idle, 0);
+        // Other sessions are untouched; the held positions go their usual way afterwards.
+        assert_eq!(other.last_event_id().as_deref(), Some("1"));
+        assert!(!unwritten.mark_persisted(0));
+        reg.refresh(&unwritten);
+        assert_eq!(reg.stats().idle, 1);
+        assert_eq!(reg.forget_session(&sid("nobody")), 0);
+        reg.detach(&live);
+        reg.detach(&other);
     }
 }

@@ -6,7 +6,7 @@ use std::{future::Future, pin::Pin};
 use http::{HeaderName, HeaderValue, Request};
 
 use crate::{
-    SessionId,
+    SessionId, StreamKey,
     config::Config,
     metrics as m,
     store::{SessionRecord, StoreError},
@@ -26,14 +26,19 @@ pub(crate) fn stated<B>(req: &Request<B>, max_len: usize) -> Option<Box<str>> {
     (value.len() <= max_len && !value.contains('\0')).then(|| value.into())
 }
 
-/// Fills in `Last-Event-ID` for a request of a known session that has none: from memory at
-/// once, or returns the store read to wait for first (then [`finish`]).
-pub(crate) fn start<B>(config: &Config, session: &SessionId, req: &mut Request<B>) -> Option<Load> {
+/// Fills in `Last-Event-ID` for a request of a known session's stream that has none: from
+/// memory at once, or returns the store read to wait for first (then [`finish`]).
+pub(crate) fn start<B>(
+    config: &Config,
+    session: &SessionId,
+    stream: &StreamKey,
+    req: &mut Request<B>,
+) -> Option<Load> {
     if req.headers().contains_key(&LAST_EVENT_ID) {
         // The client knows where it is: never override it.
         return None;
     }
-    match config.worker.last_event_id(session) {
+    match config.worker.last_event_id(session, stream) {
         // Known in memory (possibly cleared, then no header).
         Some(id) => {
             insert(req, &id);
@@ -41,8 +46,8 @@ pub(crate) fn start<B>(config: &Config, session: &SessionId, req: &mut Request<B
         }
         None => {
             let store = config.worker.store().clone();
-            let session = session.clone();
-            Some(Box::pin(async move { store.load(&session).await }))
+            let (session, stream) = (session.clone(), stream.clone());
+            Some(Box::pin(async move { store.load(&session, &stream).await }))
         }
     }
 }
@@ -58,7 +63,7 @@ pub(crate) fn finish<B>(req: &mut Request<B>, loaded: Result<Option<SessionRecor
         }
         Err(error) => {
             metrics::counter!(m::RESUME_ERRORS).increment(1);
-            tracing::warn!(%error, "could not read the session's last event id to resume it");
+            tracing::warn!(%error, "could not read the stream's last event id to resume it");
         }
     }
 }

@@ -28,7 +28,7 @@ use crate::{
 /// use http_body_util::{BodyExt, Full};
 /// use tower::{ServiceExt, service_fn};
 /// use tower_layer::Layer;
-/// use tower_sse_tracking::{EventTrackingLayer, SessionId};
+/// use tower_sse_tracking::{EventTrackingLayer, SessionId, StreamKey};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
@@ -45,7 +45,8 @@ use crate::{
 /// let bytes = response.into_body().collect().await.unwrap().to_bytes();
 /// assert_eq!(&bytes[..], b"id: 42\ndata: hi\n\n"); // unchanged
 /// let session = SessionId::new("s1").unwrap();
-/// assert_eq!(tracking.worker().last_event_id(&session).as_deref(), Some("42"));
+/// let stream = StreamKey::new("/events").unwrap(); // the request's path
+/// assert_eq!(tracking.worker().last_event_id(&session, &stream).as_deref(), Some("42"));
 /// # }
 /// ```
 #[derive(Clone, Debug)]
@@ -93,15 +94,23 @@ where
             return ResponseFuture::calling(self.inner.call(req), None);
         }
         let config = &self.config;
-        let (mut req, session) = config.source.of_request(req, config.max_key_len);
+        let (req, mut session) = config.source.of_request(req, config.max_key_len);
+        let (mut req, stream) = match session {
+            RequestSession::Untracked => (req, None),
+            _ => config.streams.of_request(req, config.max_stream_key_len),
+        };
+        if stream.is_none() {
+            session = RequestSession::Untracked;
+        }
         let stated = resume::stated(&req, config.max_id_len);
-        let load = match &session {
-            RequestSession::Known(id) if config.resumes(req.method()) => {
-                resume::start(config, id, &mut req)
+        let load = match (&session, &stream) {
+            (RequestSession::Known(id), Some(stream)) if config.resumes(req.method()) => {
+                resume::start(config, id, stream, &mut req)
             }
             _ => None,
         };
-        let info = RequestInfo::new(config, session, stated);
+        let forget = config.forgets(req.method());
+        let info = RequestInfo::new(config, session, stream, stated, forget);
         match load {
             None => ResponseFuture::calling(self.inner.call(req), info),
             // The store must answer before the inner service is called: the service that was

@@ -1,5 +1,5 @@
-//! Session keys: untrusted client input, validated once and then shared cheaply; and where a
-//! request's session comes from.
+//! Session and stream keys: untrusted client input, validated once and then shared cheaply; and
+//! where a request's session and stream come from.
 
 use std::{borrow::Borrow, fmt, sync::Arc};
 
@@ -9,6 +9,9 @@ use crate::metrics as m;
 
 /// Default cap on the length of a session key, in bytes.
 pub(crate) const DEFAULT_MAX_SESSION_KEY_LEN: usize = 128;
+
+/// Default cap on the length of a stream key, in bytes.
+pub(crate) const DEFAULT_MAX_STREAM_KEY_LEN: usize = 256;
 
 /// A validated session key.
 ///
@@ -33,9 +36,9 @@ impl SessionId {
     ///
     /// # Errors
     ///
-    /// Returns [`InvalidSessionId`] when `key` is empty, too long or contains a control
+    /// Returns [`InvalidKey`] when `key` is empty, too long or contains a control
     /// character.
-    pub fn new(key: &str) -> Result<Self, InvalidSessionId> {
+    pub fn new(key: &str) -> Result<Self, InvalidKey> {
         Self::with_max_len(key, DEFAULT_MAX_SESSION_KEY_LEN)
     }
 
@@ -43,9 +46,9 @@ impl SessionId {
     ///
     /// # Errors
     ///
-    /// Returns [`InvalidSessionId`] when `key` is empty, longer than `max_len` bytes or contains
+    /// Returns [`InvalidKey`] when `key` is empty, longer than `max_len` bytes or contains
     /// a control character.
-    pub fn with_max_len(key: &str, max_len: usize) -> Result<Self, InvalidSessionId> {
+    pub fn with_max_len(key: &str, max_len: usize) -> Result<Self, InvalidKey> {
         Self::check(key.as_bytes(), max_len)?;
         Ok(Self(Arc::from(key)))
     }
@@ -55,38 +58,43 @@ impl SessionId {
     /// # Errors
     ///
     /// As [`with_max_len`](Self::with_max_len), and also when the bytes are not UTF-8.
-    pub fn from_bytes(key: &[u8], max_len: usize) -> Result<Self, InvalidSessionId> {
+    pub fn from_bytes(key: &[u8], max_len: usize) -> Result<Self, InvalidKey> {
         Self::check(key, max_len)?;
-        let key = std::str::from_utf8(key).map_err(|_| InvalidSessionId::NotUtf8)?;
+        let key = std::str::from_utf8(key).map_err(|_| InvalidKey::NotUtf8)?;
         Ok(Self(Arc::from(key)))
     }
 
-    fn check(key: &[u8], max_len: usize) -> Result<(), InvalidSessionId> {
+    fn check(key: &[u8], max_len: usize) -> Result<(), InvalidKey> {
         if key.is_empty() {
-            return Err(InvalidSessionId::Empty);
+            return Err(InvalidKey::Empty);
         }
-        if key.len() > max_len {
-            return Err(InvalidSessionId::TooLong {
-                len: key.len(),
-                max: max_len,
-            });
-        }
-        // Control characters: C0 and DEL (C1 controls are caught as characters below).
-        if key.iter().any(|b| b.is_ascii_control()) {
-            return Err(InvalidSessionId::ControlCharacter);
-        }
-        if let Ok(s) = std::str::from_utf8(key)
-            && s.chars().any(char::is_control)
-        {
-            return Err(InvalidSessionId::ControlCharacter);
-        }
-        Ok(())
+        check_chars(key, max_len)
     }
 
     /// The key as a string slice.
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Checks a key's length and characters (not its emptiness).
+fn check_chars(key: &[u8], max_len: usize) -> Result<(), InvalidKey> {
+    if key.len() > max_len {
+        return Err(InvalidKey::TooLong {
+            len: key.len(),
+            max: max_len,
+        });
+    }
+    // Control characters: C0 and DEL (C1 controls are caught as characters below).
+    if key.iter().any(|b| b.is_ascii_control()) {
+        return Err(InvalidKey::ControlCharacter);
+    }
+    if let Ok(s) = std::str::from_utf8(key)
+        && s.chars().any(char::is_control)
+    {
+        return Err(InvalidKey::ControlCharacter);
+    }
+    Ok(())
 }
 
 impl fmt::Debug for SessionId {
@@ -114,17 +122,112 @@ impl Borrow<str> for SessionId {
 }
 
 impl TryFrom<&str> for SessionId {
-    type Error = InvalidSessionId;
+    type Error = InvalidKey;
 
     fn try_from(key: &str) -> Result<Self, Self::Error> {
         Self::new(key)
     }
 }
 
-/// Why a session key was refused.
+/// Which of a session's streams an event stream is: positions (last event IDs) are tracked and
+/// resumed per session *and* stream, so that two endpoints of one session never share one.
+///
+/// The layer takes it from the request: by default its path (`/events`, `/chat/42/stream`; the
+/// query is not part of it), or from a function of the request
+/// ([`stream_key`](crate::EventTrackingLayerBuilder::stream_key)). The empty key stands for
+/// the whole session ([`StreamKey::whole_session`], chosen by
+/// [`one_position_per_session`](crate::EventTrackingLayerBuilder::one_position_per_session)):
+/// for protocols whose event IDs are unique across all streams of a session.
+///
+/// Stream keys come from clients too, so they are checked like session keys (at most a
+/// configured number of bytes, 256 by default, and no control characters), except that the
+/// empty key is allowed. Cloning is cheap (an `Arc<str>`).
+///
+/// ```
+/// use tower_sse_tracking::StreamKey;
+///
+/// let key = StreamKey::new("/events").unwrap();
+/// assert_eq!(key.as_str(), "/events");
+/// assert!(StreamKey::whole_session().is_whole_session());
+/// assert!(StreamKey::new("/a\nb").is_err());
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamKey(Arc<str>);
+
+impl StreamKey {
+    /// Validates `key` with the default length cap of 256 bytes.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`InvalidKey`] when `key` is longer than 256 bytes or contains a control
+    /// character.
+    pub fn new(key: &str) -> Result<Self, InvalidKey> {
+        Self::with_max_len(key, DEFAULT_MAX_STREAM_KEY_LEN)
+    }
+
+    /// Validates `key` with a length cap of `max_len` bytes.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`InvalidKey`] when `key` is longer than `max_len` bytes or contains a control
+    /// character.
+    pub fn with_max_len(key: &str, max_len: usize) -> Result<Self, InvalidKey> {
+        check_chars(key.as_bytes(), max_len)?;
+        Ok(Self(Arc::from(key)))
+    }
+
+    /// The empty key: one position for all of a session's streams.
+    pub fn whole_session() -> Self {
+        Self(Arc::from(""))
+    }
+
+    /// Whether this is the [whole session's](Self::whole_session) key.
+    pub fn is_whole_session(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The key as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for StreamKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for StreamKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for StreamKey {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Borrow<str> for StreamKey {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<&str> for StreamKey {
+    type Error = InvalidKey;
+
+    fn try_from(key: &str) -> Result<Self, Self::Error> {
+        Self::new(key)
+    }
+}
+
+/// Why a session or stream key was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum InvalidSessionId {
+pub enum InvalidKey {
     /// The key is empty.
     Empty,
     /// The key is longer than allowed.
@@ -143,21 +246,21 @@ pub enum InvalidSessionId {
     BadEscape,
 }
 
-impl fmt::Display for InvalidSessionId {
+impl fmt::Display for InvalidKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Empty => f.write_str("session key is empty"),
+            Self::Empty => f.write_str("key is empty"),
             Self::TooLong { len, max } => {
-                write!(f, "session key is {len} bytes long, more than {max}")
+                write!(f, "key is {len} bytes long, more than {max}")
             }
-            Self::ControlCharacter => f.write_str("session key contains a control character"),
-            Self::NotUtf8 => f.write_str("session key is not valid utf-8"),
-            Self::BadEscape => f.write_str("session key has an invalid percent escape"),
+            Self::ControlCharacter => f.write_str("key contains a control character"),
+            Self::NotUtf8 => f.write_str("key is not valid utf-8"),
+            Self::BadEscape => f.write_str("key has an invalid percent escape"),
         }
     }
 }
 
-impl std::error::Error for InvalidSessionId {}
+impl std::error::Error for InvalidKey {}
 
 /// A function of the request head that names its session.
 pub(crate) type KeyFn = dyn Fn(&Parts) -> Option<String> + Send + Sync;
@@ -182,6 +285,65 @@ impl fmt::Debug for SessionSource {
             Self::Cookie(name) => f.debug_tuple("Cookie").field(name).finish(),
             Self::Query(name) => f.debug_tuple("Query").field(name).finish(),
             Self::Fn(_) => f.write_str("Fn(..)"),
+        }
+    }
+}
+
+/// A function of the request head that names its stream.
+pub(crate) type StreamFn = dyn Fn(&Parts) -> Option<String> + Send + Sync;
+
+/// Where a request's stream key comes from.
+#[derive(Clone)]
+pub(crate) enum StreamSource {
+    /// The request's path.
+    Path,
+    /// One position per session: the empty key.
+    WholeSession,
+    /// A function of the request head.
+    Fn(Arc<StreamFn>),
+}
+
+impl fmt::Debug for StreamSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Path => f.write_str("Path"),
+            Self::WholeSession => f.write_str("WholeSession"),
+            Self::Fn(_) => f.write_str("Fn(..)"),
+        }
+    }
+}
+
+impl StreamSource {
+    /// The stream key of a request; `None` (not tracked) when the function names none, or when
+    /// the key is invalid (counted and logged: keys are client input).
+    pub(crate) fn of_request<B>(
+        &self,
+        req: Request<B>,
+        max_len: usize,
+    ) -> (Request<B>, Option<StreamKey>) {
+        let (req, key) = match self {
+            Self::Path => {
+                let key = StreamKey::with_max_len(req.uri().path(), max_len);
+                (req, key)
+            }
+            Self::WholeSession => return (req, Some(StreamKey::whole_session())),
+            Self::Fn(f) => {
+                let (parts, body) = req.into_parts();
+                let key = f(&parts);
+                let req = Request::from_parts(parts, body);
+                match key {
+                    Some(key) => (req, StreamKey::with_max_len(&key, max_len)),
+                    None => return (req, None),
+                }
+            }
+        };
+        match key {
+            Ok(key) => (req, Some(key)),
+            Err(error) => {
+                metrics::counter!(m::UNTRACKED, "reason" => "invalid_key").increment(1);
+                tracing::debug!(%error, "invalid stream key: not tracked");
+                (req, None)
+            }
         }
     }
 }
@@ -281,7 +443,7 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// The decoded value of the first parameter named `name` in a query string
 /// (`application/x-www-form-urlencoded`: `&`-separated pairs, `+` for a space, `%XX` escapes).
 /// `Err` when the value has an invalid escape (the key is then refused, not guessed at).
-fn query_param(query: &str, name: &str) -> Option<Result<Vec<u8>, InvalidSessionId>> {
+fn query_param(query: &str, name: &str) -> Option<Result<Vec<u8>, InvalidKey>> {
     query.split('&').find_map(|pair| {
         let (n, v) = pair.split_once('=').unwrap_or((pair, ""));
         let n = percent_decode(n.as_bytes(), true).ok()?;
@@ -291,7 +453,7 @@ fn query_param(query: &str, name: &str) -> Option<Result<Vec<u8>, InvalidSession
 
 /// Decodes `%XX` escapes (and `+` as a space when `plus` is set). A `%` not followed by two hex
 /// digits makes the value invalid.
-fn percent_decode(bytes: &[u8], plus: bool) -> Result<Vec<u8>, InvalidSessionId> {
+fn percent_decode(bytes: &[u8], plus: bool) -> Result<Vec<u8>, InvalidKey> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
@@ -302,7 +464,7 @@ fn percent_decode(bytes: &[u8], plus: bool) -> Result<Vec<u8>, InvalidSessionId>
                     bytes.get(i + 1).and_then(|&b| hex(b)),
                     bytes.get(i + 2).and_then(|&b| hex(b)),
                 ) else {
-                    return Err(InvalidSessionId::BadEscape);
+                    return Err(InvalidKey::BadEscape);
                 };
                 out.push((hi * 16 + lo) as u8);
                 i += 3;
@@ -321,7 +483,7 @@ fn percent_decode(bytes: &[u8], plus: bool) -> Result<Vec<u8>, InvalidSessionId>
 }
 
 /// A validated key, or an untracked request (counted and logged: keys are client input).
-fn valid(key: Result<SessionId, InvalidSessionId>) -> RequestSession {
+fn valid(key: Result<SessionId, InvalidKey>) -> RequestSession {
     match key {
         Ok(session) => RequestSession::Known(session),
         Err(error) => {
@@ -345,17 +507,17 @@ mod tests {
 
     #[test]
     fn refuses_empty_long_and_control_keys() {
-        assert_eq!(SessionId::new(""), Err(InvalidSessionId::Empty));
+        assert_eq!(SessionId::new(""), Err(InvalidKey::Empty));
         let long = "x".repeat(DEFAULT_MAX_SESSION_KEY_LEN + 1);
         assert!(matches!(
             SessionId::new(&long),
-            Err(InvalidSessionId::TooLong { len: 129, max: 128 })
+            Err(InvalidKey::TooLong { len: 129, max: 128 })
         ));
         assert!(SessionId::new(&long[1..]).is_ok());
         for key in ["a\nb", "a\rb", "\0", "a\x7f", "a\u{85}b", "tab\there"] {
             assert_eq!(
                 SessionId::new(key),
-                Err(InvalidSessionId::ControlCharacter),
+                Err(InvalidKey::ControlCharacter),
                 "{key:?}"
             );
         }
@@ -365,7 +527,7 @@ mod tests {
     fn refuses_non_utf8_bytes() {
         assert_eq!(
             SessionId::from_bytes(b"a\xffb", 128),
-            Err(InvalidSessionId::NotUtf8)
+            Err(InvalidKey::NotUtf8)
         );
     }
 

@@ -14,7 +14,7 @@ use std::{
 };
 
 use crate::{
-    SessionId, clock,
+    SessionId, StreamKey, clock,
     store::{LastEventId, SessionUpdate},
 };
 
@@ -34,6 +34,7 @@ pub(crate) struct Recorded {
 /// has something to write) the persistence worker.
 pub(crate) struct Slot {
     session: SessionId,
+    stream: StreamKey,
     /// Where the registry keeps the slot: its shard and its index there (fixed).
     shard: u32,
     node: u32,
@@ -85,6 +86,7 @@ impl std::fmt::Debug for Slot {
         let st = self.lock();
         f.debug_struct("Slot")
             .field("session", &self.session)
+            .field("stream", &self.stream)
             .field("id", &st.id)
             .field("seq", &st.seq)
             .field("persisted_seq", &st.persisted_seq)
@@ -94,9 +96,16 @@ impl std::fmt::Debug for Slot {
 }
 
 impl Slot {
-    pub(crate) fn new(session: SessionId, shard: u32, node: u32, dedup_window: usize) -> Self {
+    pub(crate) fn new(
+        session: SessionId,
+        stream: StreamKey,
+        shard: u32,
+        node: u32,
+        dedup_window: usize,
+    ) -> Self {
         Self {
             session,
+            stream,
             shard,
             node,
             state: Mutex::new(SlotState {
@@ -115,6 +124,10 @@ impl Slot {
 
     pub(crate) fn session(&self) -> &SessionId {
         &self.session
+    }
+
+    pub(crate) fn stream(&self) -> &StreamKey {
+        &self.stream
     }
 
     pub(crate) fn shard(&self) -> u32 {
@@ -177,6 +190,18 @@ impl Slot {
         }
     }
 
+    /// The session was forgotten: the slot forgets its ID and duplicate window, and has nothing
+    /// left to write (a snapshot the worker has not taken yet is dropped). Events recorded
+    /// afterwards start afresh.
+    pub(crate) fn forget(&self) {
+        let mut st = self.lock();
+        st.id.clear();
+        st.id_known = false;
+        st.dedup.clear();
+        st.persisted_seq = st.seq;
+        st.snap_seq = st.seq;
+    }
+
     /// The newest last event ID recorded in this process: `None` if none was recorded,
     /// `Some("")` if the stream cleared it.
     pub(crate) fn last_event_id(&self) -> Option<String> {
@@ -203,6 +228,7 @@ impl Slot {
         Some(Snapshot {
             update: SessionUpdate {
                 session: self.session.clone(),
+                stream: self.stream.clone(),
                 last_event_id: LastEventId::from(st.id.as_str()),
                 version: st.version,
                 last_activity: st.activity,
@@ -330,7 +356,13 @@ mod tests {
     use super::*;
 
     fn slot() -> Slot {
-        Slot::new(SessionId::new("s").unwrap(), 0, 0, 4)
+        Slot::new(
+            SessionId::new("s").unwrap(),
+            crate::StreamKey::whole_session(),
+            0,
+            0,
+            4,
+        )
     }
 
     fn rec(slot: &Slot, hasher: &IdHasher, id: &str) -> Recorded {

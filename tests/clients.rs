@@ -21,7 +21,7 @@ use tower::ServiceBuilder;
 use tower_http::compression::{CompressionLayer, predicate::Predicate};
 use tower_sse_tracking::{EventTrackingLayer, metrics as m, store::MemoryStore};
 
-use support::{fetch, serve, sid};
+use support::{fetch, serve, sid, stream as key};
 
 /// Compresses every response, event streams included (tower-http's default predicate never
 /// compresses `text/event-stream`).
@@ -70,7 +70,10 @@ async fn an_ended_body_is_never_polled_again_so_compression_over_an_unfused_stre
     assert!(!body.is_empty(), "a gzip stream arrived");
     tracking.flush().await.unwrap();
     assert_eq!(
-        tracking.worker().last_event_id(&sid("gz")).as_deref(),
+        tracking
+            .worker()
+            .last_event_id(&sid("gz"), &key("/events"))
+            .as_deref(),
         Some("3")
     );
 }
@@ -152,7 +155,12 @@ fn a_compressed_event_stream_is_counted_as_untracked() {
                 assert_eq!(parts.headers[header::CONTENT_ENCODING], "gzip");
             }
             tracking.flush().await.unwrap();
-            assert_eq!(tracking.worker().last_event_id(&sid("zipped")), None);
+            assert_eq!(
+                tracking
+                    .worker()
+                    .last_event_id(&sid("zipped"), &key("/events")),
+                None
+            );
         });
     });
     let untracked: u64 = snapshotter
@@ -225,10 +233,18 @@ async fn the_layer_fits_a_tower_http_stack_in_either_order() {
     assert_eq!(parts.status, StatusCode::UNAUTHORIZED);
     tracking.flush().await.unwrap();
     assert_eq!(
-        tracking.worker().last_event_id(&sid("stacked")).as_deref(),
+        tracking
+            .worker()
+            .last_event_id(&sid("stacked"), &key("/events"))
+            .as_deref(),
         Some("2")
     );
-    assert_eq!(tracking.worker().last_event_id(&sid("no-token")), None);
+    assert_eq!(
+        tracking
+            .worker()
+            .last_event_id(&sid("no-token"), &key("/events")),
+        None
+    );
 
     // Tracking outermost, around a whole router with its own stack: `axum::serve` wants an
     // `axum::body::Body`, hence the `map_response`.
@@ -252,7 +268,10 @@ async fn the_layer_fits_a_tower_http_stack_in_either_order() {
     assert_eq!(body, "id: 1\ndata: x\n\nid: 2\ndata: x\n\n");
     tracking.flush().await.unwrap();
     assert_eq!(
-        tracking.worker().last_event_id(&sid("outside")).as_deref(),
+        tracking
+            .worker()
+            .last_event_id(&sid("outside"), &key("/events"))
+            .as_deref(),
         Some("2")
     );
 }
@@ -278,7 +297,10 @@ async fn browsers_are_tracked_by_cookie_or_query_parameter() {
     assert_eq!(body, "id: 1\ndata: x\n\nid: 2\ndata: x\n\n");
     by_cookie.flush().await.unwrap();
     assert_eq!(
-        by_cookie.worker().last_event_id(&sid("tab 1")).as_deref(),
+        by_cookie
+            .worker()
+            .last_event_id(&sid("tab 1"), &key("/events"))
+            .as_deref(),
         Some("2")
     );
 
@@ -300,7 +322,10 @@ async fn browsers_are_tracked_by_cookie_or_query_parameter() {
         assert_eq!(body, "id: 1\ndata: x\n\nid: 2\ndata: x\n\n");
         by_query.flush().await.unwrap();
         assert_eq!(
-            by_query.worker().last_event_id(&sid(session)).as_deref(),
+            by_query
+                .worker()
+                .last_event_id(&sid(session), &key("/events"))
+                .as_deref(),
             Some("2"),
             "{uri}"
         );
@@ -339,9 +364,12 @@ async fn a_clients_own_last_event_id_resets_the_position() {
     let addr = serve(app).await;
     let store_id = || async {
         tracking.flush().await.unwrap();
-        let stored = store.get(&sid("c")).unwrap().last_event_id;
+        let stored = store.get(&sid("c"), &key("/events")).unwrap().last_event_id;
         assert_eq!(
-            tracking.worker().last_event_id(&sid("c")).as_deref(),
+            tracking
+                .worker()
+                .last_event_id(&sid("c"), &key("/events"))
+                .as_deref(),
             stored.as_str(),
             "memory and store agree"
         );
@@ -357,4 +385,256 @@ async fn a_clients_own_last_event_id_resets_the_position() {
         fetch(addr, request).await;
         assert_eq!(store_id().await.as_deref(), Some(expect), "after {stated}");
     }
+}
+
+/// The event stream of [`numbered`].
+type Numbered = Sse<stream::Iter<std::vec::IntoIter<Result<Event, Infallible>>>>;
+
+/// An endpoint that streams events `1..=n` and says, in a first event, which `Last-Event-ID`
+/// it was called with.
+fn numbered(n: u32) -> impl Fn(HeaderMap) -> std::future::Ready<Numbered> + Clone {
+    move |headers: HeaderMap| {
+        let seen = headers
+            .get("last-event-id")
+            .map_or("none".to_owned(), |v| v.to_str().unwrap().to_owned());
+        let mut events = vec![Ok(Event::default().event("seen").data(seen))];
+        events.extend((1..=n).map(|i| Ok(Event::default().id(i.to_string()).data("x"))));
+        std::future::ready(Sse::new(stream::iter(events)))
+    }
+}
+
+fn with_cookie(path: &str, sid: &str) -> Request<Empty<Bytes>> {
+    Request::get(path)
+        .header(header::COOKIE, format!("sid={sid}"))
+        .body(Empty::new())
+        .unwrap()
+}
+
+/// The `Last-Event-ID` an endpoint of [`numbered`] was called with.
+fn seen(body: &[u8]) -> String {
+    let body = std::str::from_utf8(body).unwrap();
+    let line = body.lines().nth(1).unwrap();
+    line.strip_prefix("data: ").unwrap().to_owned()
+}
+
+/// Finding 2: positions are per (session, stream). With one cookie, a second endpoint is not
+/// handed the first one's position, and each endpoint resumes from its own.
+#[tokio::test]
+async fn endpoints_of_one_session_never_share_a_position() {
+    let store = MemoryStore::new();
+    let tracking = EventTrackingLayer::builder()
+        .store(store.clone())
+        .session_cookie("sid")
+        .resume(true)
+        .build();
+    let app = Router::new()
+        .route("/events", get(numbered(5)))
+        .route("/other", get(numbered(2)))
+        .layer(tracking.clone());
+    let addr = serve(app).await;
+    let (_, body) = fetch(addr, with_cookie("/events", "c")).await;
+    assert_eq!(seen(&body), "none");
+    tracking.flush().await.unwrap();
+    let (_, body) = fetch(addr, with_cookie("/other", "c")).await;
+    assert_eq!(seen(&body), "none", "/events' position is not /other's");
+    tracking.flush().await.unwrap();
+    let (_, body) = fetch(addr, with_cookie("/events", "c")).await;
+    assert_eq!(seen(&body), "5", "/events resumes from its own position");
+    let (_, body) = fetch(addr, with_cookie("/other", "c")).await;
+    assert_eq!(seen(&body), "2", "and /other from its own");
+    tracking.flush().await.unwrap();
+    let c = sid("c");
+    assert_eq!(
+        store.last_event_id(&c, &key("/events")).as_deref(),
+        Some("5")
+    );
+    assert_eq!(
+        store.last_event_id(&c, &key("/other")).as_deref(),
+        Some("2")
+    );
+    // The query is not part of the default key: `?x=1` is the same endpoint.
+    let (_, body) = fetch(addr, with_cookie("/events?x=1", "c")).await;
+    assert_eq!(seen(&body), "5");
+
+    // Opt-in: one position per session (protocols whose IDs are unique per session).
+    let tracking = EventTrackingLayer::builder()
+        .session_cookie("sid")
+        .one_position_per_session()
+        .resume(true)
+        .build();
+    let app = Router::new()
+        .route("/events", get(numbered(5)))
+        .route("/other", get(numbered(2)))
+        .layer(tracking.clone());
+    let addr = serve(app).await;
+    fetch(addr, with_cookie("/events", "c")).await;
+    tracking.flush().await.unwrap();
+    let (_, body) = fetch(addr, with_cookie("/other", "c")).await;
+    assert_eq!(seen(&body), "5", "one position for the whole session");
+}
+
+/// Finding 2: two tabs of one page share a cookie and an endpoint; a stream key that tells them
+/// apart (a tab ID in the query) keeps their positions apart.
+#[tokio::test]
+async fn two_tabs_with_one_cookie_keep_their_own_positions_with_a_stream_key() {
+    let tracking = EventTrackingLayer::builder()
+        .session_cookie("sid")
+        .stream_key(|parts| {
+            let tab = parts
+                .uri
+                .query()?
+                .split('&')
+                .find_map(|p| p.strip_prefix("tab="))?;
+            Some(format!("{}#{tab}", parts.uri.path()))
+        })
+        .resume(true)
+        .build();
+    let app = Router::new()
+        .route("/events", get(numbered(3)))
+        .route("/more", get(numbered(9)))
+        .layer(tracking.clone());
+    let addr = serve(app).await;
+    fetch(addr, with_cookie("/events?tab=1", "c")).await;
+    fetch(addr, with_cookie("/more?tab=2", "c")).await;
+    tracking.flush().await.unwrap();
+    let (_, body) = fetch(addr, with_cookie("/events?tab=1", "c")).await;
+    assert_eq!(seen(&body), "3");
+    let (_, body) = fetch(addr, with_cookie("/more?tab=2", "c")).await;
+    assert_eq!(seen(&body), "9");
+    // No tab: the key function names no stream, so the request is not tracked (nor resumed).
+    let (_, body) = fetch(addr, with_cookie("/events", "c")).await;
+    assert_eq!(seen(&body), "none");
+    tracking.flush().await.unwrap();
+    let worker = tracking.worker();
+    assert_eq!(worker.last_event_id(&sid("c"), &key("/events")), None);
+    assert_eq!(
+        worker
+            .last_event_id(&sid("c"), &key("/events#1"))
+            .as_deref(),
+        Some("3")
+    );
+}
+
+/// Finding 2: stream keys come from clients too. A session gets at most
+/// `max_streams_per_session` streams in memory: at the cap, its idlest stream makes room, and
+/// when all are busy a new one passes through untracked and counted.
+#[tokio::test]
+async fn a_session_cannot_take_more_than_its_cap_of_streams() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let store = MemoryStore::new();
+    let tracking = EventTrackingLayer::builder()
+        .store(store.clone())
+        .session_cookie("sid")
+        .worker(tower_sse_tracking::worker::WorkerConfig::default().max_streams_per_session(2))
+        .build();
+    let app = Router::new()
+        .route("/{n}", get(numbered(1)))
+        .layer(tracking.clone());
+    let addr = serve(app).await;
+    for n in 0..10 {
+        let (_, body) = fetch(addr, with_cookie(&format!("/{n}"), "c")).await;
+        assert_eq!(seen(&body), "none");
+        tracking.flush().await.unwrap();
+        assert!(tracking.worker().tracked_sessions() <= 2);
+    }
+    // Every stream was tracked and written: the idle ones made room for the next.
+    for n in 0..10 {
+        assert_eq!(
+            store
+                .last_event_id(&sid("c"), &key(&format!("/{n}")))
+                .as_deref(),
+            Some("1")
+        );
+    }
+    let forgotten = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .find(|(k, ..)| {
+            k.key().name() == m::SESSIONS_FORGOTTEN
+                && k.key().labels().any(|l| l.value() == "streams")
+        })
+        .map(|(.., v)| v);
+    assert_eq!(forgotten, Some(DebugValue::Counter(8)));
+}
+
+/// Finding 11: a session ends with a request (MCP's `DELETE`); with `forget_on`, its positions
+/// go from memory and from the store before the response reaches the client, and a request
+/// that failed forgets nothing.
+#[tokio::test]
+async fn a_successful_delete_forgets_the_session_before_its_response() {
+    let store = MemoryStore::new();
+    let tracking = EventTrackingLayer::builder()
+        .store(store.clone())
+        .session_cookie("sid")
+        .resume(true)
+        .forget_on([Method::DELETE])
+        .build();
+    let app = Router::new()
+        .route(
+            "/events",
+            get(numbered(4)).delete(|headers: HeaderMap| async move {
+                if headers.contains_key("x-refuse") {
+                    StatusCode::FORBIDDEN
+                } else {
+                    StatusCode::NO_CONTENT
+                }
+            }),
+        )
+        .route("/other", get(numbered(2)))
+        .layer(tracking.clone());
+    let addr = serve(app).await;
+    for (path, session) in [("/events", "a"), ("/other", "a"), ("/events", "b")] {
+        fetch(addr, with_cookie(path, session)).await;
+    }
+    tracking.flush().await.unwrap();
+    assert_eq!(store.len(), 3);
+
+    let delete = |refuse: bool| {
+        let mut req = with_cookie("/events", "a");
+        *req.method_mut() = Method::DELETE;
+        if refuse {
+            req.headers_mut()
+                .insert("x-refuse", http::HeaderValue::from_static("1"));
+        }
+        req
+    };
+    let (parts, _) = fetch(addr, delete(true)).await;
+    assert_eq!(parts.status, StatusCode::FORBIDDEN);
+    assert_eq!(store.len(), 3, "a refused DELETE forgets nothing");
+
+    let (parts, _) = fetch(addr, delete(false)).await;
+    assert_eq!(parts.status, StatusCode::NO_CONTENT);
+    // No flush, no wait: gone once the response arrived, from every stream of the session.
+    let a = sid("a");
+    assert_eq!(store.last_event_id(&a, &key("/events")), None);
+    assert_eq!(store.last_event_id(&a, &key("/other")), None);
+    assert_eq!(tracking.worker().last_event_id(&a, &key("/events")), None);
+    assert_eq!(
+        store.last_event_id(&sid("b"), &key("/events")).as_deref(),
+        Some("4"),
+        "other sessions stay"
+    );
+    let (_, body) = fetch(addr, with_cookie("/events", "a")).await;
+    assert_eq!(seen(&body), "none", "nothing left to resume from");
+
+    // Without `forget_on`, a DELETE forgets nothing.
+    let store = MemoryStore::new();
+    let tracking = EventTrackingLayer::builder()
+        .store(store.clone())
+        .session_cookie("sid")
+        .build();
+    let app = Router::new()
+        .route(
+            "/events",
+            get(numbered(1)).delete(|| async { StatusCode::NO_CONTENT }),
+        )
+        .layer(tracking.clone());
+    let addr = serve(app).await;
+    fetch(addr, with_cookie("/events", "a")).await;
+    tracking.flush().await.unwrap();
+    fetch(addr, delete(false)).await;
+    assert_eq!(store.len(), 1);
 }

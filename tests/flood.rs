@@ -22,7 +22,9 @@ use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody, combinators::BoxBody};
 use tokio::sync::mpsc;
 use tower::{Layer, ServiceExt, service_fn};
-use tower_sse_tracking::{EventTrackingLayer, SessionId, store::MemoryStore, worker::WorkerConfig};
+use tower_sse_tracking::{
+    EventTrackingLayer, SessionId, StreamKey, store::MemoryStore, worker::WorkerConfig,
+};
 
 const FLOOD: usize = 250_000;
 const IN_FLIGHT: usize = 64;
@@ -195,18 +197,27 @@ async fn flood() {
         "live stream changed or lost events"
     );
     tracking.flush().await.unwrap();
+    let live_key = StreamKey::new("/live").unwrap();
     let last = format!("live-{}", live_events - 1);
     assert_eq!(
-        tracking.worker().last_event_id(&live_session).as_deref(),
+        tracking
+            .worker()
+            .last_event_id(&live_session, &live_key)
+            .as_deref(),
         Some(last.as_str())
     );
     assert_eq!(
-        store.get(&live_session).unwrap().last_event_id.as_str(),
+        store
+            .get(&live_session, &live_key)
+            .unwrap()
+            .last_event_id
+            .as_str(),
         Some(last.as_str())
     );
     // The newest flood sessions are in the store, and the store stayed at its cap.
     let newest = SessionId::new(&format!("flood-{:06}", FLOOD - 1)).unwrap();
-    assert!(store.get(&newest).is_some());
+    let newest_key = StreamKey::new(&format!("/{}", FLOOD - 1)).unwrap();
+    assert!(store.get(&newest, &newest_key).is_some());
     assert!(tracking.worker().tracked_sessions() <= CAP);
     assert_eq!(store.len(), CAP);
     assert!(store.evictions() >= (FLOOD + 1 - CAP) as u64);

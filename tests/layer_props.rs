@@ -25,7 +25,7 @@ use proptest::{
 use tokio::runtime::Runtime;
 use tower::{Layer, ServiceExt, service_fn};
 use tower_sse_tracking::{
-    EventTrackingLayer, SessionId,
+    EventTrackingLayer, SessionId, StreamKey,
     store::{LastEventId, MemoryStore},
     worker::WorkerConfig,
 };
@@ -307,6 +307,8 @@ impl Harness {
                 .unwrap();
             ready(Ok::<_, Infallible>(res))
         });
+        // The request's path, `/`, is its stream.
+        let key = StreamKey::new("/").unwrap();
         self.rt.block_on(async {
             let req = Request::builder()
                 .header("mcp-session-id", session.as_str())
@@ -315,9 +317,9 @@ impl Harness {
             let res = self.layer.layer(svc).oneshot(req).await.unwrap();
             assert!(res.body().is_tracked());
             let body = res.into_body().collect().await.unwrap().to_bytes();
-            let in_memory = self.layer.worker().last_event_id(&session);
+            let in_memory = self.layer.worker().last_event_id(&session, &key);
             self.layer.flush().await.unwrap();
-            let persisted = self.store.get(&session).map(|r| r.last_event_id);
+            let persisted = self.store.get(&session, &key).map(|r| r.last_event_id);
             (body, in_memory, persisted)
         })
     }

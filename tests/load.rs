@@ -21,7 +21,7 @@ use futures_util::stream;
 use http_body_util::{BodyExt, Empty};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use tower_sse_tracking::{
-    EventTrackingLayer, SessionId, metrics as m, parser::SseParser, store::MemoryStore,
+    EventTrackingLayer, SessionId, StreamKey, metrics as m, parser::SseParser, store::MemoryStore,
     worker::WorkerConfig,
 };
 
@@ -152,7 +152,7 @@ fn thousand_events_per_second_for_five_seconds_over_100_sessions() {
         assert!(report.unpersisted().is_empty(), "{report:?}");
         for i in 0..SESSIONS {
             let session = SessionId::new(&format!("load-{i}")).unwrap();
-            let record = store.get(&session).expect("persisted");
+            let record = store.get(&session, &StreamKey::new("/events").unwrap()).expect("persisted");
             assert_eq!(
                 record.last_event_id.as_str(),
                 Some(EVENTS_PER_SESSION.to_string().as_str()),

@@ -3,6 +3,8 @@
 
 mod support;
 
+use support::events;
+
 use std::{
     alloc::{GlobalAlloc, Layout, System},
     convert::Infallible,
@@ -17,7 +19,7 @@ use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use tower::{Layer, ServiceExt, service_fn};
 use tower_sse_tracking::{
-    EventTrackingLayer, SessionId,
+    EventTrackingLayer, SessionId, StreamKey,
     store::{MemoryStore, SessionRecord, SessionStore, SessionUpdate, StoreFuture},
 };
 
@@ -83,8 +85,16 @@ impl SessionStore for Discard {
         Box::pin(std::future::ready(Ok(())))
     }
 
-    fn load<'a>(&'a self, _session: &'a SessionId) -> StoreFuture<'a, Option<SessionRecord>> {
+    fn load<'a>(
+        &'a self,
+        _session: &'a SessionId,
+        _stream: &'a StreamKey,
+    ) -> StoreFuture<'a, Option<SessionRecord>> {
         Box::pin(std::future::ready(Ok(None)))
+    }
+
+    fn delete_session<'a>(&'a self, _session: &'a SessionId) -> StoreFuture<'a, ()> {
+        Box::pin(std::future::ready(Ok(())))
     }
 }
 
@@ -97,7 +107,7 @@ async fn per_session(layer: &EventTrackingLayer, prefix: &str, sessions: usize, 
         for k in 0..ids {
             let id = format!("{:016}", i * ids + k); // 16-byte event IDs
             assert_eq!(
-                layer.worker().record(&session, Some(&id)),
+                layer.worker().record(&session, &events(), Some(&id)),
                 tower_sse_tracking::worker::RecordOutcome::Recorded
             );
         }
@@ -233,7 +243,7 @@ fn an_idle_tracked_session_costs_less_than_512_bytes() {
         // Still tracked (the measurement is not of an emptied registry).
         let probe = SessionId::new("one-00000042").unwrap();
         assert_eq!(
-            layer.worker().last_event_id(&probe).as_deref(),
+            layer.worker().last_event_id(&probe, &events()).as_deref(),
             Some("0000000000000042")
         );
     });

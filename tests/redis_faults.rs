@@ -6,7 +6,7 @@
 
 mod support;
 
-use support::sid;
+use support::{events as events_key, sid};
 
 use std::{
     collections::HashMap,
@@ -31,7 +31,7 @@ use http_body_util::BodyExt;
 use tokio::sync::{mpsc, watch};
 use tower::ServiceExt;
 use tower_sse_tracking::{
-    EventTrackingLayer, SessionId,
+    EventTrackingLayer, SessionId, StreamKey,
     store::{
         LastEventId, RedisStore, SessionRecord, SessionStore, SessionUpdate, StoreError,
         StoreFuture,
@@ -165,7 +165,7 @@ impl Session {
                 }
                 Feed::Direct(worker) => {
                     assert_eq!(
-                        worker.record(&sid(&self.key), Some(&last)),
+                        worker.record(&sid(&self.key), &events_key(), Some(&last)),
                         tower_sse_tracking::worker::RecordOutcome::Recorded
                     );
                 }
@@ -194,7 +194,7 @@ impl Session {
 }
 
 async fn stored_id(store: &RedisStore, key: &str) -> Option<String> {
-    let record = store.load(&sid(key)).await.unwrap()?;
+    let record = store.load(&sid(key), &events_key()).await.unwrap()?;
     Some(record.last_event_id.as_str().unwrap_or("").to_owned())
 }
 
@@ -294,7 +294,7 @@ async fn restart_mid_stream(durable: bool) -> Vec<(String, (Option<String>, Opti
     for s in sessions {
         // The layer saw every event the client read (or the handle recorded).
         assert_eq!(
-            layer.worker().last_event_id(&sid(&s.key)),
+            layer.worker().last_event_id(&sid(&s.key), &events_key()),
             s.last_id,
             "{}",
             s.key
@@ -388,8 +388,16 @@ impl SessionStore for Replica {
         })
     }
 
-    fn load<'a>(&'a self, session: &'a SessionId) -> StoreFuture<'a, Option<SessionRecord>> {
-        self.redis.load(session)
+    fn load<'a>(
+        &'a self,
+        session: &'a SessionId,
+        stream: &'a StreamKey,
+    ) -> StoreFuture<'a, Option<SessionRecord>> {
+        self.redis.load(session, stream)
+    }
+
+    fn delete_session<'a>(&'a self, session: &'a SessionId) -> StoreFuture<'a, ()> {
+        self.redis.delete_session(session)
     }
 }
 
@@ -428,9 +436,11 @@ async fn two_replicas_interleaving_ids_keep_the_highest_version() {
                 for s in 0..SESSIONS {
                     let id = format!("{name}-{s}-{round}");
                     assert_eq!(
-                        layer
-                            .worker()
-                            .record(&sid(&format!("shared-{s}")), Some(&id)),
+                        layer.worker().record(
+                            &sid(&format!("shared-{s}")),
+                            &events_key(),
+                            Some(&id)
+                        ),
                         tower_sse_tracking::worker::RecordOutcome::Recorded
                     );
                 }
@@ -454,7 +464,11 @@ async fn two_replicas_interleaving_ids_keep_the_highest_version() {
     for s in 0..SESSIONS {
         let key = format!("shared-{s}");
         let want = newest(&all, &key);
-        let got = checker.load(&sid(&key)).await.unwrap().unwrap();
+        let got = checker
+            .load(&sid(&key), &events_key())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(got.version, want.version, "{key}");
         // Versions come from a clock with a resolution of a kernel tick: the two replicas can
         // stamp the same version within one tick, and then the first write of it stays.
@@ -483,8 +497,8 @@ async fn a_replicas_late_write_does_not_roll_back_a_newer_one() {
     let session = sid("moved");
 
     // The client reads from A; A's worker takes its snapshot and starts writing (held).
-    a.worker().record(&session, Some("a-1"));
-    a.worker().record(&session, Some("a-2"));
+    a.worker().record(&session, &events_key(), Some("a-1"));
+    a.worker().record(&session, &events_key(), Some("a-2"));
     let mut arrived = a_store.arrived.subscribe();
     tokio::time::timeout(PATIENCE, arrived.wait_for(|n| *n > 0))
         .await
@@ -494,11 +508,15 @@ async fn a_replicas_late_write_does_not_roll_back_a_newer_one() {
     // The client reconnects to B (which takes longer than a tick of the clock that stamps
     // versions), and B streams on and writes first.
     tokio::time::sleep(Duration::from_millis(20)).await;
-    b.worker().record(&session, Some("b-1"));
-    b.worker().record(&session, Some("b-2"));
+    b.worker().record(&session, &events_key(), Some("b-1"));
+    b.worker().record(&session, &events_key(), Some("b-2"));
     b.flush().await.unwrap();
     let checker = connect(&server, prefix).await;
-    let stored = checker.load(&session).await.unwrap().unwrap();
+    let stored = checker
+        .load(&session, &events_key())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(stored.last_event_id.as_str(), Some("b-2"));
 
     // A's older write arrives last: refused.
@@ -509,7 +527,11 @@ async fn a_replicas_late_write_does_not_roll_back_a_newer_one() {
     let b_sent = newest(&b_store.sent(), "moved");
     assert_eq!(a_sent.last_event_id, LastEventId::from("a-2"));
     assert!(a_sent.version < b_sent.version);
-    let stored = checker.load(&session).await.unwrap().unwrap();
+    let stored = checker
+        .load(&session, &events_key())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         stored.last_event_id.as_str(),
         Some("b-2"),
@@ -539,16 +561,16 @@ async fn a_replica_cut_off_from_redis_does_not_roll_back_a_newer_id() {
 
     // The client reads a-1 from A, which cannot reach Redis: its write fails, the breaker opens.
     a_store.cut_off.store(true, Ordering::SeqCst);
-    a.worker().record(&session, Some("a-1"));
+    a.worker().record(&session, &events_key(), Some("a-1"));
     let mut arrived = a_store.arrived.subscribe();
     tokio::time::timeout(PATIENCE, arrived.wait_for(|n| *n > 0))
         .await
         .expect("replica A never tried to write")
         .unwrap();
     // It reads a-2 from A, then moves to B and reads b-1, which B writes at once.
-    a.worker().record(&session, Some("a-2"));
+    a.worker().record(&session, &events_key(), Some("a-2"));
     tokio::time::sleep(Duration::from_millis(20)).await;
-    b.worker().record(&session, Some("b-1"));
+    b.worker().record(&session, &events_key(), Some("b-1"));
     b.flush().await.unwrap();
 
     // A reaches Redis again and writes what it has.
@@ -557,7 +579,7 @@ async fn a_replica_cut_off_from_redis_does_not_roll_back_a_newer_id() {
     assert!(b.shutdown(PATIENCE).await.unwrap().unpersisted().is_empty());
     let stored = connect(&server, prefix)
         .await
-        .load(&session)
+        .load(&session, &events_key())
         .await
         .unwrap()
         .unwrap();
@@ -577,6 +599,7 @@ async fn script_is_reloaded_after_script_flush() {
     let now = SystemTime::now();
     let update = |id: &str, version| SessionUpdate {
         session: sid("s"),
+        stream: events_key(),
         last_event_id: LastEventId::from(id),
         version,
         last_activity: now,
@@ -590,7 +613,7 @@ async fn script_is_reloaded_after_script_flush() {
         .await
         .unwrap();
     store.save_batch(&[update("2", 2)]).await.unwrap();
-    let stored = store.load(&sid("s")).await.unwrap().unwrap();
+    let stored = store.load(&sid("s"), &events_key()).await.unwrap().unwrap();
     assert_eq!(stored.last_event_id.as_str(), Some("2"));
 }
 
@@ -727,6 +750,7 @@ async fn a_single_node_cluster_accepts_tagged_batches_and_refuses_untagged_ones(
     let batch: Vec<_> = (0..100)
         .map(|i| SessionUpdate {
             session: sid(&format!("session-{i}")),
+            stream: events_key(),
             last_event_id: LastEventId::from(format!("id-{i}").as_str()),
             version: 1,
             last_activity: now,
@@ -735,7 +759,11 @@ async fn a_single_node_cluster_accepts_tagged_batches_and_refuses_untagged_ones(
     let tagged = connect(&server, "{sse}:").await;
     tagged.save_batch(&batch).await.unwrap();
     for u in &batch {
-        let r = tagged.load(&u.session).await.unwrap().unwrap();
+        let r = tagged
+            .load(&u.session, &events_key())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(r.last_event_id, u.last_event_id);
     }
 

@@ -7,12 +7,12 @@
 
 mod support;
 
-use support::sid;
+use support::{events, sid};
 
 use std::time::{Duration, SystemTime};
 
 use tower_sse_tracking::{
-    SessionId,
+    SessionId, StreamKey,
     store::{LastEventId, MemoryStore, SessionRecord, SessionStore, SessionUpdate},
 };
 
@@ -171,6 +171,17 @@ macro_rules! conformance {
             async fn unicode_and_maximum_length_keys_and_ids() {
                 checks::unicode_and_maximum_length_keys_and_ids::<$fixture>().await;
             }
+
+            #[tokio::test]
+            async fn streams_of_a_session_are_kept_apart() {
+                checks::streams_of_a_session_are_kept_apart::<$fixture>().await;
+            }
+
+            #[tokio::test]
+            async fn deleting_a_session_deletes_all_its_streams_and_nothing_else() {
+                checks::deleting_a_session_deletes_all_its_streams_and_nothing_else::<$fixture>()
+                    .await;
+            }
         }
     };
 }
@@ -182,8 +193,14 @@ conformance!(redb_store, Redb);
 conformance!(redis_store, Redis);
 
 fn update(session: &str, id: &str, version: u64, at: SystemTime) -> SessionUpdate {
+    on(session, "/events", id, version, at)
+}
+
+/// An update of one of the session's streams.
+fn on(session: &str, stream: &str, id: &str, version: u64, at: SystemTime) -> SessionUpdate {
     SessionUpdate {
         session: sid(session),
+        stream: StreamKey::new(stream).unwrap(),
         last_event_id: LastEventId::from(id),
         version,
         last_activity: at,
@@ -191,7 +208,7 @@ fn update(session: &str, id: &str, version: u64, at: SystemTime) -> SessionUpdat
 }
 
 async fn load<S: SessionStore>(store: &S, session: &str) -> Option<SessionRecord> {
-    store.load(&sid(session)).await.unwrap()
+    store.load(&sid(session), &events()).await.unwrap()
 }
 
 async fn load_some<S: SessionStore>(store: &S, session: &str) -> SessionRecord {
@@ -218,6 +235,108 @@ fn assert_activity(got: SystemTime, want: SystemTime, precision: Duration, what:
 
 mod checks {
     use super::*;
+
+    /// The ID the store holds for a session's stream, through the trait's accessor.
+    async fn id_of<S: SessionStore>(store: &S, session: &str, stream: &str) -> Option<String> {
+        store
+            .last_event_id(&sid(session), &StreamKey::new(stream).unwrap())
+            .await
+            .unwrap()
+    }
+
+    pub(super) async fn streams_of_a_session_are_kept_apart<F: Fixture>() {
+        let f = F::open(None).await;
+        let store = f.store();
+        let now = SystemTime::now();
+        store
+            .save_batch(&[
+                on("a", "/events", "5", 10, now),
+                on("a", "/chat/7", "an id with spaces", 10, now),
+                on("a", "", "whole", 10, now),
+                on("a", "/ключ", "", 10, now),
+                on("b", "/events", "7", 10, now),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(id_of(store, "a", "/events").await.as_deref(), Some("5"));
+        assert_eq!(
+            id_of(store, "a", "/chat/7").await.as_deref(),
+            Some("an id with spaces")
+        );
+        assert_eq!(id_of(store, "a", "").await.as_deref(), Some("whole"));
+        assert_eq!(id_of(store, "a", "/ключ").await, None, "cleared");
+        let cleared = load_on(store, "a", "/ключ")
+            .await
+            .expect("a cleared record");
+        assert_eq!(cleared.last_event_id, LastEventId::Cleared);
+        assert_eq!(id_of(store, "a", "/other").await, None);
+        assert!(load_on(store, "a", "/other").await.is_none());
+        assert_eq!(id_of(store, "b", "/events").await.as_deref(), Some("7"));
+        // Versions are per stream: an older one on one stream leaves it, a newer one on
+        // another moves that one only.
+        store
+            .save_batch(&[
+                on("a", "/events", "4", 9, now),
+                on("a", "/chat/7", "8", 11, now),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(id_of(store, "a", "/events").await.as_deref(), Some("5"));
+        assert_eq!(id_of(store, "a", "/chat/7").await.as_deref(), Some("8"));
+        assert_eq!(id_of(store, "b", "/events").await.as_deref(), Some("7"));
+    }
+
+    async fn load_on<S: SessionStore>(
+        store: &S,
+        session: &str,
+        stream: &str,
+    ) -> Option<SessionRecord> {
+        store
+            .load(&sid(session), &StreamKey::new(stream).unwrap())
+            .await
+            .unwrap()
+    }
+
+    pub(super) async fn deleting_a_session_deletes_all_its_streams_and_nothing_else<F: Fixture>() {
+        let f = F::open(None).await;
+        let store = f.store();
+        let now = SystemTime::now();
+        // Sessions whose keys start with another's must survive its deletion.
+        let sessions = ["s", "s2", "s ", "s/x", "t"];
+        let streams = ["/a", "/b", ""];
+        let batch: Vec<_> = sessions
+            .iter()
+            .flat_map(|s| {
+                streams
+                    .iter()
+                    .map(move |k| on(s, k, &format!("{s}{k}"), 5, now))
+            })
+            .collect();
+        store.save_batch(&batch).await.unwrap();
+        store.delete_session(&sid("s")).await.unwrap();
+        for k in streams {
+            assert!(load_on(store, "s", k).await.is_none(), "s {k:?} deleted");
+        }
+        for s in &sessions[1..] {
+            for k in streams {
+                assert_eq!(
+                    id_of(store, s, k).await,
+                    Some(format!("{s}{k}")),
+                    "{s:?} {k:?} kept"
+                );
+            }
+        }
+        // Deleting what is not there succeeds; a deleted session starts afresh, even with a
+        // version lower than the one it had.
+        store.delete_session(&sid("s")).await.unwrap();
+        store.delete_session(&sid("never")).await.unwrap();
+        store
+            .save_batch(&[on("s", "/a", "again", 1, now)])
+            .await
+            .unwrap();
+        assert_eq!(id_of(store, "s", "/a").await.as_deref(), Some("again"));
+        assert!(load_on(store, "s", "/b").await.is_none());
+    }
 
     pub(super) async fn batch_is_saved_and_read_back<F: Fixture>() {
         let f = F::open(None).await;
@@ -752,26 +871,30 @@ mod redb_files {
     fn file_of_another_format_version_is_refused() {
         const META: redb::TableDefinition<'_, &str, &str> =
             redb::TableDefinition::new("sse_tracking_meta");
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("future.redb");
-        {
-            let db = redb::Database::create(&path).unwrap();
-            let txn = db.begin_write().unwrap();
-            txn.open_table(META)
-                .unwrap()
-                .insert("format", "tower-sse-tracking/99")
-                .unwrap();
-            txn.commit().unwrap();
+        // 1: one position per session, before 0.1 was released (not migrated); 99: the future.
+        for format in ["tower-sse-tracking/1", "tower-sse-tracking/99"] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("other.redb");
+            {
+                let db = redb::Database::create(&path).unwrap();
+                let txn = db.begin_write().unwrap();
+                txn.open_table(META)
+                    .unwrap()
+                    .insert("format", format)
+                    .unwrap();
+                txn.commit().unwrap();
+            }
+            let err = RedbStore::open(&path).expect_err("opened a file of another format");
+            assert!(!err.is_transient(), "{err}");
+            assert!(err.to_string().contains(format), "{err}");
+            assert!(err.to_string().contains("not migrated"), "{err}");
         }
-        let err = RedbStore::open(&path).expect_err("opened a file of another format");
-        assert!(!err.is_transient(), "{err}");
-        assert!(err.to_string().contains("tower-sse-tracking/99"), "{err}");
     }
 
     #[tokio::test]
     async fn an_undecodable_record_is_replaced_and_does_not_fail_the_batch() {
-        const SESSIONS: redb::TableDefinition<'_, &str, &[u8]> =
-            redb::TableDefinition::new("sse_tracking_sessions");
+        const POSITIONS: redb::TableDefinition<'_, (&str, &str), &[u8]> =
+            redb::TableDefinition::new("sse_tracking_positions");
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sessions.redb");
         drop(RedbStore::open(&path).unwrap());
@@ -779,14 +902,14 @@ mod redb_files {
             // A record this version cannot read (written by a bug, or by a future format).
             let db = redb::Database::create(&path).unwrap();
             let txn = db.begin_write().unwrap();
-            txn.open_table(SESSIONS)
+            txn.open_table(POSITIONS)
                 .unwrap()
-                .insert("bad", [0xFF, 1, 2].as_slice())
+                .insert(("bad", "/events"), [0xFF, 1, 2].as_slice())
                 .unwrap();
             txn.commit().unwrap();
         }
         let store = RedbStore::open(&path).unwrap();
-        let err = store.load(&sid("bad")).await.unwrap_err();
+        let err = store.load(&sid("bad"), &events()).await.unwrap_err();
         assert!(!err.is_transient(), "{err}");
         // The worker batches many sessions together: one bad record must not block them all.
         let now = SystemTime::now();

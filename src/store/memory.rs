@@ -6,16 +6,17 @@ use std::{
 };
 
 use super::{SessionRecord, SessionStore, SessionUpdate, StoreFuture};
-use crate::{SessionId, lru::LinkedSlab};
+use crate::{SessionId, StreamKey, lru::LinkedSlab};
 
 /// The default store: a bounded map in this process's memory.
 ///
 /// Cloning is cheap and clones share the same map. It forgets everything when the process ends
 /// and cannot be shared by several replicas; it is meant for single-process deployments, tests
-/// and examples. It is bounded, and every operation costs O(1) whatever it holds: a session idle
-/// for longer than the TTL reads as absent and is removed (a few at every write, oldest first),
-/// and when the map is full the least recently written session is evicted to make room (counted
-/// by [`evictions`](Self::evictions)).
+/// and examples. It holds one record per (session, stream). It is bounded, and every operation
+/// costs O(1) whatever it holds (deleting a session: O(its streams)): a record idle for longer
+/// than the TTL reads as absent and is removed (a few at every write, oldest first), and when
+/// the map is full the least recently written record is evicted to make room (counted by
+/// [`evictions`](Self::evictions)).
 ///
 /// ```
 /// use std::time::Duration;
@@ -30,25 +31,54 @@ pub struct MemoryStore {
 }
 
 struct Inner {
-    max_sessions: usize,
+    max_records: usize,
     idle_ttl: Duration,
     state: Mutex<State>,
 }
 
+/// Keyed by foldhash (randomly seeded per process): keys are client input, so the hasher must
+/// resist crafted collisions, and SipHash would dominate the cost of a write.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 #[derive(Default)]
 struct State {
-    /// Keyed by foldhash (randomly seeded per process): keys are client input, so the hasher
-    /// must resist crafted collisions, and SipHash would dominate the cost of a write.
-    map: HashMap<SessionId, u32, foldhash::fast::RandomState>,
+    /// Each session's streams, and where their records are.
+    map: Map<SessionId, Map<StreamKey, u32>>,
     /// The records, all linked, least recently written first.
-    records: LinkedSlab<(SessionId, SessionRecord)>,
+    records: LinkedSlab<Entry>,
+    len: usize,
     evictions: u64,
 }
 
-/// Default cap on the number of sessions kept.
-const DEFAULT_MAX_SESSIONS: usize = 100_000;
+struct Entry {
+    session: SessionId,
+    stream: StreamKey,
+    record: SessionRecord,
+}
 
-/// Default time after its last activity for which a session is kept: 24 hours.
+impl State {
+    fn find(&self, session: &str, stream: &str) -> Option<u32> {
+        self.map.get(session)?.get(stream).copied()
+    }
+
+    fn remove(&mut self, ix: u32) {
+        let Some(entry) = self.records.remove(ix) else {
+            return;
+        };
+        self.len -= 1;
+        if let Some(streams) = self.map.get_mut(entry.session.as_str()) {
+            streams.remove(entry.stream.as_str());
+            if streams.is_empty() {
+                self.map.remove(entry.session.as_str());
+            }
+        }
+    }
+}
+
+/// Default cap on the number of records (session, stream) kept.
+const DEFAULT_MAX_RECORDS: usize = 100_000;
+
+/// Default time after its last activity for which a record is kept: 24 hours.
 const DEFAULT_IDLE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Expired records removed from the front at every write, at most.
@@ -56,14 +86,14 @@ const EXPIRE_PER_WRITE: usize = 2;
 
 impl Default for MemoryStore {
     fn default() -> Self {
-        Self::with_limits(DEFAULT_MAX_SESSIONS, DEFAULT_IDLE_TTL)
+        Self::with_limits(DEFAULT_MAX_RECORDS, DEFAULT_IDLE_TTL)
     }
 }
 
 impl fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryStore")
-            .field("max_sessions", &self.inner.max_sessions)
+            .field("max_records", &self.inner.max_records)
             .field("idle_ttl", &self.inner.idle_ttl)
             .field("len", &self.len())
             .finish()
@@ -71,66 +101,98 @@ impl fmt::Debug for MemoryStore {
 }
 
 impl MemoryStore {
-    /// An empty store with the default limits: 100 000 sessions, each kept for 24 hours after
-    /// its last activity.
+    /// An empty store with the default limits: 100 000 records (session, stream), each kept for
+    /// 24 hours after its last activity.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// An empty store that keeps at most `max_sessions` sessions (at least 1), each for `idle_ttl`
-    /// after its last activity.
-    pub fn with_limits(max_sessions: usize, idle_ttl: Duration) -> Self {
+    /// An empty store that keeps at most `max_records` records (session, stream; at least 1),
+    /// each for `idle_ttl` after its last activity.
+    pub fn with_limits(max_records: usize, idle_ttl: Duration) -> Self {
         Self {
             inner: Arc::new(Inner {
-                max_sessions: max_sessions.max(1),
+                max_records: max_records.max(1),
                 idle_ttl,
                 state: Mutex::new(State::default()),
             }),
         }
     }
 
-    /// The number of sessions held (expired ones included until they are next swept).
+    /// The number of records (session, stream) held, expired ones included until they are next
+    /// swept.
     pub fn len(&self) -> usize {
-        self.lock().map.len()
+        self.lock().len
     }
 
-    /// Whether the store holds no session.
+    /// Whether the store holds no record.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// How many sessions were evicted before their TTL to respect the cap.
+    /// How many records were evicted before their TTL to respect the cap.
     pub fn evictions(&self) -> u64 {
         self.lock().evictions
     }
 
-    /// A copy of every live session's record, sorted by session key.
-    pub fn snapshot(&self) -> Vec<(SessionId, SessionRecord)> {
+    /// A copy of every live record, sorted by session and stream key.
+    pub fn snapshot(&self) -> Vec<(SessionId, StreamKey, SessionRecord)> {
         let now = SystemTime::now();
         let state = self.lock();
         let mut all: Vec<_> = state
             .map
             .values()
+            .flat_map(|streams| streams.values())
             .filter_map(|&ix| state.records.get(ix))
-            .filter(|(_, r)| !self.expired(r, now))
-            .map(|(k, r)| (k.clone(), r.clone()))
+            .filter(|e| !self.expired(&e.record, now))
+            .map(|e| (e.session.clone(), e.stream.clone(), e.record.clone()))
             .collect();
-        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         all
     }
 
-    /// Reads a session synchronously; see [`SessionStore::load`].
-    pub fn get(&self, session: &SessionId) -> Option<SessionRecord> {
+    /// Reads a stream's record synchronously; see [`SessionStore::load`].
+    pub fn get(&self, session: &SessionId, stream: &StreamKey) -> Option<SessionRecord> {
         let now = SystemTime::now();
         let mut state = self.lock();
-        let ix = *state.map.get(session.as_str())?;
-        let (_, record) = state.records.get(ix)?;
-        if self.expired(record, now) {
-            state.map.remove(session.as_str());
-            state.records.remove(ix);
+        let ix = state.find(session.as_str(), stream.as_str())?;
+        let entry = state.records.get(ix)?;
+        if self.expired(&entry.record, now) {
+            state.remove(ix);
             return None;
         }
-        Some(record.clone())
+        Some(entry.record.clone())
+    }
+
+    /// The stream's last event ID: `None` when the store holds none for it (or a cleared one).
+    ///
+    /// ```
+    /// use tower_sse_tracking::{SessionId, StreamKey, store::MemoryStore};
+    ///
+    /// let store = MemoryStore::new();
+    /// let (session, stream) = (SessionId::new("s1").unwrap(), StreamKey::new("/events").unwrap());
+    /// assert_eq!(store.last_event_id(&session, &stream), None);
+    /// ```
+    pub fn last_event_id(&self, session: &SessionId, stream: &StreamKey) -> Option<String> {
+        self.get(session, stream)?
+            .last_event_id
+            .as_str()
+            .map(str::to_owned)
+    }
+
+    /// Deletes every record of a session synchronously; see [`SessionStore::delete_session`].
+    /// Returns how many records it had.
+    pub fn delete(&self, session: &SessionId) -> usize {
+        let mut state = self.lock();
+        let Some(streams) = state.map.remove(session.as_str()) else {
+            return 0;
+        };
+        for &ix in streams.values() {
+            if state.records.remove(ix).is_some() {
+                state.len -= 1;
+            }
+        }
+        streams.len()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -152,32 +214,37 @@ impl MemoryStore {
         let state = &mut *guard;
         for update in batch {
             self.expire_front(state, now, EXPIRE_PER_WRITE);
-            if let Some(&ix) = state.map.get(update.session.as_str())
-                && let Some((_, record)) = state.records.get_mut(ix)
+            if let Some(ix) = state.find(update.session.as_str(), update.stream.as_str())
+                && let Some(entry) = state.records.get_mut(ix)
             {
-                if self.expired(record, now) {
-                    *record = SessionRecord::from(update);
+                if self.expired(&entry.record, now) {
+                    entry.record = SessionRecord::from(update);
                 } else {
-                    record.apply(update);
+                    entry.record.apply(update);
                 }
                 state.records.push_back(ix);
                 continue;
             }
-            if state.map.len() >= self.inner.max_sessions {
-                // Full: the least recently written session makes room.
+            if state.len >= self.inner.max_records {
+                // Full: the least recently written record makes room.
                 if let Some(front) = state.records.front() {
-                    self.remove(state, front);
+                    state.remove(front);
                     state.evictions += 1;
-                    tracing::trace!(
-                        "memory store full: evicted the least recently written session"
-                    );
+                    tracing::trace!("memory store full: evicted the least recently written record");
                 }
             }
-            let ix = state
-                .records
-                .insert((update.session.clone(), SessionRecord::from(update)));
+            let ix = state.records.insert(Entry {
+                session: update.session.clone(),
+                stream: update.stream.clone(),
+                record: SessionRecord::from(update),
+            });
             state.records.push_back(ix);
-            state.map.insert(update.session.clone(), ix);
+            state.len += 1;
+            state
+                .map
+                .entry(update.session.clone())
+                .or_default()
+                .insert(update.stream.clone(), ix);
         }
     }
 
@@ -188,15 +255,9 @@ impl MemoryStore {
                 return;
             };
             match state.records.get(front) {
-                Some((_, record)) if self.expired(record, now) => self.remove(state, front),
+                Some(entry) if self.expired(&entry.record, now) => state.remove(front),
                 _ => return,
             }
-        }
-    }
-
-    fn remove(&self, state: &mut State, ix: u32) {
-        if let Some((session, _)) = state.records.remove(ix) {
-            state.map.remove(session.as_str());
         }
     }
 }
@@ -211,8 +272,19 @@ impl SessionStore for MemoryStore {
         })
     }
 
-    fn load<'a>(&'a self, session: &'a SessionId) -> StoreFuture<'a, Option<SessionRecord>> {
-        Box::pin(async move { Ok(self.get(session)) })
+    fn load<'a>(
+        &'a self,
+        session: &'a SessionId,
+        stream: &'a StreamKey,
+    ) -> StoreFuture<'a, Option<SessionRecord>> {
+        Box::pin(async move { Ok(self.get(session, stream)) })
+    }
+
+    fn delete_session<'a>(&'a self, session: &'a SessionId) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.delete(session);
+            Ok(())
+        })
     }
 }
 
@@ -222,8 +294,13 @@ mod tests {
     use crate::store::LastEventId;
 
     fn update(session: &str, id: &str, version: u64, at: SystemTime) -> SessionUpdate {
+        on(session, "/e", id, version, at)
+    }
+
+    fn on(session: &str, stream: &str, id: &str, version: u64, at: SystemTime) -> SessionUpdate {
         SessionUpdate {
             session: SessionId::new(session).unwrap(),
+            stream: StreamKey::new(stream).unwrap(),
             last_event_id: LastEventId::from(id),
             version,
             last_activity: at,
@@ -244,7 +321,12 @@ mod tests {
         let later = now + Duration::from_secs(1);
         block_on(store.save_batch(&[update("a", "3", 3, now)])).unwrap();
         block_on(store.save_batch(&[update("a", "2", 2, later)])).unwrap();
-        let r = store.get(&SessionId::new("a").unwrap()).unwrap();
+        let r = store
+            .get(
+                &SessionId::new("a").unwrap(),
+                &StreamKey::new("/e").unwrap(),
+            )
+            .unwrap();
         assert_eq!(r.last_event_id.as_str(), Some("3"));
         assert_eq!(r.version, 3);
         assert_eq!(r.last_activity, later, "activity keeps the later time");
@@ -257,7 +339,12 @@ mod tests {
         block_on(store.save_batch(&[update("a", "1", 1, now), update("b", "", 1, now)])).unwrap();
         block_on(store.save_batch(&[update("a", "", 2, now)])).unwrap();
         for key in ["a", "b"] {
-            let r = store.get(&SessionId::new(key).unwrap()).unwrap();
+            let r = store
+                .get(
+                    &SessionId::new(key).unwrap(),
+                    &StreamKey::new("/e").unwrap(),
+                )
+                .unwrap();
             assert_eq!(r.last_event_id, LastEventId::Cleared);
         }
     }
@@ -268,7 +355,14 @@ mod tests {
         let old = SystemTime::now() - Duration::from_secs(61);
         block_on(store.save_batch(&[update("a", "1", 1, old)])).unwrap();
         assert_eq!(store.len(), 1);
-        assert!(store.get(&SessionId::new("a").unwrap()).is_none());
+        assert!(
+            store
+                .get(
+                    &SessionId::new("a").unwrap(),
+                    &StreamKey::new("/e").unwrap()
+                )
+                .is_none()
+        );
         assert!(store.is_empty());
     }
 
@@ -292,8 +386,57 @@ mod tests {
             assert!(store.len() <= 64);
         }
         // The most recently active sessions survive.
-        assert!(store.get(&SessionId::new("s999").unwrap()).is_some());
-        assert!(store.get(&SessionId::new("s0").unwrap()).is_none());
+        assert!(
+            store
+                .get(
+                    &SessionId::new("s999").unwrap(),
+                    &StreamKey::new("/e").unwrap()
+                )
+                .is_some()
+        );
+        assert!(
+            store
+                .get(
+                    &SessionId::new("s0").unwrap(),
+                    &StreamKey::new("/e").unwrap()
+                )
+                .is_none()
+        );
         assert_eq!(store.evictions(), 1000 - store.len() as u64);
+    }
+
+    #[test]
+    fn streams_of_a_session_are_kept_apart_and_deleted_together() {
+        let store = MemoryStore::new();
+        let now = SystemTime::now();
+        block_on(store.save_batch(&[
+            on("a", "/events", "5", 1, now),
+            on("a", "/chat", "c9", 1, now),
+            on("b", "/events", "7", 1, now),
+        ]))
+        .unwrap();
+        let (a, b) = (SessionId::new("a").unwrap(), SessionId::new("b").unwrap());
+        let key = |k: &str| StreamKey::new(k).unwrap();
+        assert_eq!(
+            store.last_event_id(&a, &key("/events")).as_deref(),
+            Some("5")
+        );
+        assert_eq!(
+            store.last_event_id(&a, &key("/chat")).as_deref(),
+            Some("c9")
+        );
+        assert_eq!(store.last_event_id(&a, &key("/other")), None);
+        assert_eq!(store.len(), 3);
+        assert_eq!(store.delete(&a), 2);
+        assert_eq!(store.last_event_id(&a, &key("/events")), None);
+        assert_eq!(
+            store.last_event_id(&b, &key("/events")).as_deref(),
+            Some("7")
+        );
+        assert_eq!(store.len(), 1);
+        assert_eq!(store.delete(&a), 0);
+        // The session comes back with new writes.
+        block_on(store.save_batch(&[on("a", "/chat", "c10", 2, now)])).unwrap();
+        assert_eq!(store.snapshot().len(), 2);
     }
 }

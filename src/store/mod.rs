@@ -1,28 +1,38 @@
 //! Where last event IDs are persisted: the [`SessionStore`] trait and its implementations.
 //!
-//! The persistence worker hands a store whole batches: at most one [`SessionUpdate`] per session,
-//! always that session's newest state. A store must apply them so that versions only move
-//! forward: an update whose `version` is lower than the stored one must not change the stored
-//! last event ID (a late retry must never roll a session back), while the later of the two
-//! activity times is kept.
+//! A store keeps one position (last event ID) per session *and* stream ([`StreamKey`]): a
+//! session's streams never share one. The persistence worker hands a store whole batches: at
+//! most one [`SessionUpdate`] per (session, stream), always its newest state. A store must apply
+//! them so that versions only move forward: an update whose `version` is lower than the stored
+//! one must not change the stored last event ID (a late retry must never roll a stream back),
+//! while the later of the two activity times is kept. A session that ended is deleted whole,
+//! with all its streams ([`SessionStore::delete_session`]).
 //!
 //! ```
 //! use std::time::SystemTime;
-//! use tower_sse_tracking::{store::{LastEventId, MemoryStore, SessionStore, SessionUpdate}, SessionId};
+//! use tower_sse_tracking::{
+//!     SessionId, StreamKey,
+//!     store::{LastEventId, MemoryStore, SessionStore, SessionUpdate},
+//! };
 //!
 //! # tokio_test_block_on(async {
 //! let store = MemoryStore::new();
 //! let session = SessionId::new("s1").unwrap();
+//! let stream = StreamKey::new("/events").unwrap();
 //! let update = |id: &str, version| SessionUpdate {
 //!     session: session.clone(),
+//!     stream: stream.clone(),
 //!     last_event_id: LastEventId::from(id),
 //!     version,
 //!     last_activity: SystemTime::now(),
 //! };
 //! store.save_batch(&[update("7", 2)]).await.unwrap();
 //! store.save_batch(&[update("5", 1)]).await.unwrap(); // older: refused
-//! let record = store.load(&session).await.unwrap().unwrap();
-//! assert_eq!(record.last_event_id.as_str(), Some("7"));
+//! assert_eq!(store.last_event_id(&session, &stream).as_deref(), Some("7"));
+//! let record = store.load(&session, &stream).await.unwrap().unwrap();
+//! assert_eq!(record.version, 2);
+//! store.delete_session(&session).await.unwrap();
+//! assert!(store.load(&session, &stream).await.unwrap().is_none());
 //! # });
 //! # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
 //! #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
@@ -46,13 +56,13 @@ pub use self::{error::StoreError, memory::MemoryStore};
 
 use std::{future::Future, pin::Pin, sync::Arc, time::SystemTime};
 
-use crate::SessionId;
+use crate::{SessionId, StreamKey};
 
 /// The future a [`SessionStore`] method returns: boxed, so that the trait can be used as
 /// `Arc<dyn SessionStore>`. One allocation per batch, never per event.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
-/// A session's last event ID as persisted: an ID, or cleared by an empty `id` field.
+/// A stream's last event ID as persisted: an ID, or cleared by an empty `id` field.
 ///
 /// ```
 /// use tower_sse_tracking::store::LastEventId;
@@ -90,31 +100,33 @@ impl From<&str> for LastEventId {
     }
 }
 
-/// The newest state of one session, to be written.
+/// The newest state of one session's stream, to be written.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionUpdate {
     /// The session.
     pub session: SessionId,
+    /// The session's stream.
+    pub stream: StreamKey,
     /// Its newest last event ID.
     pub last_event_id: LastEventId,
-    /// Grows with every new last event ID of the session: a store keeps the ID of the highest
+    /// Grows with every new last event ID of the stream: a store keeps the ID of the highest
     /// version it has seen. Versions come from a clock that is monotonic within a process and
     /// follows wall-clock time across restarts and replicas (nanoseconds since the Unix epoch),
     /// so that the newer write wins wherever it comes from.
     pub version: u64,
-    /// The time of the session's latest event; a store keeps the later of the stored one and
+    /// The time of the stream's latest event; a store keeps the later of the stored one and
     /// this one.
     pub last_activity: SystemTime,
 }
 
-/// A session's persisted state.
+/// A stream's persisted state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionRecord {
     /// The last event ID.
     pub last_event_id: LastEventId,
     /// The version of that ID.
     pub version: u64,
-    /// The time of the session's latest recorded event.
+    /// The time of the stream's latest recorded event.
     pub last_activity: SystemTime,
 }
 
@@ -142,17 +154,17 @@ impl From<&SessionUpdate> for SessionRecord {
     }
 }
 
-/// A place to persist the last event ID of every session.
+/// A place to persist the last event ID of every session's streams.
 ///
 /// Implementations must be safe to call from one worker task while other tasks read, and must
 /// apply a batch with the forward-only rule described in the [module docs](self) (see
-/// [`SessionRecord::apply`]). A batch holds at most one update per session.
+/// [`SessionRecord::apply`]). A batch holds at most one update per (session, stream).
 ///
 /// The methods return boxed futures so that stores can be used behind `Arc<dyn SessionStore>`.
 ///
 /// ```
 /// use tower_sse_tracking::store::{SessionRecord, SessionStore, SessionUpdate, StoreError, StoreFuture};
-/// use tower_sse_tracking::SessionId;
+/// use tower_sse_tracking::{SessionId, StreamKey};
 ///
 /// /// A store that keeps nothing: every read misses.
 /// struct Forgetful;
@@ -161,8 +173,15 @@ impl From<&SessionUpdate> for SessionRecord {
 ///     fn save_batch<'a>(&'a self, _batch: &'a [SessionUpdate]) -> StoreFuture<'a, ()> {
 ///         Box::pin(async { Ok(()) })
 ///     }
-///     fn load<'a>(&'a self, _session: &'a SessionId) -> StoreFuture<'a, Option<SessionRecord>> {
+///     fn load<'a>(
+///         &'a self,
+///         _session: &'a SessionId,
+///         _stream: &'a StreamKey,
+///     ) -> StoreFuture<'a, Option<SessionRecord>> {
 ///         Box::pin(async { Ok(None) })
+///     }
+///     fn delete_session<'a>(&'a self, _session: &'a SessionId) -> StoreFuture<'a, ()> {
+///         Box::pin(async { Ok(()) })
 ///     }
 /// }
 /// ```
@@ -176,12 +195,42 @@ pub trait SessionStore: Send + Sync + 'static {
     /// written.
     fn save_batch<'a>(&'a self, batch: &'a [SessionUpdate]) -> StoreFuture<'a, ()>;
 
-    /// Reads a session's persisted state, `None` if the store has none.
+    /// Reads a stream's persisted state, `None` if the store has none.
     ///
     /// # Errors
     ///
     /// A [`StoreError`] when the store cannot be read.
-    fn load<'a>(&'a self, session: &'a SessionId) -> StoreFuture<'a, Option<SessionRecord>>;
+    fn load<'a>(
+        &'a self,
+        session: &'a SessionId,
+        stream: &'a StreamKey,
+    ) -> StoreFuture<'a, Option<SessionRecord>>;
+
+    /// Deletes everything stored for a session: the positions of all its streams. Deleting a
+    /// session the store does not hold succeeds.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] when the store cannot be written.
+    fn delete_session<'a>(&'a self, session: &'a SessionId) -> StoreFuture<'a, ()>;
+
+    /// The stream's last event ID: `None` when the store holds no position for it, or holds a
+    /// cleared one (then a client sends no `Last-Event-ID` either). The common question, without
+    /// matching on a [`SessionRecord`].
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] when the store cannot be read.
+    fn last_event_id<'a>(
+        &'a self,
+        session: &'a SessionId,
+        stream: &'a StreamKey,
+    ) -> StoreFuture<'a, Option<String>> {
+        Box::pin(async move {
+            let record = self.load(session, stream).await?;
+            Ok(record.and_then(|r| r.last_event_id.as_str().map(str::to_owned)))
+        })
+    }
 }
 
 impl<S: SessionStore + ?Sized> SessionStore for Arc<S> {
@@ -189,8 +238,24 @@ impl<S: SessionStore + ?Sized> SessionStore for Arc<S> {
         (**self).save_batch(batch)
     }
 
-    fn load<'a>(&'a self, session: &'a SessionId) -> StoreFuture<'a, Option<SessionRecord>> {
-        (**self).load(session)
+    fn load<'a>(
+        &'a self,
+        session: &'a SessionId,
+        stream: &'a StreamKey,
+    ) -> StoreFuture<'a, Option<SessionRecord>> {
+        (**self).load(session, stream)
+    }
+
+    fn delete_session<'a>(&'a self, session: &'a SessionId) -> StoreFuture<'a, ()> {
+        (**self).delete_session(session)
+    }
+
+    fn last_event_id<'a>(
+        &'a self,
+        session: &'a SessionId,
+        stream: &'a StreamKey,
+    ) -> StoreFuture<'a, Option<String>> {
+        (**self).last_event_id(session, stream)
     }
 }
 
@@ -199,7 +264,23 @@ impl<S: SessionStore + ?Sized> SessionStore for Box<S> {
         (**self).save_batch(batch)
     }
 
-    fn load<'a>(&'a self, session: &'a SessionId) -> StoreFuture<'a, Option<SessionRecord>> {
-        (**self).load(session)
+    fn load<'a>(
+        &'a self,
+        session: &'a SessionId,
+        stream: &'a StreamKey,
+    ) -> StoreFuture<'a, Option<SessionRecord>> {
+        (**self).load(session, stream)
+    }
+
+    fn delete_session<'a>(&'a self, session: &'a SessionId) -> StoreFuture<'a, ()> {
+        (**self).delete_session(session)
+    }
+
+    fn last_event_id<'a>(
+        &'a self,
+        session: &'a SessionId,
+        stream: &'a StreamKey,
+    ) -> StoreFuture<'a, Option<String>> {
+        (**self).last_event_id(session, stream)
     }
 }

@@ -10,14 +10,17 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHand
 use tokio::time::Instant;
 
 use super::{LastEventId, SessionRecord, SessionStore, SessionUpdate, StoreError, StoreFuture};
-use crate::SessionId;
+use crate::{SessionId, StreamKey};
 
-/// Session key -> encoded [`SessionRecord`].
-const SESSIONS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("sse_tracking_sessions");
+/// (Session key, stream key) -> encoded [`SessionRecord`]. Ordered by session first, so that a
+/// session's streams are one range.
+const POSITIONS: TableDefinition<'_, (&str, &str), &[u8]> =
+    TableDefinition::new("sse_tracking_positions");
 /// Marks a file as ours, so that opening someone else's redb file is an error, not a mess.
 const META: TableDefinition<'_, &str, &str> = TableDefinition::new("sse_tracking_meta");
 const FORMAT_KEY: &str = "format";
-const FORMAT: &str = "tower-sse-tracking/1";
+/// Format 1 (one position per session, before 0.1 was released) is refused, not migrated.
+const FORMAT: &str = "tower-sse-tracking/2";
 /// Encoding of a record value: format byte, version, activity, cleared flag, then the ID.
 const RECORD_V1: u8 = 1;
 const HEADER_LEN: usize = 1 + 8 + 8 + 1;
@@ -25,8 +28,9 @@ const HEADER_LEN: usize = 1 + 8 + 8 + 1;
 /// A durable store in a single file, for single-node deployments that must resume sessions
 /// across restarts.
 ///
-/// Each batch is one write transaction (one `fsync`); versions only move forward. Sessions idle
-/// for longer than the TTL read as absent and are deleted by a cleanup that runs inside a write
+/// Each batch is one write transaction (one `fsync`); versions only move forward. Records are
+/// keyed by (session, stream), so that deleting a session is one range. Records idle for longer
+/// than the TTL read as absent and are deleted by a cleanup that runs inside a write
 /// batch at most once per cleanup interval (or on [`purge_expired`](Self::purge_expired)).
 /// Calls run on Tokio's blocking thread pool.
 ///
@@ -147,7 +151,8 @@ fn check_format(db: &Database, path: &Path) -> Result<(), StoreError> {
             Some(format) if format == FORMAT => {}
             Some(other) => {
                 return Err(StoreError::permanent(format!(
-                    "{} holds format {other:?}, expected {FORMAT:?}",
+                    "{} holds format {other:?}, expected {FORMAT:?}; it is not migrated: \
+                     remove the file, or open another",
                     path.display()
                 )));
             }
@@ -155,7 +160,7 @@ fn check_format(db: &Database, path: &Path) -> Result<(), StoreError> {
                 meta.insert(FORMAT_KEY, FORMAT).map_err(permanent)?;
             }
         }
-        txn.open_table(SESSIONS).map_err(permanent)?;
+        txn.open_table(POSITIONS).map_err(permanent)?;
     }
     txn.commit().map_err(permanent)
 }
@@ -175,7 +180,7 @@ impl RedbStore {
         RedbStoreBuilder::default()
     }
 
-    /// Deletes every session idle for longer than the TTL; returns how many.
+    /// Deletes every record (session, stream) idle for longer than the TTL; returns how many.
     ///
     /// # Errors
     ///
@@ -185,7 +190,7 @@ impl RedbStore {
         blocking(move || {
             let txn = inner.db.begin_write().map_err(transient)?;
             let removed = {
-                let mut table = txn.open_table(SESSIONS).map_err(transient)?;
+                let mut table = txn.open_table(POSITIONS).map_err(transient)?;
                 inner.purge(&mut table)?
             };
             txn.commit().map_err(transient)?;
@@ -201,7 +206,7 @@ impl Inner {
             .is_ok_and(|idle| idle > self.idle_ttl)
     }
 
-    fn purge(&self, table: &mut redb::Table<'_, &str, &[u8]>) -> Result<usize, StoreError> {
+    fn purge(&self, table: &mut redb::Table<'_, (&str, &str), &[u8]>) -> Result<usize, StoreError> {
         let now = SystemTime::now();
         let mut removed = 0;
         table
@@ -229,12 +234,13 @@ impl Inner {
     fn save(&self, batch: &[SessionUpdate]) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(transient)?;
         {
-            let mut table = txn.open_table(SESSIONS).map_err(transient)?;
+            let mut table = txn.open_table(POSITIONS).map_err(transient)?;
             let now = SystemTime::now();
             let mut buf = Vec::new();
             for update in batch {
+                let key = (update.session.as_str(), update.stream.as_str());
                 let existing = table
-                    .get(update.session.as_str())
+                    .get(key)
                     .map_err(transient)?
                     .map(|v| decode(v.value()));
                 let record = match existing {
@@ -247,6 +253,7 @@ impl Inner {
                     Some(Err(_)) => {
                         tracing::warn!(
                             session = update.session.as_str(),
+                            stream = update.stream.as_str(),
                             "undecodable session record in redb file: replaced"
                         );
                         SessionRecord::from(update)
@@ -254,9 +261,7 @@ impl Inner {
                     _ => SessionRecord::from(update),
                 };
                 encode(&record, &mut buf);
-                table
-                    .insert(update.session.as_str(), buf.as_slice())
-                    .map_err(transient)?;
+                table.insert(key, buf.as_slice()).map_err(transient)?;
             }
             if self.cleanup_due() {
                 self.purge(&mut table)?;
@@ -265,14 +270,41 @@ impl Inner {
         txn.commit().map_err(transient)
     }
 
-    fn load(&self, session: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
+    fn load(
+        &self,
+        session: &SessionId,
+        stream: &StreamKey,
+    ) -> Result<Option<SessionRecord>, StoreError> {
         let txn = self.db.begin_read().map_err(transient)?;
-        let table = txn.open_table(SESSIONS).map_err(transient)?;
-        let Some(value) = table.get(session.as_str()).map_err(transient)? else {
+        let table = txn.open_table(POSITIONS).map_err(transient)?;
+        let Some(value) = table
+            .get((session.as_str(), stream.as_str()))
+            .map_err(transient)?
+        else {
             return Ok(None);
         };
         let record = decode(value.value())?;
         Ok((!self.expired(&record, SystemTime::now())).then_some(record))
+    }
+
+    /// Deletes a session's streams: the range from (session, "") up to (session + NUL, ""),
+    /// which holds exactly its keys (keys have no control characters, so no other session's key
+    /// starts with `session + NUL`).
+    fn delete(&self, session: &SessionId) -> Result<usize, StoreError> {
+        let txn = self.db.begin_write().map_err(transient)?;
+        let mut removed = 0;
+        {
+            let mut table = txn.open_table(POSITIONS).map_err(transient)?;
+            let end = format!("{session}\0");
+            table
+                .retain_in((session.as_str(), "")..(end.as_str(), ""), |_, _| {
+                    removed += 1;
+                    false
+                })
+                .map_err(transient)?;
+        }
+        txn.commit().map_err(transient)?;
+        Ok(removed)
     }
 }
 
@@ -283,10 +315,20 @@ impl SessionStore for RedbStore {
         Box::pin(blocking(move || inner.save(&batch)))
     }
 
-    fn load<'a>(&'a self, session: &'a SessionId) -> StoreFuture<'a, Option<SessionRecord>> {
+    fn load<'a>(
+        &'a self,
+        session: &'a SessionId,
+        stream: &'a StreamKey,
+    ) -> StoreFuture<'a, Option<SessionRecord>> {
+        let inner = self.inner.clone();
+        let (session, stream) = (session.clone(), stream.clone());
+        Box::pin(blocking(move || inner.load(&session, &stream)))
+    }
+
+    fn delete_session<'a>(&'a self, session: &'a SessionId) -> StoreFuture<'a, ()> {
         let inner = self.inner.clone();
         let session = session.clone();
-        Box::pin(blocking(move || inner.load(&session)))
+        Box::pin(blocking(move || inner.delete(&session).map(drop)))
     }
 }
 

@@ -11,7 +11,7 @@ use redis::{
 };
 
 use super::{LastEventId, SessionRecord, SessionStore, SessionUpdate, StoreError, StoreFuture};
-use crate::SessionId;
+use crate::{SessionId, StreamKey};
 
 /// Updates per `EVALSHA` inside a batch's pipeline: keeps each script run short, so Redis stays
 /// responsive to other clients during large batches.
@@ -19,21 +19,33 @@ const CHUNK: usize = 512;
 
 /// Applies updates atomically with the forward-only rule, on the server.
 ///
-/// KEYS: one hash per session. ARGV[1]: TTL in ms (0 = none); then, per key, four values:
-/// version (20 zero-padded digits, so that string order is numeric order and no precision is lost
-/// in Lua's doubles), activity (ms since the epoch), cleared flag ("1"/"0") and the ID.
+/// KEYS: one hash per update's session (a session may appear more than once, once per stream).
+/// ARGV[1]: TTL in ms (0 = none); then, per key, five values: the stream key (the hash field),
+/// version (20 zero-padded digits, so that string order is numeric order and no precision is
+/// lost in Lua's doubles), activity (ms since the epoch), cleared flag ("1"/"0") and the ID. A
+/// field's value is `version activity cleared id`, space-separated (the ID last: it may hold
+/// spaces).
 const APPLY: &str = r"
 local ttl = tonumber(ARGV[1])
 for i = 1, #KEYS do
-  local j = 2 + (i - 1) * 4
-  local version, activity = ARGV[j], ARGV[j + 1]
-  local current = redis.call('HMGET', KEYS[i], 'v', 'a')
-  if (not current[1]) or current[1] < version then
-    redis.call('HSET', KEYS[i], 'v', version, 'c', ARGV[j + 2], 'id', ARGV[j + 3])
+  local j = 2 + (i - 1) * 5
+  local stream, version, activity = ARGV[j], ARGV[j + 1], ARGV[j + 2]
+  local value = version .. ' ' .. activity .. ' ' .. ARGV[j + 3] .. ' ' .. ARGV[j + 4]
+  local current = redis.call('HGET', KEYS[i], stream)
+  if current then
+    local v, a, rest = string.match(current, '^(%d+) (%d+) (.*)$')
+    if v then
+      if tonumber(a) > tonumber(activity) then
+        activity = a
+      end
+      if v >= version then
+        value = v .. ' ' .. activity .. ' ' .. rest
+      else
+        value = version .. ' ' .. activity .. ' ' .. ARGV[j + 3] .. ' ' .. ARGV[j + 4]
+      end
+    end
   end
-  if (not current[2]) or tonumber(current[2]) < tonumber(activity) then
-    redis.call('HSET', KEYS[i], 'a', activity)
-  end
+  redis.call('HSET', KEYS[i], stream, value)
   if ttl > 0 then
     redis.call('PEXPIRE', KEYS[i], ttl)
   end
@@ -46,8 +58,12 @@ return #KEYS
 ///
 /// - One round trip per batch: a pipeline of `EVALSHA` calls of a small Lua script, each applying
 ///   up to 512 updates atomically with the forward-only rule (compared on the server).
-/// - Keys are `prefix + session key` (hashes with fields `v`, `a`, `c`, `id`), expiring after the
-///   idle TTL (refreshed on every write).
+/// - One hash per session, at `prefix + session key`, with one field per stream (the stream key)
+///   whose value is `version activity cleared id` (space-separated: a 20-digit version, the
+///   activity in ms since the epoch, `1` if the ID was cleared, else `0`, then the ID). The hash
+///   expires after the idle TTL, refreshed on every write of any of its streams, and deleting a
+///   session is one `DEL`. (Before 0.1 was released, the hash held one position per session, in
+///   fields `v`, `a`, `c`, `id`; such hashes are not migrated: they read as absent and expire.)
 /// - The connection is a [`ConnectionManager`]: it reconnects by itself after Redis restarts.
 /// - Errors are transient when a retry may help (I/O, timeouts, dropped connections, a loading
 ///   or busy server), permanent otherwise.
@@ -193,7 +209,7 @@ impl RedisStore {
         RedisStoreBuilder::default()
     }
 
-    /// The Redis key of a session.
+    /// The Redis key of a session: a hash with one field per stream.
     pub fn key(&self, session: &SessionId) -> String {
         format!("{}{}", self.inner.prefix, session.as_str())
     }
@@ -218,7 +234,8 @@ impl RedisStore {
                     LastEventId::Set(id) => ("0", id.as_ref()),
                     LastEventId::Cleared => ("1", ""),
                 };
-                cmd.arg(format!("{:020}", update.version))
+                cmd.arg(update.stream.as_str())
+                    .arg(format!("{:020}", update.version))
                     .arg(millis(update.last_activity))
                     .arg(cleared)
                     .arg(id);
@@ -244,38 +261,55 @@ impl RedisStore {
         }
     }
 
-    async fn get(&self, session: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
+    async fn get(
+        &self,
+        session: &SessionId,
+        stream: &StreamKey,
+    ) -> Result<Option<SessionRecord>, StoreError> {
         let mut connection = self.inner.connection.clone();
-        let fields: (Option<String>, Option<u64>, Option<String>, Option<String>) =
-            redis::cmd("HMGET")
-                .arg(self.key(session))
-                .arg(&["v", "a", "c", "id"])
-                .query_async(&mut connection)
-                .await
-                .map_err(classify)?;
-        let corrupt =
-            || StoreError::permanent(format!("corrupt session record at {}", self.key(session)));
-        match fields {
-            (None, None, _, _) => Ok(None),
-            (version, activity, cleared, id) => {
-                let version = match version {
-                    Some(v) => v.parse::<u64>().map_err(|_| corrupt())?,
-                    // Activity written, never an ID (version 0 updates).
-                    None => 0,
-                };
-                let last_event_id = match (cleared.as_deref(), id) {
-                    (Some("0"), Some(id)) => LastEventId::Set(Arc::from(id)),
-                    (Some("0"), None) => return Err(corrupt()),
-                    _ => LastEventId::Cleared,
-                };
-                Ok(Some(SessionRecord {
-                    last_event_id,
-                    version,
-                    last_activity: UNIX_EPOCH + Duration::from_millis(activity.unwrap_or(0)),
-                }))
-            }
-        }
+        let value: Option<String> = redis::cmd("HGET")
+            .arg(self.key(session))
+            .arg(stream.as_str())
+            .query_async(&mut connection)
+            .await
+            .map_err(classify)?;
+        let Some(value) = value else {
+            return Ok(None);
+        };
+        decode(&value).map(Some).ok_or_else(|| {
+            StoreError::permanent(format!(
+                "corrupt record at {} field {:?}",
+                self.key(session),
+                stream.as_str()
+            ))
+        })
     }
+
+    async fn delete(&self, session: &SessionId) -> Result<(), StoreError> {
+        let mut connection = self.inner.connection.clone();
+        redis::cmd("DEL")
+            .arg(self.key(session))
+            .query_async::<()>(&mut connection)
+            .await
+            .map_err(classify)
+    }
+}
+
+/// Decodes a field's value: `version activity cleared id`.
+fn decode(value: &str) -> Option<SessionRecord> {
+    let (version, rest) = value.split_once(' ')?;
+    let (activity, rest) = rest.split_once(' ')?;
+    let (cleared, id) = rest.split_once(' ')?;
+    let last_event_id = match cleared {
+        "0" => LastEventId::Set(Arc::from(id)),
+        "1" => LastEventId::Cleared,
+        _ => return None,
+    };
+    Some(SessionRecord {
+        last_event_id,
+        version: version.parse().ok()?,
+        last_activity: UNIX_EPOCH + Duration::from_millis(activity.parse().ok()?),
+    })
 }
 
 impl SessionStore for RedisStore {
@@ -283,8 +317,16 @@ impl SessionStore for RedisStore {
         Box::pin(self.save(batch))
     }
 
-    fn load<'a>(&'a self, session: &'a SessionId) -> StoreFuture<'a, Option<SessionRecord>> {
-        Box::pin(self.get(session))
+    fn load<'a>(
+        &'a self,
+        session: &'a SessionId,
+        stream: &'a StreamKey,
+    ) -> StoreFuture<'a, Option<SessionRecord>> {
+        Box::pin(self.get(session, stream))
+    }
+
+    fn delete_session<'a>(&'a self, session: &'a SessionId) -> StoreFuture<'a, ()> {
+        Box::pin(self.delete(session))
     }
 }
 

@@ -26,6 +26,7 @@ pub struct WorkerConfig {
     pub(crate) breaker_cooldown: Duration,
     pub(crate) store_timeout: Duration,
     pub(crate) max_sessions: usize,
+    pub(crate) max_streams_per_session: usize,
     pub(crate) idle_ttl: Duration,
     pub(crate) dedup_window: usize,
 }
@@ -44,6 +45,7 @@ impl Default for WorkerConfig {
             breaker_cooldown: Duration::from_secs(10),
             store_timeout: Duration::from_secs(5),
             max_sessions: 100_000,
+            max_streams_per_session: 16,
             idle_ttl: Duration::from_secs(600),
             dedup_window: DEFAULT_DEDUP_WINDOW,
         }
@@ -144,7 +146,8 @@ impl WorkerConfig {
         self
     }
 
-    /// Most sessions tracked in memory (at least 1).
+    /// Most sessions tracked in memory (at least 1). Positions are tracked per (session,
+    /// stream), and each such position counts as one session here.
     ///
     /// Session keys come from clients, so this cap is what a flood of new keys runs into. Every
     /// admission costs O(1) whatever the registry holds: at the cap, the session that has been
@@ -159,6 +162,19 @@ impl WorkerConfig {
     /// Defaults to 100 000.
     pub fn max_sessions(mut self, n: usize) -> Self {
         self.max_sessions = n.max(1);
+        self
+    }
+
+    /// Most streams tracked in memory per session (at least 1). Stream keys come from clients
+    /// too (the request path, by default), so one session cannot take more than this many
+    /// places. A new stream of a session at the cap takes the place of that session's stream
+    /// idle longest (counted as `sse_tracking_sessions_forgotten_total{reason="streams"}`);
+    /// when all are busy, it passes through untracked (counted as
+    /// `sse_tracking_untracked_total{reason="too_many_streams"}`).
+    ///
+    /// Defaults to 16.
+    pub fn max_streams_per_session(mut self, n: usize) -> Self {
+        self.max_streams_per_session = n.max(1);
         self
     }
 

@@ -9,13 +9,17 @@ use tokio::{
 
 use super::{Attachment, Queue, Tracker, WorkerConfig, run};
 use crate::{
-    SessionId,
+    SessionId, StreamKey,
     registry::{Full, RegistryStats},
-    store::SessionStore,
+    store::{SessionStore, StoreError},
 };
 
 pub(crate) enum Control {
     Flush(oneshot::Sender<FlushReport>),
+    Forget {
+        session: SessionId,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
     Shutdown {
         deadline: Instant,
         reply: oneshot::Sender<ShutdownReport>,
@@ -48,14 +52,16 @@ impl Future for WorkerFuture {
 ///
 /// ```
 /// use std::time::Duration;
-/// use tower_sse_tracking::{SessionId, store::MemoryStore, worker::{WorkerConfig, WorkerHandle}};
+/// use tower_sse_tracking::{
+///     SessionId, StreamKey, store::MemoryStore, worker::{WorkerConfig, WorkerHandle},
+/// };
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
 /// let (worker, task) = WorkerHandle::pair(MemoryStore::new(), WorkerConfig::default());
 /// tokio::spawn(task); // or any executor with a Tokio timer
 /// let session = SessionId::new("s1").unwrap();
-/// worker.record(&session, Some("1"));
+/// worker.record(&session, &StreamKey::new("/events").unwrap(), Some("1"));
 /// let report = worker.flush().await.unwrap();
 /// assert_eq!(report.persisted(), 1);
 /// assert!(worker.shutdown(Duration::from_secs(1)).await.unwrap().unpersisted().is_empty());
@@ -111,16 +117,22 @@ impl WorkerHandle {
         (handle, future)
     }
 
-    /// Records one event for `session` outside of any HTTP stream: `id` is the event's `id`
-    /// field if it had one (`Some("")` clears the session's ID). The session is queued for the
-    /// worker if it just turned dirty; if the queue is full it is parked and written on the
-    /// next tick. Never waits.
+    /// Records one event of a session's stream outside of any HTTP response: `id` is the
+    /// event's `id` field if it had one (`Some("")` clears the stream's ID). The position is
+    /// queued for the worker if it just turned dirty; if the queue is full it is parked and
+    /// written on the next tick. Never waits.
     ///
-    /// [`RecordOutcome::RegistryFull`] if the session could not be tracked (the registry is
-    /// full of sessions with live streams or unwritten state).
-    pub fn record(&self, session: &SessionId, id: Option<&str>) -> RecordOutcome {
+    /// [`RecordOutcome::RegistryFull`] if the stream could not be tracked (the registry is full
+    /// of positions with live streams or unwritten state, or the session has
+    /// [`max_streams_per_session`](WorkerConfig::max_streams_per_session) busy streams).
+    pub fn record(
+        &self,
+        session: &SessionId,
+        stream: &StreamKey,
+        id: Option<&str>,
+    ) -> RecordOutcome {
         // Attached for the call only, without an `Attachment`: no sender clone per call.
-        let Ok(slot) = self.tracker.registry.attach(session) else {
+        let Ok(slot) = self.tracker.registry.attach(session, stream) else {
             return RecordOutcome::RegistryFull;
         };
         let outcome = self.tracker.record(&slot, &self.queue, id);
@@ -128,40 +140,77 @@ impl WorkerHandle {
         outcome
     }
 
-    /// The session's handle for recording many events without looking it up each time (the
-    /// path streams behind the layer take). `None` if the registry is full.
+    /// A session's stream, for recording many events without looking it up each time (the
+    /// path responses behind the layer take). `None` if the registry is full.
     ///
     /// ```
     /// use tower_sse_tracking::{
-    ///     SessionId, store::MemoryStore,
+    ///     SessionId, StreamKey, store::MemoryStore,
     ///     worker::{RecordOutcome, WorkerConfig, WorkerHandle},
     /// };
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
     /// let worker = WorkerHandle::spawn(MemoryStore::new(), WorkerConfig::default());
-    /// let session = worker.session(&SessionId::new("ws-42").unwrap()).unwrap();
+    /// let session = SessionId::new("ws-42").unwrap();
+    /// let stream = worker.stream(&session, &StreamKey::new("ticks").unwrap()).unwrap();
     /// for id in ["1", "2", "3"] {
-    ///     assert_eq!(session.record(Some(id)), RecordOutcome::Recorded);
+    ///     assert_eq!(stream.record(Some(id)), RecordOutcome::Recorded);
     /// }
-    /// assert_eq!(session.record(Some("2")), RecordOutcome::Duplicate);
-    /// assert_eq!(session.last_event_id().as_deref(), Some("3"));
+    /// assert_eq!(stream.record(Some("2")), RecordOutcome::Duplicate);
+    /// assert_eq!(stream.last_event_id().as_deref(), Some("3"));
     /// # }
     /// ```
-    pub fn session(&self, session: &SessionId) -> Option<TrackedSession> {
-        let attachment = self.attach(session).ok()?;
-        Some(TrackedSession { attachment })
+    pub fn stream(&self, session: &SessionId, stream: &StreamKey) -> Option<TrackedStream> {
+        let attachment = self.attach(session, stream).ok()?;
+        Some(TrackedStream { attachment })
     }
 
-    /// Attaches a stream to `session`, admitting it into the registry if needed.
-    pub(crate) fn attach(&self, session: &SessionId) -> Result<Attachment, Full> {
-        Attachment::new(&self.tracker, &self.queue, session)
+    /// Attaches a response to a session's stream, admitting it into the registry if needed.
+    pub(crate) fn attach(
+        &self,
+        session: &SessionId,
+        stream: &StreamKey,
+    ) -> Result<Attachment, Full> {
+        Attachment::new(&self.tracker, &self.queue, session, stream)
     }
 
-    /// The session's newest last event ID known in memory: `None` if this process recorded no
+    /// The stream's newest last event ID known in memory: `None` if this process recorded no
     /// `id` for it, `Some("")` if the stream cleared it.
-    pub fn last_event_id(&self, session: &SessionId) -> Option<String> {
-        self.tracker.registry.get(session)?.last_event_id()
+    pub fn last_event_id(&self, session: &SessionId, stream: &StreamKey) -> Option<String> {
+        self.tracker.registry.get(session, stream)?.last_event_id()
+    }
+
+    /// Forgets a session that ended: every stream's position, in memory and in the store
+    /// ([`SessionStore::delete_session`]). What was recorded for the session and not written
+    /// yet is dropped, not written. A stream of the session that is still open stays tracked:
+    /// its later events start afresh.
+    ///
+    /// Runs on the worker, between two writes, so that no write of the session in flight can
+    /// bring it back. See [`forget_on`](crate::EventTrackingLayerBuilder::forget_on) to forget
+    /// sessions when a request (such as a `DELETE`) ends them.
+    ///
+    /// # Errors
+    ///
+    /// The store's error when it could not delete the session (the positions in memory are
+    /// forgotten all the same).
+    pub async fn forget(&self, session: &SessionId) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let sent = self
+            .control
+            .send(Control::Forget {
+                session: session.clone(),
+                reply,
+            })
+            .await;
+        if sent.is_ok()
+            && let Ok(result) = rx.await
+        {
+            return result;
+        }
+        // The worker has shut down: nothing writes any more, so no write can race the delete.
+        self.tracker.registry.forget_session(session);
+        self.tracker.store.delete_session(session).await
     }
 
     /// The store the worker writes to.
@@ -169,7 +218,7 @@ impl WorkerHandle {
         &self.tracker.store
     }
 
-    /// Sessions tracked in memory.
+    /// Positions (session, stream) tracked in memory.
     pub fn tracked_sessions(&self) -> usize {
         self.tracker.registry.len()
     }
@@ -218,35 +267,41 @@ impl WorkerHandle {
     }
 }
 
-/// One tracked session, for recording its events directly (for example from a WebSocket or a
-/// custom transport). Holding it (or a clone) keeps the session in memory.
+/// One tracked stream of a session, for recording its events directly (for example from a
+/// WebSocket or a custom transport). Holding it (or a clone) keeps the stream in memory.
 #[derive(Clone)]
-pub struct TrackedSession {
+pub struct TrackedStream {
     attachment: Attachment,
 }
 
-impl fmt::Debug for TrackedSession {
+impl fmt::Debug for TrackedStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("TrackedSession")
+        f.debug_tuple("TrackedStream")
             .field(self.attachment.session())
+            .field(self.attachment.stream())
             .finish()
     }
 }
 
-impl TrackedSession {
+impl TrackedStream {
     /// Records one event: `id` is its `id` field if it had one (`Some("")` clears). Updates the
-    /// session's slot in place; queues the session for the worker only when it turns dirty
-    /// (parking it if the queue is full). Never waits. [`RecordOutcome::Duplicate`] if the ID is
-    /// a duplicate of a recent one (counted, the session's ID left as it was); never
-    /// [`RecordOutcome::RegistryFull`]: holding the handle keeps the session tracked.
+    /// stream's slot in place; queues it for the worker only when it turns dirty (parking it if
+    /// the queue is full). Never waits. [`RecordOutcome::Duplicate`] if the ID is a duplicate
+    /// of a recent one (counted, the stream's ID left as it was); never
+    /// [`RecordOutcome::RegistryFull`]: holding the handle keeps the stream tracked.
     #[inline]
     pub fn record(&self, id: Option<&str>) -> RecordOutcome {
         self.attachment.record_and_enqueue(id)
     }
 
     /// The session key.
-    pub fn id(&self) -> &SessionId {
+    pub fn session(&self) -> &SessionId {
         self.attachment.session()
+    }
+
+    /// The stream key.
+    pub fn stream(&self) -> &StreamKey {
+        self.attachment.stream()
     }
 
     /// The newest last event ID recorded in this process (`Some("")`: cleared).
@@ -264,7 +319,8 @@ pub enum RecordOutcome {
     /// The event's ID was seen recently in this session: counted
     /// (`sse_tracking_duplicate_events_total`), the session's ID left as it was.
     Duplicate,
-    /// Not recorded: the registry is full of sessions with live streams or unwritten state.
+    /// Not recorded: the registry is full of positions with live streams or unwritten state,
+    /// or the session has the most streams allowed, all busy.
     RegistryFull,
 }
 
@@ -291,24 +347,24 @@ impl FlushReport {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ShutdownReport {
     pub(crate) persisted: usize,
-    pub(crate) unpersisted: Vec<SessionId>,
+    pub(crate) unpersisted: Vec<(SessionId, StreamKey)>,
 }
 
 impl ShutdownReport {
-    /// Session writes that succeeded during the shutdown itself (0 when everything had been
+    /// Position writes that succeeded during the shutdown itself (0 when everything had been
     /// written before it began: see [`is_complete`](Self::is_complete) for that question).
     pub fn written_during_shutdown(&self) -> usize {
         self.persisted
     }
 
-    /// Whether nothing was left unwritten: every session's newest last event ID is in the
+    /// Whether nothing was left unwritten: every stream's newest last event ID is in the
     /// store.
     pub fn is_complete(&self) -> bool {
         self.unpersisted.is_empty()
     }
 
-    /// Sessions whose newest last event ID could not be written before the deadline.
-    pub fn unpersisted(&self) -> &[SessionId] {
+    /// The streams whose newest last event ID could not be written before the deadline.
+    pub fn unpersisted(&self) -> &[(SessionId, StreamKey)] {
         &self.unpersisted
     }
 }

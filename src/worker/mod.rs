@@ -12,19 +12,22 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use tower_sse_tracking::{SessionId, store::MemoryStore, worker::{WorkerConfig, WorkerHandle}};
+//! use tower_sse_tracking::{
+//!     SessionId, StreamKey, store::MemoryStore, worker::{WorkerConfig, WorkerHandle},
+//! };
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
 //! let store = MemoryStore::new();
 //! let worker = WorkerHandle::spawn(store.clone(), WorkerConfig::default());
 //! let session = SessionId::new("s1").unwrap();
+//! let stream = StreamKey::new("/events").unwrap();
 //! for id in ["1", "2", "3"] {
-//!     worker.record(&session, Some(id));
+//!     worker.record(&session, &stream, Some(id));
 //! }
 //! worker.flush().await.unwrap();
 //! // Only the newest ID was written.
-//! assert_eq!(store.get(&session).unwrap().last_event_id.as_str(), Some("3"));
+//! assert_eq!(store.last_event_id(&session, &stream).as_deref(), Some("3"));
 //! let report = worker.shutdown(Duration::from_secs(5)).await.unwrap();
 //! assert!(report.unpersisted().is_empty());
 //! # }
@@ -40,7 +43,7 @@ mod tracker;
 pub use self::{
     config::WorkerConfig,
     handle::{
-        FlushReport, RecordOutcome, ShutdownReport, TrackedSession, WorkerFuture, WorkerGone,
+        FlushReport, RecordOutcome, ShutdownReport, TrackedStream, WorkerFuture, WorkerGone,
         WorkerHandle,
     },
 };

@@ -101,7 +101,13 @@ mod tests {
     use crate::SessionId;
 
     fn slot(name: &str) -> Arc<Slot> {
-        Arc::new(Slot::new(SessionId::new(name).unwrap(), 0, 0, 4))
+        Arc::new(Slot::new(
+            SessionId::new(name).unwrap(),
+            crate::StreamKey::whole_session(),
+            0,
+            0,
+            4,
+        ))
     }
 
     #[tokio::test(start_paused = true)]

@@ -14,7 +14,12 @@ use super::{
     retry::{RetryHeap, backoff},
     tracker::Tracker,
 };
-use crate::{metrics as m, registry::EXPIRE_PER_SHARD_PER_TICK, slot::Slot, store::SessionUpdate};
+use crate::{
+    SessionId, metrics as m,
+    registry::EXPIRE_PER_SHARD_PER_TICK,
+    slot::Slot,
+    store::{SessionUpdate, StoreError},
+};
 
 /// How a flush treats a failing store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +80,9 @@ impl Worker {
                         let report = self.flush_now().await;
                         let _ = reply.send(report);
                     }
+                    Control::Forget { session, reply } => {
+                        let _ = reply.send(self.forget(&session).await);
+                    }
                     Control::Shutdown { deadline, reply } => {
                         let report = self.shutdown(deadline).await;
                         let _ = reply.send(report);
@@ -107,6 +115,31 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Forgets a session that ended, in memory and in the store. Runs between two writes, so no
+    /// write of the session is in flight: none can bring it back afterwards.
+    async fn forget(&mut self, session: &SessionId) -> Result<(), StoreError> {
+        let positions = self.tracker.registry.forget_session(session);
+        let timeout = self.tracker.config.store_timeout;
+        let result =
+            match tokio::time::timeout(timeout, self.tracker.store.delete_session(session)).await {
+                Ok(result) => result,
+                Err(_) => Err(StoreError::transient(format!(
+                    "delete_session took longer than {timeout:?}"
+                ))),
+            };
+        match &result {
+            Ok(()) => {
+                metrics::counter!(m::SESSIONS_DELETED).increment(1);
+                tracing::debug!(%session, positions, "session forgotten");
+            }
+            Err(error) => {
+                metrics::counter!(m::DELETE_ERRORS).increment(1);
+                tracing::warn!(%session, %error, "could not delete a session from the store");
+            }
+        }
+        result
     }
 
     /// Every handle, layer and stream is gone: writes what is left, then the worker stops.
@@ -365,7 +398,7 @@ impl Worker {
                 .map(|(slot, _)| slot)
                 .chain(std::iter::from_fn(|| self.retries.pop().map(|r| r.slot)))
                 .filter(|slot| slot.is_dirty())
-                .map(|slot| slot.session().clone())
+                .map(|slot| (slot.session().clone(), slot.stream().clone()))
                 .collect();
             unpersisted.sort();
             unpersisted.dedup();

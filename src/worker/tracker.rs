@@ -18,7 +18,7 @@ use tokio::sync::{
 
 use super::{RecordOutcome, WorkerConfig};
 use crate::{
-    SessionId, metrics as m,
+    SessionId, StreamKey, metrics as m,
     registry::{Full, Registry, RegistryLimits},
     slot::{IdHasher, Recorded, Slot},
     store::SessionStore,
@@ -76,6 +76,7 @@ impl Tracker {
             .saturating_sub(config.max_batch.min(config.queue_capacity / 2).max(1));
         let registry = Registry::new(RegistryLimits {
             max_sessions: config.max_sessions,
+            max_streams_per_session: config.max_streams_per_session,
             idle_ttl: config.idle_ttl,
             dedup_window: config.dedup_window,
         });
@@ -197,13 +198,14 @@ pub(crate) struct Attachment {
 }
 
 impl Attachment {
-    /// Attaches to `session`, admitting it into the registry if needed.
+    /// Attaches to a session's stream, admitting it into the registry if needed.
     pub(crate) fn new(
         tracker: &Arc<Tracker>,
         queue: &Queue,
         session: &SessionId,
+        stream: &StreamKey,
     ) -> Result<Self, Full> {
-        let slot = tracker.registry.attach(session)?;
+        let slot = tracker.registry.attach(session, stream)?;
         Ok(Self {
             slot,
             tracker: tracker.clone(),
@@ -217,6 +219,10 @@ impl Attachment {
 
     pub(crate) fn session(&self) -> &SessionId {
         self.slot.session()
+    }
+
+    pub(crate) fn stream(&self) -> &StreamKey {
+        self.slot.stream()
     }
 
     /// Records one event of the stream (hot path: the slot update alone). Returns `true` when
@@ -290,6 +296,7 @@ impl std::fmt::Debug for Attachment {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_tuple("Attachment")
             .field(self.slot.session())
+            .field(self.slot.stream())
             .finish()
     }
 }

@@ -57,7 +57,10 @@ async fn axum_sse_with_keep_alive_is_byte_identical_and_tracked_per_session() {
         assert!(keep_alives >= 3, "keep-alive comments: {expected:?}");
         assert_eq!(got, expected, "{session}: the layer changed the bytes");
         assert_eq!(
-            tracking.worker().last_event_id(&sid(session)).as_deref(),
+            tracking
+                .worker()
+                .last_event_id(&sid(session), &events())
+                .as_deref(),
             Some(last)
         );
     }

@@ -13,7 +13,9 @@ fn full_queue_layer(
         .build_with_worker();
     // Another session takes the only place in the queue; the worker is not running.
     assert_eq!(
-        tracking.worker().record(&sid("other"), Some("x")),
+        tracking
+            .worker()
+            .record(&sid("other"), &events(), Some("x")),
         tower_sse_tracking::worker::RecordOutcome::Recorded
     );
     (tracking, worker)
@@ -52,7 +54,10 @@ async fn full_queue_holds_a_frame_for_at_most_the_backpressure_timeout_then_park
     assert_eq!(start.elapsed(), Duration::ZERO);
     drop(body);
     assert_eq!(
-        tracking.worker().last_event_id(&sid("busy")).as_deref(),
+        tracking
+            .worker()
+            .last_event_id(&sid("busy"), &events())
+            .as_deref(),
         Some("3")
     );
     assert!(store.is_empty(), "the worker has not run yet");

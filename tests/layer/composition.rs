@@ -68,7 +68,10 @@ async fn compression_inside_the_layer_leaves_the_stream_untracked_and_untouched(
     assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), alone);
 
     tracking.flush().await.unwrap();
-    assert_eq!(tracking.worker().last_event_id(&sid("inside")), None);
+    assert_eq!(
+        tracking.worker().last_event_id(&sid("inside"), &events()),
+        None
+    );
     assert_eq!(tracking.worker().tracked_sessions(), 0);
     assert!(store.is_empty(), "nothing recorded: {:?}", store.snapshot());
 }
@@ -89,7 +92,10 @@ async fn layer_inside_compression_tracks_events_and_the_client_gets_valid_gzip()
 
     tracking.flush().await.unwrap();
     assert_eq!(
-        tracking.worker().last_event_id(&sid("outside")).as_deref(),
+        tracking
+            .worker()
+            .last_event_id(&sid("outside"), &events())
+            .as_deref(),
         Some("3")
     );
     assert_eq!(stored(&store, "outside"), set("3"));

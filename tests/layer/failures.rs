@@ -25,7 +25,10 @@ async fn client_disconnect_mid_event_keeps_the_last_completed_id() {
     drop(body); // the client goes away
 
     assert_eq!(
-        tracking.worker().last_event_id(&sid("gone")).as_deref(),
+        tracking
+            .worker()
+            .last_event_id(&sid("gone"), &events())
+            .as_deref(),
         Some("1")
     );
     tracking.flush().await.unwrap();
@@ -80,7 +83,10 @@ async fn inner_body_error_reaches_the_client_unchanged_and_earlier_ids_are_kept(
     assert_eq!(error.to_string(), "upstream failed: connection reset");
 
     assert_eq!(
-        tracking.worker().last_event_id(&sid("err")).as_deref(),
+        tracking
+            .worker()
+            .last_event_id(&sid("err"), &events())
+            .as_deref(),
         Some("2")
     );
     tracking.flush().await.unwrap();

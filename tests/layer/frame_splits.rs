@@ -114,7 +114,10 @@ async fn arbitrary_frame_splits_are_forwarded_unchanged_and_tracked_per_spec() {
         assert!(tracked, "{}", case.name);
         assert_eq!(got, concat(case.chunks), "{}: bytes changed", case.name);
         assert_eq!(
-            tracking.worker().last_event_id(&sid(&session)).as_deref(),
+            tracking
+                .worker()
+                .last_event_id(&sid(&session), &events())
+                .as_deref(),
             case.last,
             "{}: tracked id",
             case.name

@@ -104,7 +104,10 @@ async fn heartbeats_are_injected_only_at_line_boundaries_of_an_idle_upstream() {
         b"id: 1\ndata: a\n\n:\n:\ndata: abc\n\nid: 2\r\ndata: b\n\n:\n"
     );
     assert_eq!(
-        tracking.worker().last_event_id(&sid("hb")).as_deref(),
+        tracking
+            .worker()
+            .last_event_id(&sid("hb"), &events())
+            .as_deref(),
         Some("2"),
         "heartbeats do not change what is tracked"
     );
@@ -138,7 +141,10 @@ async fn heartbeats_keep_an_upstream_that_has_not_spoken_yet_alive() {
         ])
     );
     assert_eq!(
-        tracking.worker().last_event_id(&sid("hb")).as_deref(),
+        tracking
+            .worker()
+            .last_event_id(&sid("hb"), &events())
+            .as_deref(),
         Some("1")
     );
 }
@@ -156,7 +162,10 @@ async fn a_byte_order_mark_after_an_early_heartbeat_is_dropped() {
     .await;
     assert_eq!(frames, owned(&[(1000, HB), (1500, b"id: 1\ndata: a\n\n")]));
     assert_eq!(
-        tracking.worker().last_event_id(&sid("hb")).as_deref(),
+        tracking
+            .worker()
+            .last_event_id(&sid("hb"), &events())
+            .as_deref(),
         Some("1")
     );
 }
@@ -169,7 +178,10 @@ async fn a_byte_order_mark_split_across_frames_after_an_early_heartbeat_is_dropp
     let all: Vec<u8> = frames.iter().flat_map(|(_, b)| b.to_vec()).collect();
     assert_eq!(all, b":\nid: 7\n\n");
     assert_eq!(
-        tracking.worker().last_event_id(&sid("hb")).as_deref(),
+        tracking
+            .worker()
+            .last_event_id(&sid("hb"), &events())
+            .as_deref(),
         Some("7")
     );
 }
@@ -185,7 +197,10 @@ async fn bytes_that_only_looked_like_a_byte_order_mark_are_forwarded() {
         "every upstream byte, in order"
     );
     assert_eq!(
-        tracking.worker().last_event_id(&sid("hb")).as_deref(),
+        tracking
+            .worker()
+            .last_event_id(&sid("hb"), &events())
+            .as_deref(),
         Some("2")
     );
 }

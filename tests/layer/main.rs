@@ -7,7 +7,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
-use support::sid;
+use support::{events, sid};
 
 use std::{
     convert::Infallible,
@@ -32,7 +32,7 @@ use tokio::time::{Instant, sleep};
 use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
 use tower_http::{compression::CompressionLayer, trace::TraceLayer};
 use tower_sse_tracking::{
-    EventTrackingLayer, SessionId,
+    EventTrackingLayer, SessionId, StreamKey,
     store::{
         LastEventId, MemoryStore, SessionRecord, SessionStore, SessionUpdate, StoreError,
         StoreFuture,
@@ -138,7 +138,7 @@ where
 /// The persisted last event ID of a session: `None` when the store has no record,
 /// `Some(LastEventId::Cleared)` for a record without an ID.
 fn stored(store: &MemoryStore, session: &str) -> Option<LastEventId> {
-    store.get(&sid(session)).map(|r| r.last_event_id)
+    store.get(&sid(session), &events()).map(|r| r.last_event_id)
 }
 
 fn set(id: &str) -> Option<LastEventId> {

@@ -80,7 +80,9 @@ async fn non_event_stream_responses_pass_through_and_record_nothing() {
 async fn head_requests_pass_through_and_record_nothing() {
     let store = MemoryStore::new();
     let tracking = layer_builder(&store).resume(true).build();
-    tracking.worker().record(&sid("known"), Some("5"));
+    tracking
+        .worker()
+        .record(&sid("known"), &events(), Some("5"));
     tracking.flush().await.unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let handler = {
@@ -207,7 +209,10 @@ async fn size_hint_and_end_of_stream_are_forwarded() {
     body.frame().await.unwrap().unwrap();
     assert!(body.is_end_stream(), "ends right after the only frame");
     assert_eq!(
-        plain.worker().last_event_id(&sid("s")).as_deref(),
+        plain
+            .worker()
+            .last_event_id(&sid("s"), &events())
+            .as_deref(),
         Some("1"),
         "recorded without polling past the end"
     );

@@ -116,8 +116,8 @@ async fn resume_does_not_insert_a_cleared_id() {
     let store = MemoryStore::new();
     let tracking = layer_builder(&store).resume(true).build();
     let handler = Recorder::default();
-    tracking.worker().record(&sid("c"), Some("5"));
-    tracking.worker().record(&sid("c"), Some(""));
+    tracking.worker().record(&sid("c"), &events(), Some("5"));
+    tracking.worker().record(&sid("c"), &events(), Some(""));
     fetch(
         &tracking,
         handler.service(),
@@ -132,7 +132,7 @@ async fn resume_is_off_by_default() {
     let store = MemoryStore::new();
     let tracking = layer_builder(&store).build();
     let handler = Recorder::default();
-    tracking.worker().record(&sid("a"), Some("5"));
+    tracking.worker().record(&sid("a"), &events(), Some("5"));
     fetch(
         &tracking,
         handler.service(),
@@ -146,6 +146,7 @@ async fn prefill(store: &MemoryStore, session: &str, id: &str) {
     store
         .save_batch(&[SessionUpdate {
             session: sid(session),
+            stream: events(),
             last_event_id: LastEventId::from(id),
             version: 1,
             last_activity: SystemTime::now(),
@@ -217,7 +218,15 @@ impl SessionStore for UnreadableStore {
         self.0.save_batch(batch)
     }
 
-    fn load<'a>(&'a self, _session: &'a SessionId) -> StoreFuture<'a, Option<SessionRecord>> {
+    fn load<'a>(
+        &'a self,
+        _session: &'a SessionId,
+        _stream: &'a StreamKey,
+    ) -> StoreFuture<'a, Option<SessionRecord>> {
+        Box::pin(ready(Err(StoreError::transient("store is down"))))
+    }
+
+    fn delete_session<'a>(&'a self, _session: &'a SessionId) -> StoreFuture<'a, ()> {
         Box::pin(ready(Err(StoreError::transient("store is down"))))
     }
 }
@@ -261,7 +270,7 @@ async fn resume_with_a_failing_store_calls_the_handler_without_the_header() {
     assert_eq!(errors, 1);
     tracking.flush().await.unwrap();
     assert_eq!(
-        store.0.get(&sid("s")).map(|r| r.last_event_id),
+        store.0.get(&sid("s"), &events()).map(|r| r.last_event_id),
         set("1"),
         "still tracked"
     );
@@ -281,7 +290,10 @@ async fn session_named_in_the_response_header_is_tracked_and_resumed() {
     assert!(tracked);
     assert_eq!(body, &b"id: 1\ndata: x\n\nid: 2\ndata: x\n\n"[..]);
     assert_eq!(
-        tracking.worker().last_event_id(&sid("fresh-1")).as_deref(),
+        tracking
+            .worker()
+            .last_event_id(&sid("fresh-1"), &events())
+            .as_deref(),
         Some("2")
     );
     tracking.flush().await.unwrap();
@@ -343,6 +355,7 @@ async fn a_request_body_that_is_not_send_works_with_and_without_resume() {
         store
             .save_batch(&[SessionUpdate {
                 session: session.clone(),
+                stream: events(),
                 last_event_id: LastEventId::from("41"),
                 version: 1,
                 last_activity: SystemTime::now(),
@@ -376,7 +389,10 @@ async fn a_request_body_that_is_not_send_works_with_and_without_resume() {
         assert_eq!(bytes, expected);
         tracking.flush().await.unwrap();
         assert_eq!(
-            tracking.worker().last_event_id(&session).as_deref(),
+            tracking
+                .worker()
+                .last_event_id(&session, &events())
+                .as_deref(),
             Some("42")
         );
         tracking.shutdown(Duration::from_secs(1)).await.unwrap();

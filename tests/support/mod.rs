@@ -7,11 +7,21 @@ pub mod redis;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use tower_sse_tracking::SessionId;
+use tower_sse_tracking::{SessionId, StreamKey};
 
 /// A valid session key (panics on an invalid one: tests name their sessions).
 pub fn sid(key: &str) -> SessionId {
     SessionId::new(key).unwrap()
+}
+
+/// A valid stream key.
+pub fn stream(key: &str) -> StreamKey {
+    StreamKey::new(key).unwrap()
+}
+
+/// The stream key of requests to `/events` (the default key is the request's path).
+pub fn events() -> StreamKey {
+    stream("/events")
 }
 
 /// A current-thread runtime with every driver, its clock paused (timers advance instantly when

@@ -26,14 +26,14 @@ fn circuit_breaker_rests_the_store_then_probes_with_one_batch() {
             .breaker_cooldown(cooldown);
         let worker = WorkerHandle::spawn(store.clone(), config);
         let (a, b, c) = (sid("a"), sid("b"), sid("c"));
-        worker.record(&a, Some("1"));
+        worker.record(&a, &events(), Some("1"));
         wait_until("three failures", || store.calls() == 3).await;
         let opened = Instant::now();
         assert_eq!(metrics.gauge(m::CIRCUIT_STATE), Some(1.0), "open");
         assert_eq!(metrics.counter(m::FAILURES), 3);
 
         // Open: not called during the cool-down, even for new sessions.
-        worker.record(&b, Some("1"));
+        worker.record(&b, &events(), Some("1"));
         tokio::time::sleep(cooldown - Duration::from_millis(100)).await;
         assert_eq!(store.calls(), 3, "store left alone during the cool-down");
 
@@ -64,7 +64,7 @@ fn circuit_breaker_rests_the_store_then_probes_with_one_batch() {
         );
 
         // Closed: writes flow again at the normal pace.
-        worker.record(&c, Some("1"));
+        worker.record(&c, &events(), Some("1"));
         tokio::time::sleep(Duration::from_millis(30)).await;
         assert_eq!(store.calls(), 6);
         assert_eq!(store.stored(&c).as_deref(), Some("1"));

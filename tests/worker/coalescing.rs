@@ -7,10 +7,10 @@ async fn coalesces_to_newest_id_per_session() {
     let store = TestStore::healthy();
     let worker = WorkerHandle::spawn(store.clone(), WorkerConfig::default());
     let (a, b) = (sid("A"), sid("B"));
-    worker.record(&a, Some("1"));
-    worker.record(&a, Some("2"));
-    worker.record(&a, Some("3"));
-    worker.record(&b, Some("4"));
+    worker.record(&a, &events(), Some("1"));
+    worker.record(&a, &events(), Some("2"));
+    worker.record(&a, &events(), Some("3"));
+    worker.record(&b, &events(), Some("4"));
     let report = worker.flush().await.unwrap();
     assert_eq!(report.persisted(), 2);
     assert_eq!(report.failed(), 0);

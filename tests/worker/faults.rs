@@ -19,7 +19,7 @@ async fn survives_faults(store: TestStore, config: WorkerConfig, seed: u64) {
             counter += 1;
             let id = counter.to_string();
             assert_eq!(
-                worker.record(session, Some(&id)),
+                worker.record(session, &events(), Some(&id)),
                 tower_sse_tracking::worker::RecordOutcome::Recorded
             );
             last.insert(session.clone(), id);
@@ -41,7 +41,7 @@ async fn survives_faults(store: TestStore, config: WorkerConfig, seed: u64) {
     assert_eq!(store.regressions(), Vec::<String>::new());
     for (session, id) in &last {
         assert_eq!(store.stored(session).as_ref(), Some(id), "{session}");
-        assert_eq!(worker.last_event_id(session).as_ref(), Some(id));
+        assert_eq!(worker.last_event_id(session, &events()).as_ref(), Some(id));
         let accepted = store.accepted(session);
         assert_eq!(accepted.last(), Some(&Some(id.clone())), "{session}");
     }
@@ -133,7 +133,7 @@ fn permanent_error_keeps_the_id_and_writes_it_after_the_breaker_cooldown() {
             .breaker_cooldown(cooldown);
         let worker = WorkerHandle::spawn(store.clone(), config);
         let a = sid("a");
-        worker.record(&a, Some("1"));
+        worker.record(&a, &events(), Some("1"));
         wait_until("the first write failed", || store.calls() == 1).await;
         let failed_at = Instant::now();
         assert_eq!(metrics.counter(m::RETRY_EXHAUSTED), 1);
@@ -145,11 +145,11 @@ fn permanent_error_keeps_the_id_and_writes_it_after_the_breaker_cooldown() {
 
         // Kept in memory, not retried before the cool-down, even with newer events.
         tokio::time::sleep(Duration::from_secs(2)).await;
-        worker.record(&a, Some("2"));
+        worker.record(&a, &events(), Some("2"));
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(store.calls(), 1, "not retried during the cool-down");
         assert_eq!(store.stored(&a), None);
-        assert_eq!(worker.last_event_id(&a).as_deref(), Some("2"));
+        assert_eq!(worker.last_event_id(&a, &events()).as_deref(), Some("2"));
 
         wait_until("written after the cool-down", || store.calls() == 2).await;
         assert!(failed_at.elapsed() >= cooldown - Duration::from_millis(20));

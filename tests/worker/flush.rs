@@ -10,14 +10,14 @@ async fn flush_returns_after_everything_recorded_before_it_is_written() {
     let worker = WorkerHandle::spawn(store.clone(), config);
     let (a, b) = (sid("a"), sid("b"));
 
-    worker.record(&a, Some("1"));
+    worker.record(&a, &events(), Some("1"));
     // Wait until the tick's write of a:1 is in flight, then record more.
     wait_until("the first write started", || store.calls() == 1).await;
-    worker.record(&a, Some("2"));
-    worker.record(&b, Some("1"));
+    worker.record(&a, &events(), Some("2"));
+    worker.record(&b, &events(), Some("1"));
     let many: Vec<SessionId> = (0..1000).map(|i| sid(&format!("m{i}"))).collect();
     for session in &many {
-        worker.record(session, Some("m"));
+        worker.record(session, &events(), Some("m"));
     }
     let report = worker.flush().await.unwrap();
     assert_eq!(report.failed(), 0);
@@ -37,7 +37,7 @@ async fn shutdown_paces_rewrites_of_streams_that_keep_recording() {
     let store = TestStore::new(|_, _, _| Action::SleepThenApply(Duration::from_millis(1)));
     let config = WorkerConfig::default().flush_interval(Duration::from_millis(50));
     let worker = WorkerHandle::spawn(store.clone(), config);
-    let session = worker.session(&sid("busy")).unwrap();
+    let session = worker.stream(&sid("busy"), &events()).unwrap();
     session.record(Some("0"));
     let producer = tokio::spawn(async move {
         for i in 1..=5_000u32 {

@@ -5,7 +5,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
-use support::sid;
+use support::{events, sid};
 
 use std::{
     cell::RefCell,
@@ -25,7 +25,7 @@ use metrics::{
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use tokio::time::Instant;
 use tower_sse_tracking::{
-    SessionId, metrics as m,
+    SessionId, StreamKey, metrics as m,
     store::{
         LastEventId, MemoryStore, SessionRecord, SessionStore, SessionUpdate, StoreError,
         StoreFuture,
@@ -39,9 +39,7 @@ use tower_sse_tracking::{
 
 /// The ID a memory store holds for `session`: `None` if absent or cleared.
 fn stored(store: &MemoryStore, session: &SessionId) -> Option<String> {
-    store
-        .get(session)
-        .and_then(|r| r.last_event_id.as_str().map(str::to_owned))
+    store.last_event_id(session, &events())
 }
 
 /// A tiny deterministic PRNG (xorshift64*), so that fault scenarios replay identically.
@@ -264,8 +262,16 @@ impl SessionStore for TestStore {
         })
     }
 
-    fn load<'a>(&'a self, session: &'a SessionId) -> StoreFuture<'a, Option<SessionRecord>> {
-        self.0.memory.load(session)
+    fn load<'a>(
+        &'a self,
+        session: &'a SessionId,
+        stream: &'a StreamKey,
+    ) -> StoreFuture<'a, Option<SessionRecord>> {
+        self.0.memory.load(session, stream)
+    }
+
+    fn delete_session<'a>(&'a self, session: &'a SessionId) -> StoreFuture<'a, ()> {
+        self.0.memory.delete_session(session)
     }
 }
 
@@ -421,6 +427,7 @@ mod breaker;
 mod coalescing;
 mod faults;
 mod flush;
+mod forget;
 mod one_task;
 mod overflow;
 mod reported_metrics;

@@ -20,7 +20,7 @@ fn exactly_one_task_for_10k_sessions_and_1m_events() {
             id.clear();
             write!(id, "{i}").unwrap();
             assert_eq!(
-                worker.record(&sessions[i % SESSIONS], Some(&id)),
+                worker.record(&sessions[i % SESSIONS], &events(), Some(&id)),
                 tower_sse_tracking::worker::RecordOutcome::Recorded
             );
             if i % 1_000 == 999 {
@@ -60,8 +60,8 @@ fn worker_task_ends_with_the_last_handle_or_tracked_session() {
         // Handles only.
         let worker = WorkerHandle::spawn(store.clone(), WorkerConfig::default());
         let clone = worker.clone();
-        worker.record(&sid("a"), Some("1"));
-        clone.record(&sid("b"), Some("2"));
+        worker.record(&sid("a"), &events(), Some("1"));
+        clone.record(&sid("b"), &events(), Some("2"));
         drop((worker, clone));
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(
@@ -74,7 +74,7 @@ fn worker_task_ends_with_the_last_handle_or_tracked_session() {
 
         // A session outlives every handle: the worker goes on writing its events.
         let worker = WorkerHandle::spawn(store.clone(), WorkerConfig::default());
-        let session = worker.session(&sid("s")).unwrap();
+        let session = worker.stream(&sid("s"), &events()).unwrap();
         drop(worker);
         session.record(Some("1"));
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -15,9 +15,9 @@ fn queue_full_parks_session_and_next_tick_persists_it() {
         tokio::time::sleep(Duration::from_millis(1)).await;
 
         let (queued, parked) = (sid("queued"), sid("parked"));
-        worker.record(&queued, Some("q1"));
+        worker.record(&queued, &events(), Some("q1"));
         assert_eq!(metrics.counter(m::OVERFLOW_PARKED), 0);
-        worker.record(&parked, Some("p1"));
+        worker.record(&parked, &events(), Some("p1"));
         assert_eq!(
             metrics.counter(m::OVERFLOW_PARKED),
             1,

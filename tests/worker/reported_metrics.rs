@@ -27,10 +27,10 @@ fn metrics_report_writes_batches_coalescing_queue_failures_and_retries() {
         let first: Vec<SessionId> = (0..10).map(|i| sid(&format!("s{i}"))).collect();
         for (i, session) in first.iter().enumerate() {
             for e in 0..10 {
-                worker.record(session, Some(&format!("{i}-{e}")));
+                worker.record(session, &events(), Some(&format!("{i}-{e}")));
             }
         }
-        worker.record(&first[0], Some("0-9"));
+        worker.record(&first[0], &events(), Some("0-9"));
         assert_eq!(metrics.counter(m::DUPLICATE_EVENTS), 1);
 
         // First write fails: one failure, ten retries scheduled, ten sessions pending.
@@ -44,7 +44,7 @@ fn metrics_report_writes_batches_coalescing_queue_failures_and_retries() {
         wait_until("the retry started", || store.calls() == 2).await;
         let second: Vec<SessionId> = (0..7).map(|i| sid(&format!("t{i}"))).collect();
         for session in &second {
-            worker.record(session, Some("1"));
+            worker.record(session, &events(), Some("1"));
         }
         tokio::time::sleep(delay + Duration::from_millis(1)).await;
         assert_eq!(store.calls(), 2);

@@ -32,16 +32,16 @@ async fn retries_follow_due_time_and_newer_ids_supersede_pending_retries() {
         .breaker_threshold(100);
     let worker = WorkerHandle::spawn(store.clone(), config);
 
-    worker.record(&a, Some("a1"));
+    worker.record(&a, &events(), Some("a1"));
     wait_until("a failed once", || store.calls_for(&a).len() == 1).await;
-    worker.record(&a, Some("a2"));
+    worker.record(&a, &events(), Some("a2"));
     wait_until("a failed three times", || store.calls_for(&a).len() == 3).await;
     // `a`'s next attempt is due 400..800 ms after its third failure; `b` fails now and is due
     // 100..200 ms later: it is retried first although scheduled later.
-    worker.record(&b, Some("b1"));
+    worker.record(&b, &events(), Some("b1"));
     wait_until("b failed once", || store.calls_for(&b).len() == 1).await;
-    worker.record(&b, Some("b2"));
-    worker.record(&a, Some("a3"));
+    worker.record(&b, &events(), Some("b2"));
+    worker.record(&a, &events(), Some("a3"));
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let a_calls = store.calls_for(&a);

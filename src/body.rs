@@ -16,7 +16,7 @@ use tokio::time::Sleep;
 
 use crate::{
     heartbeat::Heartbeat,
-    metrics as m,
+    metrics::{self as m, Labels},
     parser::SseParser,
     worker::{Attachment, Reserve, TryEnqueueError},
 };
@@ -70,6 +70,8 @@ pub(crate) struct StreamState {
     /// (no valid session, or the registry was full).
     session: Option<Attachment>,
     heartbeat: Option<Heartbeat>,
+    /// The labels of this layer's metrics.
+    labels: Labels,
     backpressure_timeout: Duration,
     /// Set while a frame is held back for room in the worker's queue.
     wait: Option<Wait>,
@@ -95,6 +97,7 @@ enum Forward<D> {
 
 impl StreamState {
     pub(crate) fn new(
+        labels: Labels,
         session: Option<Attachment>,
         max_id_len: usize,
         backpressure_timeout: Duration,
@@ -104,6 +107,7 @@ impl StreamState {
             parser: SseParser::new().max_id_len(max_id_len),
             session,
             heartbeat: heartbeat.map(Heartbeat::new),
+            labels,
             backpressure_timeout,
             wait: None,
             oversized_ids: 0,
@@ -147,7 +151,7 @@ impl StreamState {
         match session.try_enqueue() {
             Ok(()) | Err(TryEnqueueError::Closed) => Forward::Send(frame),
             Err(TryEnqueueError::Full) => {
-                metrics::counter!(m::BACKPRESSURE_WAITS).increment(1);
+                self.labels.counter(m::BACKPRESSURE_WAITS).increment(1);
                 self.wait = Some(Wait {
                     reserve: session.reserve(),
                     deadline: Box::pin(tokio::time::sleep(self.backpressure_timeout)),
@@ -169,7 +173,7 @@ impl StreamState {
         match wait.reserve.as_mut().poll(cx) {
             Poll::Ready(Ok(permit)) => session.send(permit),
             Poll::Ready(Err(_closed)) => {
-                metrics::counter!(m::DROPPED_AFTER_SHUTDOWN).increment(1);
+                self.labels.counter(m::DROPPED_AFTER_SHUTDOWN).increment(1);
             }
             Poll::Pending => {
                 if wait.deadline.as_mut().poll(cx).is_pending() {
@@ -188,7 +192,7 @@ impl StreamState {
     /// The upstream is idle: a heartbeat, when they are on and one is due.
     fn poll_heartbeat(&mut self, cx: &mut Context<'_>) -> Poll<Bytes> {
         match &mut self.heartbeat {
-            Some(heartbeat) => heartbeat.poll(cx, &self.parser),
+            Some(heartbeat) => heartbeat.poll(cx, &self.parser, &self.labels),
             None => Poll::Pending,
         }
     }
@@ -233,7 +237,9 @@ impl StreamState {
         };
         let oversized = self.parser.oversized_ids();
         if oversized != self.oversized_ids {
-            metrics::counter!(m::OVERSIZED_IDS).increment(oversized - self.oversized_ids);
+            self.labels
+                .counter(m::OVERSIZED_IDS)
+                .increment(oversized - self.oversized_ids);
             self.oversized_ids = oversized;
         }
         if dirty {

@@ -8,7 +8,7 @@ use std::{
 use http::Method;
 
 use crate::{
-    metrics as m,
+    metrics::{self as m, Labels},
     session::{SessionSource, StreamSource},
     worker::WorkerHandle,
 };
@@ -39,6 +39,11 @@ impl Config {
         self.resume && self.resume_methods.contains(method)
     }
 
+    /// The labels of every metric this layer records.
+    pub(crate) fn labels(&self) -> &Labels {
+        self.worker.labels()
+    }
+
     /// Whether a successful request of this method ends its session.
     pub(crate) fn forgets(&self, method: &Method) -> bool {
         self.forget_methods.contains(method)
@@ -47,7 +52,9 @@ impl Config {
     /// An event stream arrived content-encoded: it cannot be tracked (nor get heartbeats).
     /// Counted every time, logged once per layer.
     pub(crate) fn encoded_event_stream(&self) {
-        metrics::counter!(m::UNTRACKED, "reason" => "content_encoding").increment(1);
+        self.labels()
+            .counter_with(m::UNTRACKED, "reason", "content_encoding")
+            .increment(1);
         if !self.warned_encoded.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 "a text/event-stream response arrived content-encoded: it is not tracked and gets \

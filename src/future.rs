@@ -182,7 +182,8 @@ where
                     else {
                         unreachable!("ResponseFuture polled after completion");
                     };
-                    resume::finish(&mut request, loaded);
+                    let labels = this.info.as_ref().map(|i| i.config.labels().clone());
+                    resume::finish(&mut request, loaded, &labels.unwrap_or_default());
                     let future = service.call(request);
                     this.state.set(State::Calling { future });
                 }
@@ -230,9 +231,11 @@ fn wrap<B: Body>(response: Response<B>, info: RequestInfo) -> Response<TrackingB
     }
     let session = match info.session {
         RequestSession::Known(session) => Some(session),
-        RequestSession::InResponse => config
-            .source
-            .of_response(response.headers(), config.max_key_len),
+        RequestSession::InResponse => {
+            config
+                .source
+                .of_response(response.headers(), config.max_key_len, config.labels())
+        }
         RequestSession::Untracked => None,
     };
     let attachment = match (session, &info.stream) {
@@ -246,7 +249,10 @@ fn wrap<B: Body>(response: Response<B>, info: RequestInfo) -> Response<TrackingB
             Err(full) => {
                 // Debug, not warn: a flood of new keys must not become a flood of log lines.
                 // The counter is what to alert on.
-                metrics::counter!(m::UNTRACKED, "reason" => full.reason()).increment(1);
+                config
+                    .labels()
+                    .counter_with(m::UNTRACKED, "reason", full.reason())
+                    .increment(1);
                 tracing::debug!(%session, %stream, reason = full.reason(), "stream not tracked");
                 None
             }
@@ -262,6 +268,7 @@ fn wrap<B: Body>(response: Response<B>, info: RequestInfo) -> Response<TrackingB
     }
     // An event stream without a session still gets heartbeats when they are on.
     let tracking = StreamState::new(
+        config.labels().clone(),
         attachment,
         config.max_id_len,
         config.backpressure_timeout,

@@ -11,7 +11,10 @@ use bytes::{Buf, Bytes};
 use http_body::Frame;
 use tokio::time::{Instant, Sleep};
 
-use crate::{metrics as m, parser::SseParser};
+use crate::{
+    metrics::{self as m, Labels},
+    parser::SseParser,
+};
 
 /// The comment line sent as a heartbeat.
 const COMMENT: &[u8] = b":\n";
@@ -48,7 +51,12 @@ impl Heartbeat {
 
     /// The upstream is idle: the comment line once it has been idle long enough and the stream
     /// is at a line boundary (`parser` has read everything forwarded so far).
-    pub(crate) fn poll(&mut self, cx: &mut Context<'_>, parser: &SseParser) -> Poll<Bytes> {
+    pub(crate) fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        parser: &SseParser,
+        labels: &Labels,
+    ) -> Poll<Bytes> {
         let every = self.every;
         let sleep = self
             .timer
@@ -68,7 +76,7 @@ impl Heartbeat {
         if at_start && self.strip_bom.is_none() {
             self.strip_bom = Some(0);
         }
-        metrics::counter!(m::HEARTBEATS).increment(1);
+        labels.counter(m::HEARTBEATS).increment(1);
         Poll::Ready(Bytes::from_static(COMMENT))
     }
 

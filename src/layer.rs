@@ -11,6 +11,7 @@ use tower_layer::Layer;
 
 use crate::{
     config::Config,
+    metrics::Labels,
     parser::DEFAULT_MAX_ID_LEN,
     service::EventTracking,
     session::{
@@ -129,6 +130,7 @@ impl<S> Layer<S> for EventTrackingLayer {
 /// # }
 /// ```
 pub struct EventTrackingLayerBuilder {
+    name: Option<String>,
     store: Option<Arc<dyn SessionStore>>,
     source: SessionSource,
     streams: StreamSource,
@@ -146,6 +148,7 @@ pub struct EventTrackingLayerBuilder {
 impl Default for EventTrackingLayerBuilder {
     fn default() -> Self {
         Self {
+            name: None,
             store: None,
             source: SessionSource::Header(HeaderName::from_static("mcp-session-id")),
             streams: StreamSource::Path,
@@ -165,6 +168,7 @@ impl Default for EventTrackingLayerBuilder {
 impl fmt::Debug for EventTrackingLayerBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EventTrackingLayerBuilder")
+            .field("name", &self.name)
             .field("source", &self.source)
             .field("streams", &self.streams)
             .field("max_key_len", &self.max_key_len)
@@ -181,6 +185,27 @@ impl fmt::Debug for EventTrackingLayerBuilder {
 }
 
 impl EventTrackingLayerBuilder {
+    /// Names the layer: every metric it records (its worker's too) carries the label
+    /// `layer="<name>"` ([`metrics::LAYER_LABEL`](crate::metrics::LAYER_LABEL)), so that two
+    /// layers in one process do not overwrite each other's gauges.
+    ///
+    /// Defaults to no name: metrics carry no layer label.
+    ///
+    /// ```
+    /// use tower_sse_tracking::EventTrackingLayer;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let chat = EventTrackingLayer::builder().name("chat").build();
+    /// let feed = EventTrackingLayer::builder().name("feed").build();
+    /// # let _ = (chat, feed);
+    /// # }
+    /// ```
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
     /// Where last event IDs are persisted.
     ///
     /// Defaults to a new [`MemoryStore`].
@@ -415,7 +440,9 @@ impl EventTrackingLayerBuilder {
     /// executors and for tests. Nothing is persisted until the future runs.
     pub fn build_with_worker(self) -> (EventTrackingLayer, WorkerFuture) {
         let store = self.store.unwrap_or_else(|| Arc::new(MemoryStore::new()));
-        let (worker, future) = WorkerHandle::pair(store, self.worker);
+        let mut worker_config = self.worker;
+        worker_config.labels = Labels::named(self.name);
+        let (worker, future) = WorkerHandle::pair(store, worker_config);
         let config = Config {
             worker,
             source: self.source,

@@ -6,12 +6,68 @@
 //! on the per-event path only what is rare is counted where it happens (duplicate and oversized
 //! IDs).
 //!
+//! Two layers in one process record the same names: give each a name
+//! ([`EventTrackingLayerBuilder::name`](crate::EventTrackingLayerBuilder::name)), and every
+//! metric it records carries the label `layer="<name>"` ([`LAYER_LABEL`]), so that their gauges
+//! do not overwrite each other. Without a name, metrics carry no layer label.
+//!
 //! ```
 //! // Once, after installing a recorder:
 //! tower_sse_tracking::metrics::describe();
 //! ```
 
-use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use std::sync::Arc;
+
+use metrics::{
+    Counter, Gauge, Histogram, Label, Unit, describe_counter, describe_gauge, describe_histogram,
+};
+
+/// The label that names a layer, set with
+/// [`name`](crate::EventTrackingLayerBuilder::name): `layer="<name>"` on every metric that layer
+/// records.
+pub const LAYER_LABEL: &str = "layer";
+
+/// The labels every metric of one layer carries: none, or `layer="<name>"`. Cloning is cheap.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Labels(Option<Arc<Label>>);
+
+impl Labels {
+    pub(crate) fn named(name: Option<String>) -> Self {
+        Self(name.map(|name| Arc::new(Label::new(LAYER_LABEL, name))))
+    }
+
+    /// The labels, with one more.
+    fn with(&self, extra: Option<(&'static str, &'static str)>) -> Vec<Label> {
+        // Without a name and an extra label: an empty `Vec`, which does not allocate.
+        let mut labels: Vec<Label> = self.0.iter().map(|l| Label::clone(l)).collect();
+        if let Some((key, value)) = extra {
+            labels.push(Label::new(key, value));
+        }
+        labels
+    }
+
+    pub(crate) fn counter(&self, name: &'static str) -> Counter {
+        metrics::counter!(name, self.with(None))
+    }
+
+    /// A counter with one more label (such as `reason`).
+    pub(crate) fn counter_with(
+        &self,
+        name: &'static str,
+        key: &'static str,
+        value: &'static str,
+    ) -> Counter {
+        metrics::counter!(name, self.with(Some((key, value))))
+    }
+
+    pub(crate) fn gauge(&self, name: &'static str) -> Gauge {
+        metrics::gauge!(name, self.with(None))
+    }
+
+    pub(crate) fn histogram(&self, name: &'static str) -> Histogram {
+        metrics::histogram!(name, self.with(None))
+    }
+}
 
 /// Gauge: session updates waiting in the worker's queue.
 pub const QUEUE_DEPTH: &str = "sse_tracking_queue_depth";

@@ -32,7 +32,12 @@ use std::{
 
 use tokio::time::Instant;
 
-use crate::{SessionId, StreamKey, lru::LinkedSlab, metrics as m, slot::Slot};
+use crate::{
+    SessionId, StreamKey,
+    lru::LinkedSlab,
+    metrics::{self as m, Labels},
+    slot::Slot,
+};
 
 /// Most expired sessions forgotten per shard per worker tick.
 pub(crate) const EXPIRE_PER_SHARD_PER_TICK: usize = 256;
@@ -175,6 +180,7 @@ pub(crate) struct Registry {
     /// Picks a key's shard.
     router: foldhash::fast::RandomState,
     limits: RegistryLimits,
+    labels: Labels,
     ttl_ms: u64,
     epoch: Instant,
     /// Sessions in memory (never above `limits.max_sessions`).
@@ -201,12 +207,12 @@ impl std::fmt::Debug for Registry {
 }
 
 impl Registry {
-    pub(crate) fn new(limits: RegistryLimits) -> Self {
+    pub(crate) fn new(limits: RegistryLimits, labels: Labels) -> Self {
         let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
-        Self::with_shards(limits, (cores * 4).next_power_of_two().clamp(4, 64))
+        Self::with_shards(limits, (cores * 4).next_power_of_two().clamp(4, 64), labels)
     }
 
-    pub(crate) fn with_shards(limits: RegistryLimits, shards: usize) -> Self {
+    pub(crate) fn with_shards(limits: RegistryLimits, shards: usize, labels: Labels) -> Self {
         let shards = shards.next_power_of_two();
         Self {
             shards: (0..shards).map(|_| Padded::default()).collect(),
@@ -216,6 +222,7 @@ impl Registry {
                 max_streams_per_session: limits.max_streams_per_session.max(1),
                 ..limits
             },
+            labels,
             ttl_ms: u64::try_from(limits.idle_ttl.as_millis()).unwrap_or(u64::MAX),
             epoch: Instant::now(),
             len: AtomicUsize::new(0),
@@ -278,7 +285,7 @@ impl Registry {
                 self.refused_streams.fetch_add(1, Relaxed);
                 return Err(Full::Streams);
             }
-            metrics::counter!(m::SESSIONS_FORGOTTEN, "reason" => "streams").increment(1);
+            self.forgotten("streams").increment(1);
             // One out, one in: the count stays.
             return Ok(self.insert(&mut shard, home, session, stream));
         }
@@ -290,7 +297,7 @@ impl Registry {
         let mut examined = 0;
         if self.forget_front(&mut shard, &mut examined, None) {
             self.evicted.fetch_add(1, Relaxed);
-            metrics::counter!(m::SESSIONS_FORGOTTEN, "reason" => "capacity").increment(1);
+            self.forgotten("capacity").increment(1);
             self.note_examined(examined);
             // One out, one in: the count stays at the cap.
             return Ok(self.insert(&mut shard, home, session, stream));
@@ -307,7 +314,7 @@ impl Registry {
                 drop(other);
                 self.len.fetch_sub(1, Relaxed);
                 self.evicted.fetch_add(1, Relaxed);
-                metrics::counter!(m::SESSIONS_FORGOTTEN, "reason" => "capacity").increment(1);
+                self.forgotten("capacity").increment(1);
                 freed = true;
                 break;
             }
@@ -358,7 +365,7 @@ impl Registry {
         drop(shard);
         if removed > 0 {
             self.len.fetch_sub(removed, Relaxed);
-            metrics::counter!(m::SESSIONS_FORGOTTEN, "reason" => "ended").increment(removed as u64);
+            self.forgotten("ended").increment(removed as u64);
         }
         chain.len()
     }
@@ -429,8 +436,7 @@ impl Registry {
         if forgotten > 0 {
             self.len.fetch_sub(forgotten, Relaxed);
             self.expired.fetch_add(forgotten as u64, Relaxed);
-            metrics::counter!(m::SESSIONS_FORGOTTEN, "reason" => "idle")
-                .increment(forgotten as u64);
+            self.forgotten("idle").increment(forgotten as u64);
         }
         forgotten
     }
@@ -447,6 +453,11 @@ impl Registry {
             refused: self.refused.load(Relaxed),
             refused_streams: self.refused_streams.load(Relaxed),
         }
+    }
+
+    fn forgotten(&self, reason: &'static str) -> metrics::Counter {
+        self.labels
+            .counter_with(m::SESSIONS_FORGOTTEN, "reason", reason)
     }
 
     fn note_examined(&self, examined: u64) {
@@ -578,6 +589,7 @@ mod tests {
                 dedup_window: 4,
             },
             shards,
+            Labels::default(),
         )
     }
 

@@ -8,7 +8,7 @@ use http::{HeaderName, HeaderValue, Request};
 use crate::{
     SessionId, StreamKey,
     config::Config,
-    metrics as m,
+    metrics::{self as m, Labels},
     store::{SessionRecord, StoreError},
 };
 
@@ -41,7 +41,7 @@ pub(crate) fn start<B>(
     match config.worker.last_event_id(session, stream) {
         // Known in memory (possibly cleared, then no header).
         Some(id) => {
-            insert(req, &id);
+            insert(req, &id, config.labels());
             None
         }
         None => {
@@ -54,27 +54,31 @@ pub(crate) fn start<B>(
 
 /// Applies what the store read returned. A store error leaves the request as it was: tracking
 /// never fails a request.
-pub(crate) fn finish<B>(req: &mut Request<B>, loaded: Result<Option<SessionRecord>, StoreError>) {
+pub(crate) fn finish<B>(
+    req: &mut Request<B>,
+    loaded: Result<Option<SessionRecord>, StoreError>,
+    labels: &Labels,
+) {
     match loaded {
         Ok(record) => {
             if let Some(id) = record.as_ref().and_then(|r| r.last_event_id.as_str()) {
-                insert(req, id);
+                insert(req, id, labels);
             }
         }
         Err(error) => {
-            metrics::counter!(m::RESUME_ERRORS).increment(1);
+            labels.counter(m::RESUME_ERRORS).increment(1);
             tracing::warn!(%error, "could not read the stream's last event id to resume it");
         }
     }
 }
 
 /// Inserts the ID unless it is empty (cleared) or not representable as a header value.
-fn insert<B>(req: &mut Request<B>, id: &str) {
+fn insert<B>(req: &mut Request<B>, id: &str, labels: &Labels) {
     if id.is_empty() {
         return;
     }
     if let Ok(value) = HeaderValue::from_str(id) {
         req.headers_mut().insert(LAST_EVENT_ID.clone(), value);
-        metrics::counter!(m::RESUMED).increment(1);
+        labels.counter(m::RESUMED).increment(1);
     }
 }

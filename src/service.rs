@@ -94,10 +94,13 @@ where
             return ResponseFuture::calling(self.inner.call(req), None);
         }
         let config = &self.config;
-        let (req, mut session) = config.source.of_request(req, config.max_key_len);
+        let labels = config.labels();
+        let (req, mut session) = config.source.of_request(req, config.max_key_len, labels);
         let (mut req, stream) = match session {
             RequestSession::Untracked => (req, None),
-            _ => config.streams.of_request(req, config.max_stream_key_len),
+            _ => config
+                .streams
+                .of_request(req, config.max_stream_key_len, labels),
         };
         if stream.is_none() {
             session = RequestSession::Untracked;

@@ -5,7 +5,7 @@ use std::{borrow::Borrow, fmt, sync::Arc};
 
 use http::{HeaderMap, HeaderName, Request, request::Parts};
 
-use crate::metrics as m;
+use crate::metrics::{self as m, Labels};
 
 /// Default cap on the length of a session key, in bytes.
 pub(crate) const DEFAULT_MAX_SESSION_KEY_LEN: usize = 128;
@@ -320,6 +320,7 @@ impl StreamSource {
         &self,
         req: Request<B>,
         max_len: usize,
+        labels: &Labels,
     ) -> (Request<B>, Option<StreamKey>) {
         let (req, key) = match self {
             Self::Path => {
@@ -340,7 +341,9 @@ impl StreamSource {
         match key {
             Ok(key) => (req, Some(key)),
             Err(error) => {
-                metrics::counter!(m::UNTRACKED, "reason" => "invalid_key").increment(1);
+                labels
+                    .counter_with(m::UNTRACKED, "reason", "invalid_key")
+                    .increment(1);
                 tracing::debug!(%error, "invalid stream key: not tracked");
                 (req, None)
             }
@@ -367,7 +370,9 @@ impl SessionSource {
         &self,
         req: Request<B>,
         max_len: usize,
+        labels: &Labels,
     ) -> (Request<B>, RequestSession) {
+        let valid = |key| valid(key, labels);
         match self {
             Self::Header(name) => {
                 let session = match req.headers().get(name) {
@@ -407,14 +412,19 @@ impl SessionSource {
     }
 
     /// The session named by a response's headers (header source only).
-    pub(crate) fn of_response(&self, headers: &HeaderMap, max_len: usize) -> Option<SessionId> {
+    pub(crate) fn of_response(
+        &self,
+        headers: &HeaderMap,
+        max_len: usize,
+        labels: &Labels,
+    ) -> Option<SessionId> {
         let Self::Header(name) = self else {
             return None;
         };
-        match valid(SessionId::from_bytes(
-            headers.get(name)?.as_bytes(),
-            max_len,
-        )) {
+        match valid(
+            SessionId::from_bytes(headers.get(name)?.as_bytes(), max_len),
+            labels,
+        ) {
             RequestSession::Known(session) => Some(session),
             _ => None,
         }
@@ -483,11 +493,13 @@ fn percent_decode(bytes: &[u8], plus: bool) -> Result<Vec<u8>, InvalidKey> {
 }
 
 /// A validated key, or an untracked request (counted and logged: keys are client input).
-fn valid(key: Result<SessionId, InvalidKey>) -> RequestSession {
+fn valid(key: Result<SessionId, InvalidKey>, labels: &Labels) -> RequestSession {
     match key {
         Ok(session) => RequestSession::Known(session),
         Err(error) => {
-            metrics::counter!(m::UNTRACKED, "reason" => "invalid_key").increment(1);
+            labels
+                .counter_with(m::UNTRACKED, "reason", "invalid_key")
+                .increment(1);
             tracing::debug!(%error, "invalid session key: not tracked");
             RequestSession::Untracked
         }
@@ -532,7 +544,7 @@ mod tests {
     }
 
     fn key<B>(source: &SessionSource, req: Request<B>) -> Option<String> {
-        match source.of_request(req, 128).1 {
+        match source.of_request(req, 128, &Labels::default()).1 {
             RequestSession::Known(id) => Some(id.as_str().to_owned()),
             _ => None,
         }

@@ -638,3 +638,61 @@ async fn a_successful_delete_forgets_the_session_before_its_response() {
     fetch(addr, delete(false)).await;
     assert_eq!(store.len(), 1);
 }
+
+/// Finding 7: two layers in one process recorded the same gauges, which overwrote each other. A
+/// named layer labels every metric it records (its worker's too) with `layer="<name>"`.
+#[tokio::test]
+async fn two_named_layers_side_by_side_keep_their_own_metrics() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let chat = EventTrackingLayer::builder().name("chat").build();
+    let feed = EventTrackingLayer::builder().name("feed").build();
+    let plain = EventTrackingLayer::builder().build();
+    let app = Router::new()
+        .route("/chat", get(numbered(3)).layer(chat.clone()))
+        .route("/feed", get(numbered(2)).layer(feed.clone()))
+        .route("/plain", get(numbered(1)).layer(plain.clone()));
+    let addr = serve(app).await;
+    for session in ["a", "b", "c"] {
+        fetch(addr, get_request("/chat", session)).await;
+    }
+    fetch(addr, get_request("/feed", "a")).await;
+    fetch(addr, get_request("/feed", &"x".repeat(200))).await; // too long a key
+    fetch(addr, get_request("/plain", "a")).await;
+    for layer in [&chat, &feed, &plain] {
+        layer.flush().await.unwrap();
+    }
+    let metrics = snapshotter.snapshot().into_vec();
+    let value = |name: &str, layer: Option<&str>, reason: Option<&str>| {
+        metrics
+            .iter()
+            .find(|(k, ..)| {
+                let key = k.key();
+                let label = |l: &str| key.labels().find(|x| x.key() == l).map(|x| x.value());
+                key.name() == name && label(m::LAYER_LABEL) == layer && label("reason") == reason
+            })
+            .map(|(.., v)| match v {
+                DebugValue::Counter(n) => *n as f64,
+                DebugValue::Gauge(g) => g.into_inner(),
+                DebugValue::Histogram(_) => unreachable!("no histogram asked for"),
+            })
+    };
+    let gauge = |layer| value(m::TRACKED_SESSIONS, layer, None);
+    assert_eq!(gauge(Some("chat")), Some(3.0));
+    assert_eq!(gauge(Some("feed")), Some(1.0));
+    assert_eq!(gauge(None), Some(1.0), "unnamed");
+    let events = |layer| value(m::EVENTS, layer, None);
+    assert_eq!(
+        events(Some("chat")),
+        Some(12.0),
+        "3 sessions x (1 + 3) events"
+    );
+    assert_eq!(events(Some("feed")), Some(3.0));
+    assert_eq!(
+        value(m::UNTRACKED, Some("feed"), Some("invalid_key")),
+        Some(1.0),
+        "request-path metrics carry the label too"
+    );
+    assert_eq!(value(m::UNTRACKED, Some("chat"), Some("invalid_key")), None);
+}

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::metrics as m;
+use crate::metrics::{self as m, Labels};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -21,14 +21,16 @@ pub(crate) struct Breaker {
     state: State,
     threshold: u32,
     cooldown: Duration,
+    labels: Labels,
 }
 
 impl Breaker {
-    pub(crate) fn new(threshold: u32, cooldown: Duration) -> Self {
+    pub(crate) fn new(threshold: u32, cooldown: Duration, labels: Labels) -> Self {
         Self {
             state: State::Closed { failures: 0 },
             threshold,
             cooldown,
+            labels,
         }
     }
 
@@ -84,7 +86,7 @@ impl Breaker {
             State::Open { .. } => 1.0,
             State::HalfOpen => 2.0,
         };
-        metrics::gauge!(m::CIRCUIT_STATE).set(value);
+        self.labels.gauge(m::CIRCUIT_STATE).set(value);
     }
 }
 
@@ -96,7 +98,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn opens_after_the_threshold_then_probes_once_after_the_cooldown() {
         let error = StoreError::transient("down");
-        let mut breaker = Breaker::new(2, Duration::from_secs(10));
+        let mut breaker = Breaker::new(2, Duration::from_secs(10), Labels::default());
         let now = Instant::now();
         breaker.failed(now, &error);
         assert!(breaker.allows(now), "one failure: still closed");

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use crate::slot::DEFAULT_DEDUP_WINDOW;
+use crate::{metrics::Labels, slot::DEFAULT_DEDUP_WINDOW};
 
 /// Settings of the persistence worker and of the in-memory session registry it persists from.
 ///
@@ -29,6 +29,8 @@ pub struct WorkerConfig {
     pub(crate) max_streams_per_session: usize,
     pub(crate) idle_ttl: Duration,
     pub(crate) dedup_window: usize,
+    /// Set by the layer's builder from its name.
+    pub(crate) labels: Labels,
 }
 
 impl Default for WorkerConfig {
@@ -48,6 +50,7 @@ impl Default for WorkerConfig {
             max_streams_per_session: 16,
             idle_ttl: Duration::from_secs(600),
             dedup_window: DEFAULT_DEDUP_WINDOW,
+            labels: Labels::default(),
         }
     }
 }

@@ -213,6 +213,11 @@ impl WorkerHandle {
         self.tracker.store.delete_session(session).await
     }
 
+    /// The labels of every metric this worker's layer records.
+    pub(crate) fn labels(&self) -> &crate::metrics::Labels {
+        self.tracker.labels()
+    }
+
     /// The store the worker writes to.
     pub fn store(&self) -> &Arc<dyn SessionStore> {
         &self.tracker.store

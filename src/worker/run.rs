@@ -52,6 +52,7 @@ impl Worker {
         let breaker = Breaker::new(
             tracker.config.breaker_threshold,
             tracker.config.breaker_cooldown,
+            tracker.config.labels.clone(),
         );
         Self {
             tracker,
@@ -67,7 +68,10 @@ impl Worker {
 
     pub(crate) async fn run(mut self) {
         let config = self.tracker.config.clone();
-        metrics::gauge!(m::QUEUE_CAPACITY).set(config.queue_capacity as f64);
+        config
+            .labels
+            .gauge(m::QUEUE_CAPACITY)
+            .set(config.queue_capacity as f64);
         self.breaker.report();
         let mut interval = tokio::time::interval(config.flush_interval);
         interval.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -131,11 +135,14 @@ impl Worker {
             };
         match &result {
             Ok(()) => {
-                metrics::counter!(m::SESSIONS_DELETED).increment(1);
+                self.tracker
+                    .labels()
+                    .counter(m::SESSIONS_DELETED)
+                    .increment(1);
                 tracing::debug!(%session, positions, "session forgotten");
             }
             Err(error) => {
-                metrics::counter!(m::DELETE_ERRORS).increment(1);
+                self.tracker.labels().counter(m::DELETE_ERRORS).increment(1);
                 tracing::warn!(%session, %error, "could not delete a session from the store");
             }
         }
@@ -156,9 +163,18 @@ impl Worker {
 
     fn gauges(&self) {
         let queued = self.rx.len();
-        metrics::gauge!(m::QUEUE_DEPTH).set(queued as f64);
-        metrics::gauge!(m::PENDING_SESSIONS).set((self.pending.len() + self.retries.len()) as f64);
-        metrics::gauge!(m::TRACKED_SESSIONS).set(self.tracker.registry.len() as f64);
+        self.tracker
+            .labels()
+            .gauge(m::QUEUE_DEPTH)
+            .set(queued as f64);
+        self.tracker
+            .labels()
+            .gauge(m::PENDING_SESSIONS)
+            .set((self.pending.len() + self.retries.len()) as f64);
+        self.tracker
+            .labels()
+            .gauge(m::TRACKED_SESSIONS)
+            .set(self.tracker.registry.len() as f64);
     }
 
     fn collect_overflow(&mut self) {
@@ -271,13 +287,25 @@ impl Worker {
         }
         .instrument(span.clone())
         .await;
-        metrics::histogram!(m::FLUSH_DURATION).record(started.elapsed().as_secs_f64());
-        metrics::histogram!(m::BATCH_SIZE).record(n as f64);
+        self.tracker
+            .labels()
+            .histogram(m::FLUSH_DURATION)
+            .record(started.elapsed().as_secs_f64());
+        self.tracker
+            .labels()
+            .histogram(m::BATCH_SIZE)
+            .record(n as f64);
         match result {
             Ok(()) => {
-                metrics::counter!(m::PERSISTED).increment(n as u64);
-                metrics::counter!(m::EVENTS).increment(events);
-                metrics::histogram!(m::COALESCE_RATIO).record(events as f64 / n as f64);
+                self.tracker
+                    .labels()
+                    .counter(m::PERSISTED)
+                    .increment(n as u64);
+                self.tracker.labels().counter(m::EVENTS).increment(events);
+                self.tracker
+                    .labels()
+                    .histogram(m::COALESCE_RATIO)
+                    .record(events as f64 / n as f64);
                 self.breaker.succeeded();
                 for ((slot, _), seq) in slots.into_iter().zip(seqs) {
                     if slot.mark_persisted(seq) {
@@ -290,7 +318,7 @@ impl Worker {
                 (n, 0)
             }
             Err(error) => {
-                metrics::counter!(m::FAILURES).increment(1);
+                self.tracker.labels().counter(m::FAILURES).increment(1);
                 let _enter = span.enter();
                 self.on_failure(&error, slots, mode);
                 (0, n)
@@ -333,9 +361,12 @@ impl Worker {
             };
             self.retries.push(due, slot, attempts);
         }
-        metrics::counter!(m::RETRIES).increment(retried);
+        self.tracker.labels().counter(m::RETRIES).increment(retried);
         if exhausted > 0 {
-            metrics::counter!(m::RETRY_EXHAUSTED).increment(exhausted);
+            self.tracker
+                .labels()
+                .counter(m::RETRY_EXHAUSTED)
+                .increment(exhausted);
             tracing::error!(
                 sessions = exhausted,
                 %error,

@@ -18,7 +18,8 @@ use tokio::sync::{
 
 use super::{RecordOutcome, WorkerConfig};
 use crate::{
-    SessionId, StreamKey, metrics as m,
+    SessionId, StreamKey,
+    metrics::{self as m, Labels},
     registry::{Full, Registry, RegistryLimits},
     slot::{IdHasher, Recorded, Slot},
     store::SessionStore,
@@ -74,12 +75,15 @@ impl Tracker {
         let wake_below = config
             .queue_capacity
             .saturating_sub(config.max_batch.min(config.queue_capacity / 2).max(1));
-        let registry = Registry::new(RegistryLimits {
-            max_sessions: config.max_sessions,
-            max_streams_per_session: config.max_streams_per_session,
-            idle_ttl: config.idle_ttl,
-            dedup_window: config.dedup_window,
-        });
+        let registry = Registry::new(
+            RegistryLimits {
+                max_sessions: config.max_sessions,
+                max_streams_per_session: config.max_streams_per_session,
+                idle_ttl: config.idle_ttl,
+                dedup_window: config.dedup_window,
+            },
+            config.labels.clone(),
+        );
         Self {
             config,
             registry,
@@ -90,6 +94,11 @@ impl Tracker {
             wake: Notify::new(),
             wake_below,
         }
+    }
+
+    /// The labels of every metric this layer records.
+    pub(crate) fn labels(&self) -> &Labels {
+        &self.config.labels
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -110,7 +119,9 @@ impl Tracker {
     /// Nobody will write the slot (the worker has shut down): let the registry forget it once
     /// idle.
     fn dropped_after_shutdown(&self, slot: &Arc<Slot>) {
-        metrics::counter!(m::DROPPED_AFTER_SHUTDOWN).increment(1);
+        self.labels()
+            .counter(m::DROPPED_AFTER_SHUTDOWN)
+            .increment(1);
         slot.release();
         self.registry.refresh(slot);
     }
@@ -125,7 +136,7 @@ impl Tracker {
     fn note(&self, slot: &Slot, id: Option<&str>) -> Recorded {
         let recorded = slot.record(id.map(|id| (id, self.hasher.hash(id))));
         if recorded.duplicate {
-            metrics::counter!(m::DUPLICATE_EVENTS).increment(1);
+            self.labels().counter(m::DUPLICATE_EVENTS).increment(1);
         }
         recorded
     }
@@ -172,7 +183,7 @@ impl Tracker {
             self.dropped_after_shutdown(slot);
             return;
         }
-        metrics::counter!(m::OVERFLOW_PARKED).increment(1);
+        self.labels().counter(m::OVERFLOW_PARKED).increment(1);
         self.overflow
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

@@ -12,12 +12,13 @@ use std::{
 use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 use crate::{
     heartbeat::Heartbeat,
     metrics::{self as m, Labels},
     parser::SseParser,
+    settle::Checkpoints,
     worker::{Attachment, Reserve, TryEnqueueError},
 };
 
@@ -72,6 +73,8 @@ pub(crate) struct StreamState {
     heartbeat: Option<Heartbeat>,
     /// The labels of this layer's metrics.
     labels: Labels,
+    /// With at-least-once resume: the stream's recent IDs, to leave a settled position behind.
+    checkpoints: Option<Box<Checkpoints>>,
     backpressure_timeout: Duration,
     /// Set while a frame is held back for room in the worker's queue.
     wait: Option<Wait>,
@@ -102,12 +105,18 @@ impl StreamState {
         max_id_len: usize,
         backpressure_timeout: Duration,
         heartbeat: Option<Duration>,
+        settle: Option<Duration>,
     ) -> Self {
+        let checkpoints = settle.zip(session.as_ref()).map(|(settle, session)| {
+            let start = session.slot().last_event_id();
+            Box::new(Checkpoints::new(settle, start, Instant::now()))
+        });
         Self {
             parser: SseParser::new().max_id_len(max_id_len),
             session,
             heartbeat: heartbeat.map(Heartbeat::new),
             labels,
+            checkpoints,
             backpressure_timeout,
             wait: None,
             oversized_ids: 0,
@@ -201,7 +210,10 @@ impl StreamState {
     /// and must be queued. Hot path: no allocation, one short lock per event.
     fn feed(&mut self, chunk: &[u8]) -> bool {
         let Self {
-            parser, session, ..
+            parser,
+            session,
+            checkpoints,
+            ..
         } = self;
         let Some(session) = session.as_ref() else {
             // Heartbeats only: the parser just follows the line boundaries.
@@ -209,11 +221,22 @@ impl StreamState {
             return false;
         };
         let mut dirty = false;
-        parser.feed(chunk, |d| {
-            if d.is_event() || d.id_set() {
-                dirty |= session.record(d.id_set().then(|| d.last_event_id()));
-            }
-        });
+        match checkpoints {
+            None => parser.feed(chunk, |d| {
+                if d.is_event() || d.id_set() {
+                    dirty |= session.record(d.id_set().then(|| d.last_event_id()));
+                }
+            }),
+            Some(checkpoints) => parser.feed(chunk, |d| {
+                if d.is_event() || d.id_set() {
+                    let id = d.id_set().then(|| d.last_event_id());
+                    dirty |= session.record(id);
+                    if let Some(id) = id {
+                        checkpoints.record(id, Instant::now());
+                    }
+                }
+            }),
+        }
         dirty
     }
 
@@ -259,6 +282,12 @@ impl Drop for StreamState {
             && self.wait.take().is_some()
         {
             session.enqueue_or_park();
+        }
+        // At-least-once: leave behind the position settled before the end, not the newest.
+        if let (Some(session), Some(checkpoints)) = (&self.session, &self.checkpoints)
+            && let Some(newest) = checkpoints.newest()
+        {
+            session.settle(newest, checkpoints.settled(Instant::now()));
         }
     }
 }

@@ -25,6 +25,9 @@ pub(crate) struct Config {
     pub(crate) backpressure_timeout: Duration,
     pub(crate) heartbeat: Option<Duration>,
     pub(crate) resume: bool,
+    /// At-least-once resume: how long before its end an ID must have been handed over for a
+    /// stream to leave it behind (`None`: at most once, the newest ID).
+    pub(crate) settle: Option<Duration>,
     /// The methods whose requests resume (GET, by default: how `EventSource` reconnects).
     pub(crate) resume_methods: Vec<Method>,
     /// The methods whose successful requests end their session (none, by default).

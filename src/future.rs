@@ -273,6 +273,7 @@ fn wrap<B: Body>(response: Response<B>, info: RequestInfo) -> Response<TrackingB
         config.max_id_len,
         config.backpressure_timeout,
         heartbeat,
+        config.settle,
     );
     response.map(|body| TrackingBody::tracked(body, tracking))
 }

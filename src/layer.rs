@@ -140,6 +140,7 @@ pub struct EventTrackingLayerBuilder {
     backpressure_timeout: Duration,
     heartbeat: Option<Duration>,
     resume: bool,
+    settle: Option<Duration>,
     resume_methods: Vec<Method>,
     forget_methods: Vec<Method>,
     worker: WorkerConfig,
@@ -158,6 +159,7 @@ impl Default for EventTrackingLayerBuilder {
             backpressure_timeout: DEFAULT_BACKPRESSURE_TIMEOUT,
             heartbeat: None,
             resume: false,
+            settle: None,
             resume_methods: vec![Method::GET],
             forget_methods: Vec::new(),
             worker: WorkerConfig::default(),
@@ -177,6 +179,7 @@ impl fmt::Debug for EventTrackingLayerBuilder {
             .field("backpressure_timeout", &self.backpressure_timeout)
             .field("heartbeat", &self.heartbeat)
             .field("resume", &self.resume)
+            .field("settle", &self.settle)
             .field("resume_methods", &self.resume_methods)
             .field("forget_methods", &self.forget_methods)
             .field("worker", &self.worker)
@@ -406,6 +409,42 @@ impl EventTrackingLayerBuilder {
         self
     }
 
+    /// Makes resume *at least once*: when a stream ends, the position it leaves behind is an ID
+    /// it handed over at least `settle` before the end (at most `settle / 4` earlier than the
+    /// newest such one), not the newest ID. Events that may still have been in flight when the
+    /// connection broke are then sent again to a client that resumes (with
+    /// [`resume`](Self::resume), or its own `Last-Event-ID` from an earlier point); a client
+    /// may get some events twice, and must tell them apart by their IDs.
+    ///
+    /// While the stream runs, the store gets its newest ID as usual; the position goes back to
+    /// the settled one when the stream ends (written like any change, with a new version). If
+    /// another stream of the same position moved it meanwhile, it is left alone. If the process
+    /// dies while the stream runs, the store keeps the newest ID (at most once for that stream).
+    /// Replay at the layer, where the events themselves are kept, will make this exact.
+    ///
+    /// Costs a clock read and a copy of the ID per event with an ID, and a few hundred bytes per
+    /// stream.
+    ///
+    /// Defaults to off: at most once (see [`resume`](Self::resume)).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_sse_tracking::EventTrackingLayer;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let tracking = EventTrackingLayer::builder()
+    ///     .resume(true)
+    ///     .resume_at_least_once(Duration::from_secs(1))
+    ///     .build();
+    /// # let _ = tracking;
+    /// # }
+    /// ```
+    pub fn resume_at_least_once(mut self, settle: Duration) -> Self {
+        self.settle = Some(settle).filter(|d| !d.is_zero());
+        self
+    }
+
     /// The request methods that [`resume`](Self::resume) applies to. `EventSource` reconnects
     /// with GET; a POST usually starts new work, which must not be told to continue an old
     /// stream, so only add methods whose requests really continue a stream.
@@ -453,6 +492,7 @@ impl EventTrackingLayerBuilder {
             backpressure_timeout: self.backpressure_timeout,
             heartbeat: self.heartbeat,
             resume: self.resume,
+            settle: self.settle,
             resume_methods: self.resume_methods,
             forget_methods: self.forget_methods,
             warned_encoded: AtomicBool::new(false),

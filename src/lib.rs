@@ -67,6 +67,7 @@ mod registry;
 mod resume;
 mod service;
 mod session;
+mod settle;
 mod slot;
 pub mod store;
 pub mod worker;

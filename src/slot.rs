@@ -190,6 +190,30 @@ impl Slot {
         }
     }
 
+    /// An at-least-once stream ended: if the slot still holds `newest` (the stream's last ID,
+    /// not moved since by another stream), its position goes back to `settled` (with a new
+    /// version, so that it wins in the store), and the duplicate window starts again from it, so
+    /// that the events the client gets again count as new. Counts as one recorded change.
+    pub(crate) fn settle(&self, newest: &str, settled: &str, hash: u64) -> Recorded {
+        let mut st = self.lock();
+        if !st.id_known || st.id != newest || newest == settled {
+            return Recorded {
+                duplicate: false,
+                enqueue: false,
+            };
+        }
+        st.seq += 1;
+        st.dedup.clear();
+        if !settled.is_empty() {
+            st.dedup.insert(hash);
+        }
+        st.set_id(settled);
+        Recorded {
+            duplicate: false,
+            enqueue: st.turn_dirty(),
+        }
+    }
+
     /// The session was forgotten: the slot forgets its ID and duplicate window, and has nothing
     /// left to write (a snapshot the worker has not taken yet is dropped). Events recorded
     /// afterwards start afresh.

@@ -21,7 +21,7 @@ use tower::ServiceBuilder;
 use tower_http::compression::{CompressionLayer, predicate::Predicate};
 use tower_sse_tracking::{EventTrackingLayer, metrics as m, store::MemoryStore};
 
-use support::{fetch, serve, sid, stream as key};
+use support::{fetch, read_until, serve, sid, stream as key};
 
 /// Compresses every response, event streams included (tower-http's default predicate never
 /// compresses `text/event-stream`).
@@ -413,8 +413,8 @@ fn with_cookie(path: &str, sid: &str) -> Request<Empty<Bytes>> {
 /// The `Last-Event-ID` an endpoint of [`numbered`] was called with.
 fn seen(body: &[u8]) -> String {
     let body = std::str::from_utf8(body).unwrap();
-    let line = body.lines().nth(1).unwrap();
-    line.strip_prefix("data: ").unwrap().to_owned()
+    let (_, rest) = body.split_once("event: seen\ndata: ").unwrap();
+    rest.lines().next().unwrap().to_owned()
 }
 
 /// Finding 2: positions are per (session, stream). With one cookie, a second endpoint is not
@@ -695,4 +695,58 @@ async fn two_named_layers_side_by_side_keep_their_own_metrics() {
         "request-path metrics carry the label too"
     );
     assert_eq!(value(m::UNTRACKED, Some("chat"), Some("invalid_key")), None);
+}
+
+/// Events 1..=5 at once, then 6..=8 after 1.5 s, then nothing (the stream stays open); first an
+/// event that says which `Last-Event-ID` the request had.
+async fn slow(headers: HeaderMap) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let seen = headers
+        .get("last-event-id")
+        .map_or("none".to_owned(), |v| v.to_str().unwrap().to_owned());
+    let event = |i: u32| Ok(Event::default().id(i.to_string()).data("x"));
+    let first: Vec<_> = std::iter::once(Ok(Event::default().event("seen").data(seen)))
+        .chain((1..=5).map(event))
+        .collect();
+    let later = stream::once(tokio::time::sleep(Duration::from_millis(1500)))
+        .flat_map(move |()| stream::iter((6..=8).map(event)));
+    Sse::new(stream::iter(first).chain(later).chain(stream::pending()))
+}
+
+/// Finding 4: at most once (the default) leaves the newest ID handed over behind, so a client
+/// that went away while 6..8 were in flight resumes after 8; at least once leaves the last ID
+/// handed over at least `settle` before the end, so the client gets 6..8 again.
+#[tokio::test]
+async fn at_least_once_resume_sends_again_what_was_in_flight() {
+    for (at_least_once, expected) in [(false, "8"), (true, "5")] {
+        let mut builder = EventTrackingLayer::builder()
+            .session_cookie("sid")
+            .resume(true)
+            // Heartbeats make the server notice at once that the client went away.
+            .heartbeat(Duration::from_millis(50));
+        if at_least_once {
+            builder = builder.resume_at_least_once(Duration::from_secs(1));
+        }
+        let tracking = builder.build();
+        let app = Router::new()
+            .route("/events", get(slow))
+            .layer(tracking.clone());
+        let addr = serve(app).await;
+        // The client reads up to 8, which went out right now, and goes away.
+        let read = read_until(addr, with_cookie("/events", "c"), "id: 8\n").await;
+        assert!(read.contains("data: none"), "{read}");
+        let worker = tracking.worker();
+        let mut waited = 0;
+        while worker.last_event_id(&sid("c"), &key("/events")).as_deref() != Some(expected) {
+            assert!(waited < 200, "position never became {expected}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            waited += 1;
+        }
+        let read = read_until(addr, with_cookie("/events", "c"), "id: 1\n").await;
+        assert_eq!(
+            seen(read.as_bytes()),
+            expected,
+            "at least once: {at_least_once}"
+        );
+        tracking.flush().await.unwrap();
+    }
 }

@@ -259,6 +259,17 @@ impl Attachment {
         }
     }
 
+    /// An at-least-once stream ended: its position goes back to `settled` if it still holds
+    /// `newest` (see `Slot::settle`), and is written like any change.
+    pub(crate) fn settle(&self, newest: &str, settled: &str) {
+        let recorded = self
+            .slot
+            .settle(newest, settled, self.tracker.hasher.hash(settled));
+        if recorded.enqueue {
+            self.enqueue_or_park();
+        }
+    }
+
     /// Queues the session without waiting.
     pub(crate) fn try_enqueue(&self) -> Result<(), TryEnqueueError> {
         self.tracker.try_enqueue(&self.slot, &self.queue)

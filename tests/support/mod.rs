@@ -67,3 +67,30 @@ pub async fn fetch(
     let (parts, body) = response.into_parts();
     (parts, body.collect().await.unwrap().to_bytes())
 }
+
+/// Sends `request` (its URI a path) to the server at `addr` and reads the response body until it
+/// holds `needle`, then drops the connection, as a client that goes away mid-stream. Returns
+/// what it read.
+pub async fn read_until(
+    addr: std::net::SocketAddr,
+    request: http::Request<Empty<Bytes>>,
+    needle: &str,
+) -> String {
+    let (mut parts, body) = request.into_parts();
+    parts.uri = format!("http://{addr}{}", parts.uri).parse().unwrap();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let mut body = client
+        .request(http::Request::from_parts(parts, body))
+        .await
+        .unwrap()
+        .into_body();
+    let mut read = String::new();
+    while !read.contains(needle) {
+        let frame = body.frame().await.expect("the stream ended early").unwrap();
+        if let Ok(data) = frame.into_data() {
+            read.push_str(std::str::from_utf8(&data).unwrap());
+        }
+    }
+    read
+}

@@ -203,9 +203,30 @@ pub struct Dispatch<'a> {
     event_type: &'a [u8],
     last_event_id: &'a str,
     retry: Option<u64>,
+    /// Where the blank line that dispatched ends in the chunk being fed.
+    offset: usize,
 }
 
 impl<'a> Dispatch<'a> {
+    /// Where the blank line that dispatched this block ends in the chunk passed to
+    /// [`SseParser::feed`]: the chunk's bytes before this offset belong to this block or earlier
+    /// ones, those after it to later ones. (When the blank line is a CR at the very end of the
+    /// chunk, an LF that opens the next chunk completes it; that LF is then counted with what
+    /// follows.)
+    ///
+    /// ```
+    /// use tower_sse_tracking::parser::SseParser;
+    ///
+    /// let chunk = b"id: 1\ndata: a\n\nid: 2\ndata: b\n\n";
+    /// let mut ends = Vec::new();
+    /// SseParser::new().feed(chunk, |d| ends.push(d.chunk_offset()));
+    /// assert_eq!(ends, [15, 30]);
+    /// assert_eq!(&chunk[..15], b"id: 1\ndata: a\n\n");
+    /// ```
+    pub fn chunk_offset(&self) -> usize {
+        self.offset
+    }
+
     /// Whether an event is dispatched: the block had at least one `data` field.
     ///
     /// A block without `data` dispatches nothing to the page, but its `id` still takes effect.
@@ -311,6 +332,7 @@ impl SseParser {
     where
         F: FnMut(&Dispatch<'_>),
     {
+        let whole = chunk.len();
         let mut chunk = chunk;
         if self.bom_matched.is_some() {
             match self.strip_bom(chunk) {
@@ -343,8 +365,9 @@ impl SseParser {
             let rest = &chunk[i..];
             match find_eol(rest) {
                 Some(0) => {
-                    self.dispatch(&mut on_dispatch);
                     i = self.end_of_line(chunk, i);
+                    // Offsets count from the chunk as given, byte order mark included.
+                    self.dispatch(whole - chunk.len() + i, &mut on_dispatch);
                 }
                 Some(len) => {
                     self.field_line(&rest[..len]);
@@ -636,7 +659,7 @@ impl SseParser {
     }
 
     #[inline]
-    fn dispatch<F>(&mut self, on_dispatch: &mut F)
+    fn dispatch<F>(&mut self, offset: usize, on_dispatch: &mut F)
     where
         F: FnMut(&Dispatch<'_>),
     {
@@ -663,6 +686,7 @@ impl SseParser {
             event_type: &self.event_type,
             last_event_id: &self.last_event_id,
             retry: self.retry,
+            offset,
         });
         self.id_in_block = false;
         self.has_data = false;
@@ -758,6 +782,39 @@ fn find_eol_long(bytes: &[u8]) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
+    /// Cuts a stream into its blocks by `chunk_offset`, fed in two chunks split at `at`.
+    fn blocks_split_at(stream: &[u8], at: usize) -> Vec<Vec<u8>> {
+        let mut parser = SseParser::new();
+        let (mut blocks, mut current) = (Vec::new(), Vec::new());
+        for chunk in [&stream[..at], &stream[at..]] {
+            let mut start = 0;
+            parser.feed(chunk, |d| {
+                current.extend_from_slice(&chunk[start..d.chunk_offset()]);
+                start = d.chunk_offset();
+                blocks.push(std::mem::take(&mut current));
+            });
+            current.extend_from_slice(&chunk[start..]);
+        }
+        blocks
+    }
+
+    #[test]
+    fn chunk_offsets_cut_the_stream_into_its_blocks_wherever_it_is_split() {
+        let stream = b"\xEF\xBB\xBFid: 1\r\ndata: a\r\n\r\n: c\n\ndata: b\r\rid: 3\ndata: c\n\n";
+        let whole = blocks_split_at(stream, 0);
+        assert_eq!(whole.len(), 4, "{whole:?}");
+        assert_eq!(whole.concat(), stream.to_vec());
+        for at in 0..=stream.len() {
+            let blocks = blocks_split_at(stream, at);
+            assert_eq!(
+                blocks.concat(),
+                stream[..blocks.concat().len()].to_vec(),
+                "split at {at}"
+            );
+            assert_eq!(blocks.len(), 4, "split at {at}");
+        }
+    }
+
     use super::*;
 
     /// What one dispatch reported, owned.

@@ -5,6 +5,7 @@ use std::{
     future::Future,
     io::IoSlice,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll, ready},
     time::Duration,
 };
@@ -16,8 +17,10 @@ use tokio::time::{Instant, Sleep};
 
 use crate::{
     heartbeat::Heartbeat,
+    history::{Appended, Histories, StreamHistory},
     metrics::{self as m, Labels},
-    parser::SseParser,
+    parser::{Dispatch, SseParser},
+    replay::{Replaying, Seam},
     settle::Checkpoints,
     worker::{Attachment, Reserve, TryEnqueueError},
 };
@@ -42,14 +45,88 @@ pin_project! {
     /// after the configured idle time (also before the upstream's first byte; a byte order mark
     /// that then starts the upstream is dropped, since it would no longer be at the start).
     pub struct TrackingBody<B: Body> {
+        // `None` for a response the layer answered itself (replayed from history).
         #[pin]
-        inner: B,
+        inner: Option<B>,
         // `None`: pass-through.
         tracking: Option<Box<StreamState>>,
         // The data of a frame held back while waiting for queue capacity.
         held: Option<B::Data>,
         // The inner body ended (or failed): it is never polled again.
         ended: bool,
+    }
+}
+
+/// What a stream does with replay.
+pub(crate) struct ReplayParts {
+    /// The history the stream's events go to.
+    producer: Option<Producer>,
+    /// Events sent from history before the inner body's (or instead of it).
+    replaying: Option<Replaying>,
+    /// After a replay: the inner body's events the client already got are dropped.
+    seam: Option<Seam>,
+}
+
+/// A stream appending its events to a history.
+struct Producer {
+    histories: Arc<Histories>,
+    history: Arc<StreamHistory>,
+    /// The upstream ended normally: the history holds the whole stream.
+    complete: bool,
+}
+
+/// One chunk's appends to a history, under its lock.
+struct Appending<'a> {
+    histories: &'a Histories,
+    history: &'a StreamHistory,
+    state: std::sync::MutexGuard<'a, crate::history::State>,
+    room: bool,
+    total: Appended,
+}
+
+impl Producer {
+    fn begin(&mut self) -> Appending<'_> {
+        Appending {
+            room: self.histories.has_room(4096),
+            histories: &self.histories,
+            history: &self.history,
+            state: self.history.lock(),
+            total: Appended::default(),
+        }
+    }
+}
+
+impl Appending<'_> {
+    /// An event ends the part `part` of the chunk (its earlier parts came with earlier chunks).
+    fn event(&mut self, part: &[u8], d: &Dispatch<'_>) {
+        let bounds = self.histories.bounds();
+        let written = self.state.write(part, bounds, self.room);
+        let id = d.last_event_id();
+        let hash = if d.id_set() {
+            self.histories.hash(id)
+        } else {
+            0
+        };
+        let committed = self.state.commit(id, d.id_set(), hash, bounds);
+        self.total.add(written);
+        self.total.add(committed);
+    }
+
+    /// The chunk ends inside an event: its bytes so far.
+    fn end(mut self, rest: &[u8]) {
+        let written = self.state.write(rest, self.histories.bounds(), self.room);
+        self.total.add(written);
+        drop(self.state);
+        self.histories.note(self.total);
+        self.history.wake_followers();
+        if let Some(over) = self.histories.over_cap() {
+            // Finished histories make room first; then this live one gives up its oldest.
+            self.histories.enforce_cap();
+            if let Some(over) = self.histories.over_cap().map(|o| o.min(over)) {
+                let trimmed = self.history.lock().trim(over);
+                self.histories.note(trimmed);
+            }
+        }
     }
 }
 
@@ -75,6 +152,8 @@ pub(crate) struct StreamState {
     labels: Labels,
     /// With at-least-once resume: the stream's recent IDs, to leave a settled position behind.
     checkpoints: Option<Box<Checkpoints>>,
+    /// With replay: the history this stream appends to, and what it sends from history.
+    pub(crate) replay: Option<Box<ReplayParts>>,
     backpressure_timeout: Duration,
     /// Set while a frame is held back for room in the worker's queue.
     wait: Option<Wait>,
@@ -117,14 +196,37 @@ impl StreamState {
             heartbeat: heartbeat.map(Heartbeat::new),
             labels,
             checkpoints,
+            replay: None,
             backpressure_timeout,
             wait: None,
             oversized_ids: 0,
         }
     }
 
-    /// Reads an upstream frame and decides what to do with it.
-    fn forward<D>(&mut self, mut frame: Frame<D>) -> Forward<D>
+    /// Sets what the stream does with replay: append to `producer`'s history, send `replaying`
+    /// first.
+    pub(crate) fn with_replay(
+        mut self,
+        producer: Option<(Arc<Histories>, Arc<StreamHistory>)>,
+        replaying: Option<Replaying>,
+    ) -> Self {
+        if producer.is_some() || replaying.is_some() {
+            self.replay = Some(Box::new(ReplayParts {
+                producer: producer.map(|(histories, history)| Producer {
+                    histories,
+                    history,
+                    complete: false,
+                }),
+                replaying,
+                seam: None,
+            }));
+        }
+        self
+    }
+
+    /// Reads an upstream frame (`store`: into the history too; not for replayed bytes) and
+    /// decides what to do with it.
+    fn forward<D>(&mut self, mut frame: Frame<D>, store: bool) -> Forward<D>
     where
         D: Buf + From<Bytes>,
     {
@@ -134,7 +236,7 @@ impl StreamState {
         let Some(data) = frame.data_ref() else {
             return Forward::Send(frame);
         };
-        let fed = self.feed_buf(data);
+        let fed = self.feed_buf(data, store);
         if let Some(heartbeat) = &mut self.heartbeat {
             heartbeat.forward(&mut frame);
         }
@@ -206,45 +308,62 @@ impl StreamState {
         }
     }
 
-    /// Parses one chunk and records its events. Returns `true` if the session just turned dirty
-    /// and must be queued. Hot path: no allocation, one short lock per event.
-    fn feed(&mut self, chunk: &[u8]) -> bool {
+    /// Parses one chunk and records its events (and, when `store`, appends them to the
+    /// stream's history). Returns `true` if the session just turned dirty and must be queued.
+    /// Hot path: no allocation, one short lock per event.
+    fn feed(&mut self, chunk: &[u8], store: bool) -> bool {
         let Self {
             parser,
             session,
             checkpoints,
+            replay,
             ..
         } = self;
+        let producer = replay
+            .as_mut()
+            .and_then(|r| r.producer.as_mut())
+            .filter(|_| store);
         let Some(session) = session.as_ref() else {
             // Heartbeats only: the parser just follows the line boundaries.
             parser.feed(chunk, |_| {});
             return false;
         };
         let mut dirty = false;
-        match checkpoints {
-            None => parser.feed(chunk, |d| {
+        match (checkpoints, producer) {
+            (None, None) => parser.feed(chunk, |d| {
                 if d.is_event() || d.id_set() {
                     dirty |= session.record(d.id_set().then(|| d.last_event_id()));
                 }
             }),
-            Some(checkpoints) => parser.feed(chunk, |d| {
-                if d.is_event() || d.id_set() {
-                    let id = d.id_set().then(|| d.last_event_id());
-                    dirty |= session.record(id);
-                    if let Some(id) = id {
-                        checkpoints.record(id, Instant::now());
+            (checkpoints, producer) => {
+                let mut history = producer.map(Producer::begin);
+                let mut start = 0;
+                parser.feed(chunk, |d| {
+                    if d.is_event() || d.id_set() {
+                        let id = d.id_set().then(|| d.last_event_id());
+                        dirty |= session.record(id);
+                        if let (Some(id), Some(checkpoints)) = (id, checkpoints.as_mut()) {
+                            checkpoints.record(id, Instant::now());
+                        }
+                        if let Some(history) = &mut history {
+                            history.event(&chunk[start..d.chunk_offset()], d);
+                            start = d.chunk_offset();
+                        }
                     }
+                });
+                if let Some(history) = history {
+                    history.end(&chunk[start..]);
                 }
-            }),
+            }
         }
         dirty
     }
 
     /// Feeds a data frame to the parser.
-    fn feed_buf<D: Buf>(&mut self, data: &D) -> Fed {
+    fn feed_buf<D: Buf>(&mut self, data: &D, store: bool) -> Fed {
         let chunk = data.chunk();
         let dirty = if chunk.len() == data.remaining() {
-            self.feed(chunk)
+            self.feed(chunk, store)
         } else {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let n = data.chunks_vectored(&mut slices);
@@ -254,7 +373,7 @@ impl StreamState {
             }
             let mut dirty = false;
             for slice in &slices[..n] {
-                dirty |= self.feed(slice);
+                dirty |= self.feed(slice, store);
             }
             dirty
         };
@@ -283,6 +402,11 @@ impl Drop for StreamState {
         {
             session.enqueue_or_park();
         }
+        if let Some(producer) = self.replay.as_mut().and_then(|r| r.producer.take()) {
+            producer
+                .histories
+                .release(&producer.history, producer.complete);
+        }
         // At-least-once: leave behind the position settled before the end, not the newest.
         if let (Some(session), Some(checkpoints)) = (&self.session, &self.checkpoints)
             && let Some(newest) = checkpoints.newest()
@@ -305,7 +429,7 @@ impl<B: Body> TrackingBody<B> {
     /// A body that passes `inner` through untouched.
     pub(crate) fn passthrough(inner: B) -> Self {
         Self {
-            inner,
+            inner: Some(inner),
             tracking: None,
             held: None,
             ended: false,
@@ -314,10 +438,20 @@ impl<B: Body> TrackingBody<B> {
 
     pub(crate) fn tracked(inner: B, tracking: StreamState) -> Self {
         Self {
-            inner,
+            inner: Some(inner),
             tracking: Some(Box::new(tracking)),
             held: None,
             ended: false,
+        }
+    }
+
+    /// A body the layer answers with itself: events from a history (then its end), or nothing.
+    pub(crate) fn answered(tracking: Option<StreamState>) -> Self {
+        Self {
+            inner: None,
+            ended: tracking.is_none(),
+            tracking: tracking.map(Box::new),
+            held: None,
         }
     }
 
@@ -327,18 +461,19 @@ impl<B: Body> TrackingBody<B> {
         self.tracking.as_ref().is_some_and(|t| t.session.is_some())
     }
 
-    /// The inner body.
-    pub fn get_ref(&self) -> &B {
-        &self.inner
+    /// The inner body; `None` for a response the layer answered itself from history.
+    pub fn get_ref(&self) -> Option<&B> {
+        self.inner.as_ref()
     }
 
-    /// The inner body, mutably.
-    pub fn get_mut(&mut self) -> &mut B {
-        &mut self.inner
+    /// The inner body, mutably; `None` for a response the layer answered itself from history.
+    pub fn get_mut(&mut self) -> Option<&mut B> {
+        self.inner.as_mut()
     }
 
-    /// Consumes the wrapper and returns the inner body (a held frame, if any, is lost).
-    pub fn into_inner(self) -> B {
+    /// Consumes the wrapper and returns the inner body (a held frame, if any, is lost); `None`
+    /// for a response the layer answered itself from history.
+    pub fn into_inner(self) -> Option<B> {
         self.inner
     }
 }
@@ -384,15 +519,57 @@ where
             return Poll::Ready(None);
         }
         let Some(tracking) = this.tracking.as_mut() else {
-            let polled = ready!(this.inner.poll_frame(cx));
+            let Some(inner) = this.inner.as_pin_mut() else {
+                *this.ended = true;
+                return Poll::Ready(None);
+            };
+            let polled = ready!(inner.poll_frame(cx));
             *this.ended = !matches!(polled, Some(Ok(_)));
             return Poll::Ready(polled);
         };
         if this.held.is_none() {
-            let frame = match this.inner.as_mut().poll_frame(cx) {
+            // Events from history come first (or alone, for a response answered from it).
+            if let Some(parts) = tracking.replay.as_mut()
+                && let Some(replaying) = parts.replaying.as_mut()
+            {
+                match replaying.poll_next(cx) {
+                    Poll::Ready(Some(bytes)) => {
+                        let frame = Frame::data(B::Data::from(bytes));
+                        match tracking.forward(frame, false) {
+                            Forward::Send(frame) | Forward::Untrack(frame) => {
+                                return Poll::Ready(Some(Ok(frame)));
+                            }
+                            Forward::Hold(data) => *this.held = Some(data),
+                        }
+                    }
+                    Poll::Ready(None) => {
+                        parts.seam = replaying.seam.take();
+                        parts.replaying = None;
+                    }
+                    Poll::Pending => {
+                        return tracking
+                            .poll_heartbeat(cx)
+                            .map(|comment| Some(Ok(Frame::data(comment.into()))));
+                    }
+                }
+            }
+        }
+        while this.held.is_none() {
+            let Some(inner) = this.inner.as_mut().as_pin_mut() else {
+                // Answered from history: over once the replay is.
+                *this.tracking = None;
+                *this.ended = true;
+                return Poll::Ready(None);
+            };
+            let mut frame = match inner.poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => frame,
                 Poll::Ready(None) => {
                     tracking.parser.finish();
+                    if let Some(producer) =
+                        tracking.replay.as_mut().and_then(|r| r.producer.as_mut())
+                    {
+                        producer.complete = true;
+                    }
                     // The stream is over: its session is released now, not when the body drops.
                     *this.tracking = None;
                     *this.ended = true;
@@ -409,7 +586,22 @@ where
                         .map(|comment| Some(Ok(Frame::data(comment.into()))));
                 }
             };
-            match tracking.forward(frame) {
+            // After a replay, the inner body's events the client already got are dropped.
+            if let Some(parts) = tracking.replay.as_mut()
+                && let Some(seam) = parts.seam.as_mut()
+                && let Some(data) = frame.data_mut()
+            {
+                let chunk = data.copy_to_bytes(data.remaining());
+                let (kept, passed) = seam.filter(&chunk);
+                if passed {
+                    parts.seam = None;
+                }
+                if kept.is_empty() {
+                    continue;
+                }
+                frame = Frame::data(B::Data::from(kept));
+            }
+            match tracking.forward(frame, true) {
                 Forward::Send(frame) => return Poll::Ready(Some(Ok(frame))),
                 Forward::Untrack(frame) => {
                     *this.tracking = None;
@@ -425,16 +617,32 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended || (self.held.is_none() && self.inner.is_end_stream())
+        self.ended
+            || (self.held.is_none()
+                && self.inner.as_ref().is_some_and(Body::is_end_stream)
+                && self
+                    .tracking
+                    .as_ref()
+                    .is_none_or(|t| t.replay.as_ref().is_none_or(|r| r.replaying.is_none())))
     }
 
     fn size_hint(&self) -> SizeHint {
         if self.ended {
             return SizeHint::with_exact(0);
         }
-        let inner = self.inner.size_hint();
+        let Some(inner) = self.inner.as_ref().map(Body::size_hint) else {
+            return SizeHint::new();
+        };
         match &self.tracking {
-            // Heartbeats add bytes: keep the lower bound, drop the upper one.
+            // Heartbeats and replays add bytes, a seam drops some: keep the lower bound (only
+            // without a seam), drop the upper one.
+            Some(t)
+                if t.replay
+                    .as_ref()
+                    .is_some_and(|r| r.seam.is_some() || r.replaying.is_some()) =>
+            {
+                SizeHint::new()
+            }
             Some(t) if t.heartbeat.is_some() => {
                 let mut hint = SizeHint::new();
                 hint.set_lower(inner.lower());

@@ -25,6 +25,8 @@ pub(crate) struct Config {
     pub(crate) backpressure_timeout: Duration,
     pub(crate) heartbeat: Option<Duration>,
     pub(crate) resume: bool,
+    /// Replay at the layer: the histories (`None`: off).
+    pub(crate) replay: Option<std::sync::Arc<crate::history::Histories>>,
     /// At-least-once resume: how long before its end an ID must have been handed over for a
     /// stream to leave it behind (`None`: at most once, the newest ID).
     pub(crate) settle: Option<Duration>,

@@ -15,12 +15,15 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use crate::{
-    StreamKey,
+    SessionId, StreamKey,
     body::{StreamState, TrackingBody},
     config::Config,
+    history::SSE_REPLAY,
     metrics as m,
+    replay::{self, Answer, Outcome, Replaying, Route},
     resume::{self, Load},
     session::RequestSession,
+    worker::Attachment,
 };
 
 /// What `call` learnt about the request, used when the response arrives.
@@ -33,6 +36,10 @@ pub(crate) struct RequestInfo {
     stated: Option<Box<str>>,
     /// A successful response ends the session (see `forget_on`).
     forget: bool,
+    /// What replay did with the request's `Last-Event-ID`, for the `sse-replay` header.
+    outcome: Option<Outcome>,
+    /// Events to send from history before the response (the request goes on after a replay).
+    replaying: Option<Box<Replaying>>,
 }
 
 impl RequestInfo {
@@ -53,7 +60,30 @@ impl RequestInfo {
             stream,
             stated,
             forget,
+            outcome: None,
+            replaying: None,
         })
+    }
+
+    /// Where the request goes with replay on: to the service, after a replay, or answered
+    /// here. Sets `Last-Event-ID` when the request goes on after a replay.
+    pub(crate) fn route<B>(&mut self, req: &mut Request<B>) -> Option<Box<Answer>> {
+        let (Some(histories), RequestSession::Known(session), Some(key)) =
+            (&self.config.replay, &self.session, &self.stream)
+        else {
+            return None;
+        };
+        match replay::route(&self.config, histories, session, key, req) {
+            Route::Call(outcome) => {
+                self.outcome = outcome;
+                None
+            }
+            Route::CallAfter(replaying) => {
+                self.replaying = Some(replaying);
+                None
+            }
+            Route::Answer(answer) => Some(answer),
+        }
     }
 
     /// The store deletion to wait for before a successful response that ends its session.
@@ -65,9 +95,13 @@ impl RequestInfo {
             return None;
         }
         let worker = self.config.worker.clone();
+        let histories = self.config.replay.clone();
         let session = session.clone();
         // The worker logs and counts a failure; the response goes out either way.
         Some(Box::pin(async move {
+            if let Some(histories) = histories {
+                histories.purge_session(&session);
+            }
             let _ = worker.forget(&session).await;
         }))
     }
@@ -108,6 +142,10 @@ pin_project! {
             #[pin]
             future: S::Future,
         },
+        /// Answered here, from history: the service is not called.
+        Answered {
+            answer: Option<Box<Answer>>,
+        },
         /// The response ended its session: forgetting it before the response goes out, so that
         /// the client's next request finds it gone.
         Forgetting {
@@ -121,6 +159,15 @@ impl<S, ReqBody> ResponseFuture<S, ReqBody>
 where
     S: Service<Request<ReqBody>>,
 {
+    pub(crate) fn answered(answer: Box<Answer>, info: Option<RequestInfo>) -> Self {
+        Self {
+            state: State::Answered {
+                answer: Some(answer),
+            },
+            info,
+        }
+    }
+
     pub(crate) fn calling(future: S::Future, info: Option<RequestInfo>) -> Self {
         Self {
             state: State::Calling { future },
@@ -154,6 +201,7 @@ where
             State::Loading { .. } => "loading",
             State::Calling { .. } => "calling",
             State::Forgetting { .. } => "forgetting",
+            State::Answered { .. } => "answered",
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)
@@ -184,6 +232,12 @@ where
                     };
                     let labels = this.info.as_ref().map(|i| i.config.labels().clone());
                     resume::finish(&mut request, loaded, &labels.unwrap_or_default());
+                    if let Some(answer) = this.info.as_mut().and_then(|i| i.route(&mut request)) {
+                        this.state.set(State::Answered {
+                            answer: Some(answer),
+                        });
+                        continue;
+                    }
                     let future = service.call(request);
                     this.state.set(State::Calling { future });
                 }
@@ -197,6 +251,12 @@ where
                         continue;
                     }
                     return Poll::Ready(Ok(finish(response, this.info.take())));
+                }
+                StateProj::Answered { answer } => {
+                    let Some(answer) = answer.take() else {
+                        unreachable!("ResponseFuture polled after completion");
+                    };
+                    return Poll::Ready(Ok(self::answer(answer, this.info.take())));
                 }
                 StateProj::Forgetting { forget, response } => {
                     ready!(forget.as_mut().poll(cx));
@@ -219,8 +279,8 @@ fn finish<B: Body>(response: Response<B>, info: Option<RequestInfo>) -> Response
 
 /// Wraps the body of a successful, uncompressed `text/event-stream` response with a known
 /// session; passes everything else through.
-fn wrap<B: Body>(response: Response<B>, info: RequestInfo) -> Response<TrackingBody<B>> {
-    let config = info.config;
+fn wrap<B: Body>(mut response: Response<B>, info: RequestInfo) -> Response<TrackingBody<B>> {
+    let config = info.config.clone();
     match trackable(&response) {
         Trackable::Yes => {}
         Trackable::Encoded => {
@@ -229,8 +289,8 @@ fn wrap<B: Body>(response: Response<B>, info: RequestInfo) -> Response<TrackingB
         }
         Trackable::No => return response.map(TrackingBody::passthrough),
     }
-    let session = match info.session {
-        RequestSession::Known(session) => Some(session),
+    let session = match &info.session {
+        RequestSession::Known(session) => Some(session.clone()),
         RequestSession::InResponse => {
             config
                 .source
@@ -238,33 +298,39 @@ fn wrap<B: Body>(response: Response<B>, info: RequestInfo) -> Response<TrackingB
         }
         RequestSession::Untracked => None,
     };
-    let attachment = match (session, &info.stream) {
-        (Some(session), Some(stream)) => match config.worker.attach(&session, stream) {
-            Ok(attachment) => {
-                if let Some(id) = &info.stated {
-                    attachment.resume_from(id);
-                }
-                Some(attachment)
-            }
-            Err(full) => {
-                // Debug, not warn: a flood of new keys must not become a flood of log lines.
-                // The counter is what to alert on.
-                config
-                    .labels()
-                    .counter_with(m::UNTRACKED, "reason", full.reason())
-                    .increment(1);
-                tracing::debug!(%session, %stream, reason = full.reason(), "stream not tracked");
-                None
-            }
-        },
-        _ => None,
-    };
+    let attachment = attach(&config, session.as_ref(), &info);
     // Injected bytes would break a declared length.
     let heartbeat = config
         .heartbeat
         .filter(|_| !response.headers().contains_key(header::CONTENT_LENGTH));
     if attachment.is_none() && heartbeat.is_none() {
         return response.map(TrackingBody::passthrough);
+    }
+    // With replay, the stream's events go to its history: the one the replay came from, or
+    // the request's own.
+    let mut replaying = info.replaying;
+    let producer = match (&config.replay, &attachment, &session, &info.stream) {
+        (Some(histories), Some(_), Some(session), Some(key)) => match &replaying {
+            Some(replaying) => {
+                histories.attach(&replaying.history);
+                Some((histories.clone(), replaying.history.clone()))
+            }
+            None => histories
+                .produce(session, key, response.headers())
+                .map(|history| (histories.clone(), history)),
+        },
+        _ => None,
+    };
+    if let Some(outcome) = info
+        .outcome
+        .or_else(|| replaying.as_ref().and_then(|r| r.outcome))
+    {
+        response
+            .headers_mut()
+            .insert(SSE_REPLAY.clone(), outcome.header());
+    }
+    if producer.is_none() {
+        replaying = None;
     }
     // An event stream without a session still gets heartbeats when they are on.
     let tracking = StreamState::new(
@@ -274,8 +340,68 @@ fn wrap<B: Body>(response: Response<B>, info: RequestInfo) -> Response<TrackingB
         config.backpressure_timeout,
         heartbeat,
         config.settle,
-    );
+    )
+    .with_replay(producer, replaying.map(|r| *r));
     response.map(|body| TrackingBody::tracked(body, tracking))
+}
+
+/// The request's stream's hold on its position, if it can be tracked (counted when not).
+fn attach(config: &Config, session: Option<&SessionId>, info: &RequestInfo) -> Option<Attachment> {
+    let (Some(session), Some(stream)) = (session, &info.stream) else {
+        return None;
+    };
+    match config.worker.attach(session, stream) {
+        Ok(attachment) => {
+            if let Some(id) = &info.stated {
+                attachment.resume_from(id);
+            }
+            Some(attachment)
+        }
+        Err(full) => {
+            // Debug, not warn: a flood of new keys must not become a flood of log lines. The
+            // counter is what to alert on.
+            config
+                .labels()
+                .counter_with(m::UNTRACKED, "reason", full.reason())
+                .increment(1);
+            tracing::debug!(%session, %stream, reason = full.reason(), "stream not tracked");
+            None
+        }
+    }
+}
+
+/// A response the layer answers itself (from history, or a status for an unknown ID).
+fn answer<B: Body>(answer: Box<Answer>, info: Option<RequestInfo>) -> Response<TrackingBody<B>> {
+    let Answer {
+        status,
+        headers,
+        replay,
+    } = *answer;
+    let body = match (replay, info) {
+        (Some(replaying), Some(info)) => {
+            let config = info.config.clone();
+            let session = match &info.session {
+                RequestSession::Known(session) => Some(session.clone()),
+                _ => None,
+            };
+            let attachment = attach(&config, session.as_ref(), &info);
+            let state = StreamState::new(
+                config.labels().clone(),
+                attachment,
+                config.max_id_len,
+                config.backpressure_timeout,
+                config.heartbeat,
+                config.settle,
+            )
+            .with_replay(None, Some(replaying));
+            TrackingBody::answered(Some(state))
+        }
+        _ => TrackingBody::answered(None),
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
 }
 
 /// Whether a response can be tracked.

@@ -11,6 +11,7 @@ use tower_layer::Layer;
 
 use crate::{
     config::Config,
+    history::{Histories, ReplayConfig},
     metrics::Labels,
     parser::DEFAULT_MAX_ID_LEN,
     service::EventTracking,
@@ -82,6 +83,12 @@ impl EventTrackingLayer {
         &self.config.worker
     }
 
+    /// Bytes the replay histories hold (0 without replay). Not a stable API: for tests.
+    #[doc(hidden)]
+    pub fn history_bytes(&self) -> usize {
+        self.config.replay.as_ref().map_or(0, |h| h.total_bytes())
+    }
+
     /// Writes everything recorded so far; see [`WorkerHandle::flush`].
     ///
     /// # Errors
@@ -140,6 +147,7 @@ pub struct EventTrackingLayerBuilder {
     backpressure_timeout: Duration,
     heartbeat: Option<Duration>,
     resume: bool,
+    replay: Option<ReplayConfig>,
     settle: Option<Duration>,
     resume_methods: Vec<Method>,
     forget_methods: Vec<Method>,
@@ -159,6 +167,7 @@ impl Default for EventTrackingLayerBuilder {
             backpressure_timeout: DEFAULT_BACKPRESSURE_TIMEOUT,
             heartbeat: None,
             resume: false,
+            replay: None,
             settle: None,
             resume_methods: vec![Method::GET],
             forget_methods: Vec::new(),
@@ -180,6 +189,7 @@ impl fmt::Debug for EventTrackingLayerBuilder {
             .field("heartbeat", &self.heartbeat)
             .field("resume", &self.resume)
             .field("settle", &self.settle)
+            .field("replay", &self.replay)
             .field("resume_methods", &self.resume_methods)
             .field("forget_methods", &self.forget_methods)
             .field("worker", &self.worker)
@@ -445,6 +455,46 @@ impl EventTrackingLayerBuilder {
         self
     }
 
+    /// Turns on replay at the layer: every tracked stream's recent events are kept (bounded, see
+    /// [`ReplayConfig`]), and a request with `Last-Event-ID` (the client's, or filled in by
+    /// [`resume`](Self::resume)) gets the events after it from the layer, even when the wrapped
+    /// service cannot send them again:
+    ///
+    /// - The ID is looked up in the histories of the request's session only (never another
+    ///   session's), in whichever of its streams holds it.
+    /// - If that stream's producer is still running in this process, the response follows it:
+    ///   the events after the ID, then the live ones as they come. The wrapped service is **not**
+    ///   called, so whatever it checks (authentication, say) must sit outside this layer.
+    /// - If the stream ended normally and events follow the ID, the response sends them and
+    ///   ends where the stream ended; again without calling the service.
+    /// - Otherwise (the stream was cut, or the client has all of it) the response sends the
+    ///   events after the ID, then calls the wrapped service with `Last-Event-ID` set to the
+    ///   newest of them, and drops the events of its response that the client already got.
+    /// - An ID not found is passed through by default; see [`ReplayConfig::unknown_id`].
+    ///
+    /// The `sse-replay` response header says what happened: `replayed`, `gap` or `unknown`.
+    /// Events are matched by the ID their block set: events without an `id` field are kept
+    /// and replayed with the one before them, but cannot be resumed after.
+    ///
+    /// Defaults to off (no history is kept, nothing changes).
+    ///
+    /// ```
+    /// use tower_sse_tracking::{EventTrackingLayer, history::ReplayConfig};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let tracking = EventTrackingLayer::builder()
+    ///     .session_cookie("sid")
+    ///     .replay(ReplayConfig::default().max_events(2048))
+    ///     .build();
+    /// # let _ = tracking;
+    /// # }
+    /// ```
+    pub fn replay(mut self, config: ReplayConfig) -> Self {
+        self.replay = Some(config);
+        self
+    }
+
     /// The request methods that [`resume`](Self::resume) applies to. `EventSource` reconnects
     /// with GET; a POST usually starts new work, which must not be told to continue an old
     /// stream, so only add methods whose requests really continue a stream.
@@ -481,6 +531,9 @@ impl EventTrackingLayerBuilder {
         let store = self.store.unwrap_or_else(|| Arc::new(MemoryStore::new()));
         let mut worker_config = self.worker;
         worker_config.labels = Labels::named(self.name);
+        let replay = self
+            .replay
+            .map(|replay| Arc::new(Histories::new(replay, worker_config.labels.clone())));
         let (worker, future) = WorkerHandle::pair(store, worker_config);
         let config = Config {
             worker,
@@ -493,6 +546,7 @@ impl EventTrackingLayerBuilder {
             heartbeat: self.heartbeat,
             resume: self.resume,
             settle: self.settle,
+            replay,
             resume_methods: self.resume_methods,
             forget_methods: self.forget_methods,
             warned_encoded: AtomicBool::new(false),

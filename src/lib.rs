@@ -43,6 +43,9 @@
 //! - [`worker`]: the persistence worker's handle and settings: batching, coalescing, retries,
 //!   shutdown.
 //! - [`store`]: the [`SessionStore`](store::SessionStore) trait and the stores.
+//! - [`history`]: replay at the layer ([`ReplayConfig`](history::ReplayConfig)): recent events
+//!   kept per stream, so that a reconnect gets what it missed even when the service cannot
+//!   send it again.
 //! - [`metrics`]: the name of every metric recorded.
 //!
 //! # Feature flags
@@ -59,11 +62,13 @@ mod clock;
 mod config;
 mod future;
 mod heartbeat;
+pub mod history;
 mod layer;
 mod lru;
 pub mod metrics;
 pub mod parser;
 mod registry;
+mod replay;
 mod resume;
 mod service;
 mod session;

@@ -117,6 +117,22 @@ pub const SESSIONS_DELETED: &str = "sse_tracking_sessions_deleted_total";
 pub const DELETE_ERRORS: &str = "sse_tracking_delete_errors_total";
 /// Gauge: positions (session, stream) in the in-memory registry.
 pub const TRACKED_SESSIONS: &str = "sse_tracking_tracked_sessions";
+/// Counter: events dropped from stream histories (replay) to stay within their bounds, by
+/// `reason` label (`bounds`).
+pub const HISTORY_EVICTED: &str = "sse_tracking_history_evicted_events_total";
+/// Counter: events not kept in a stream's history because they were larger than its byte cap
+/// (the stream has a gap from then on).
+pub const HISTORY_OVERSIZED: &str = "sse_tracking_history_oversized_events_total";
+/// Counter: whole stream histories dropped, by `reason` label: `idle` (TTL), `capacity` (the
+/// global byte cap), `streams` (the session's cap of streams), `ended` (the session was
+/// forgotten).
+pub const HISTORY_STREAMS_DROPPED: &str = "sse_tracking_history_streams_dropped_total";
+/// Gauge: bytes all stream histories hold.
+pub const HISTORY_BYTES: &str = "sse_tracking_history_bytes";
+/// Counter: requests with a `Last-Event-ID` looked up in the histories, by `outcome` label:
+/// `replayed` (found: answered from history, then live), `gap` (too old: a gap event, then what
+/// is retained), `unknown` (not found: passed through or answered with the configured status).
+pub const REPLAYS: &str = "sse_tracking_replays_total";
 /// Counter: heartbeat comments injected.
 pub const HEARTBEATS: &str = "sse_tracking_heartbeats_total";
 /// Counter: `Last-Event-ID` headers inserted to resume a session.
@@ -192,6 +208,23 @@ pub fn describe() {
         Unit::Count,
         "Positions (session, stream) tracked in memory"
     );
+    describe_counter!(
+        HISTORY_EVICTED,
+        Unit::Count,
+        "Events dropped from stream histories to stay within bounds"
+    );
+    describe_counter!(
+        HISTORY_OVERSIZED,
+        Unit::Count,
+        "Events too large for their stream's history"
+    );
+    describe_counter!(
+        HISTORY_STREAMS_DROPPED,
+        Unit::Count,
+        "Stream histories dropped"
+    );
+    describe_gauge!(HISTORY_BYTES, Unit::Bytes, "Bytes held by stream histories");
+    describe_counter!(REPLAYS, Unit::Count, "Last-Event-ID lookups in histories");
     describe_counter!(HEARTBEATS, Unit::Count, "Heartbeat comments injected");
     describe_counter!(RESUMED, Unit::Count, "Last-Event-ID headers inserted");
     describe_counter!(

@@ -113,9 +113,14 @@ where
             _ => None,
         };
         let forget = config.forgets(req.method());
-        let info = RequestInfo::new(config, session, stream, stated, forget);
+        let mut info = RequestInfo::new(config, session, stream, stated, forget);
         match load {
-            None => ResponseFuture::calling(self.inner.call(req), info),
+            None => {
+                if let Some(answer) = info.as_mut().and_then(|i| i.route(&mut req)) {
+                    return ResponseFuture::answered(answer, info);
+                }
+                ResponseFuture::calling(self.inner.call(req), info)
+            }
             // The store must answer before the inner service is called: the service that was
             // polled ready goes into the future with the request; a clone takes its place.
             Some(load) => {

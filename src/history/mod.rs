@@ -1,0 +1,490 @@
+//! Replay at the layer: every tracked stream's recent events, kept as the exact bytes its
+//! clients received, so that a client that reconnects with `Last-Event-ID` gets what it missed
+//! even when the wrapped service cannot send it again.
+//!
+//! [`ReplayConfig`] turns it on
+//! ([`EventTrackingLayerBuilder::replay`](crate::EventTrackingLayerBuilder::replay)) and bounds
+//! it. What is kept, per stream (session, [`StreamKey`]): the events, byte for byte as the
+//! upstream sent them (comments and blank lines before an event count as part of it; the
+//! layer's own heartbeats do not), each with the ID its block set, in one ring buffer per stream.
+//! A history only ever answers lookups of its own session.
+
+mod ring;
+mod stream;
+
+use std::{
+    collections::HashMap,
+    hash::BuildHasher,
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use http::{HeaderMap, HeaderName, StatusCode};
+use tokio::time::Instant;
+
+pub(crate) use self::stream::{Appended, Bounds, Found, State, StreamHistory};
+use crate::{
+    SessionId, StreamKey,
+    lru::LinkedSlab,
+    metrics::{self as m, Labels},
+};
+
+/// The response header that says what replay did with a request's `Last-Event-ID`: `replayed`
+/// (found: the events after it were sent from history), `gap` (too old: older events were
+/// dropped) or `unknown` (in none of the session's histories).
+pub static SSE_REPLAY: HeaderName = HeaderName::from_static("sse-replay");
+
+/// What the layer answers when a request's `Last-Event-ID` is not in its session's histories:
+/// unknown (never seen, or its history expired) or too old (evicted).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UnknownId {
+    /// Call the wrapped service with the request unchanged: it decides (a feed may start over,
+    /// a generator may start again). The default.
+    PassThrough,
+    /// Answer from the stream's history (the request's own stream key) when it has one: an
+    /// event `event: gap` whose `data` is the oldest retained ID, then every retained event,
+    /// then the stream goes on as after a found ID. Without a history for the request's
+    /// stream, as [`PassThrough`](Self::PassThrough).
+    Gap,
+    /// Answer with this status and an empty body, which stops a browser's `EventSource` from
+    /// reconnecting (any status but 200 does; 204 says "no more", 409 or 410 "start over").
+    Status(StatusCode),
+}
+
+/// Settings of replay at the layer: bounds on what is kept, and what to do with IDs not found.
+///
+/// ```
+/// use std::time::Duration;
+/// use http::StatusCode;
+/// use tower_sse_tracking::history::{ReplayConfig, UnknownId};
+///
+/// let replay = ReplayConfig::default()
+///     .max_events(2048)
+///     .max_bytes(2 << 20)
+///     .max_total_bytes(256 << 20)
+///     .idle_ttl(Duration::from_secs(300))
+///     .unknown_id(UnknownId::Status(StatusCode::GONE));
+/// ```
+#[derive(Clone, Debug)]
+pub struct ReplayConfig {
+    pub(crate) max_events: usize,
+    pub(crate) max_bytes: usize,
+    pub(crate) max_streams_per_session: usize,
+    pub(crate) max_total_bytes: usize,
+    pub(crate) idle_ttl: Duration,
+    pub(crate) unknown_id: UnknownId,
+}
+
+impl Default for ReplayConfig {
+    fn default() -> Self {
+        Self {
+            max_events: 1024,
+            max_bytes: 1 << 20,
+            max_streams_per_session: 16,
+            max_total_bytes: 64 << 20,
+            idle_ttl: Duration::from_secs(600),
+            unknown_id: UnknownId::PassThrough,
+        }
+    }
+}
+
+impl ReplayConfig {
+    /// Default settings.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Most events kept per stream (at least 1); the oldest go first.
+    ///
+    /// Defaults to 1024.
+    pub fn max_events(mut self, n: usize) -> Self {
+        self.max_events = n.max(1);
+        self
+    }
+
+    /// Most bytes of events kept per stream (at least 1); the oldest go first. An event larger
+    /// than this is not kept at all, and the stream has a gap from then on (an ID before it is
+    /// answered as too old).
+    ///
+    /// Defaults to 1 MiB.
+    pub fn max_bytes(mut self, n: usize) -> Self {
+        self.max_bytes = n.max(1);
+        self
+    }
+
+    /// Most streams with a history per session (at least 1). A new one beyond it takes the
+    /// place of the session's finished stream used longest ago; when all are live, it gets no
+    /// history.
+    ///
+    /// Defaults to 16.
+    pub fn max_streams_per_session(mut self, n: usize) -> Self {
+        self.max_streams_per_session = n.max(1);
+        self
+    }
+
+    /// Most bytes all histories hold together (rings and records, as allocated). At the cap,
+    /// finished streams go first, least recently used first; a live stream that cannot grow
+    /// keeps what it has and drops its own oldest events to take new ones.
+    ///
+    /// Defaults to 64 MiB.
+    pub fn max_total_bytes(mut self, n: usize) -> Self {
+        self.max_total_bytes = n;
+        self
+    }
+
+    /// How long a finished stream's history (no response appending to it) is kept.
+    ///
+    /// Defaults to 10 minutes.
+    pub fn idle_ttl(mut self, ttl: Duration) -> Self {
+        self.idle_ttl = ttl;
+        self
+    }
+
+    /// What to answer for a `Last-Event-ID` not found in the session's histories.
+    ///
+    /// Defaults to [`UnknownId::PassThrough`].
+    pub fn unknown_id(mut self, policy: UnknownId) -> Self {
+        self.unknown_id = policy;
+        self
+    }
+
+    fn bounds(&self) -> Bounds {
+        Bounds {
+            max_events: self.max_events,
+            max_bytes: self.max_bytes,
+        }
+    }
+}
+
+/// Histories expired per new stream, at most (incremental, like the registry's expiry).
+const EXPIRE_PER_STREAM: usize = 4;
+
+/// Where a `Last-Event-ID` was found.
+#[derive(Debug)]
+pub(crate) enum Lookup {
+    /// In this stream, as the event with this sequence number.
+    Found(Arc<StreamHistory>, u64),
+    /// Not retained, but the request's own stream has a history with a gap: it may have been
+    /// there.
+    TooOld(Arc<StreamHistory>),
+    /// In none of the session's histories.
+    Unknown,
+}
+
+/// The stream histories of some sessions, keyed by foldhash (randomly seeded: keys are client
+/// input).
+type Shard = HashMap<SessionId, Vec<Arc<StreamHistory>>, foldhash::fast::RandomState>;
+
+/// Every stream history of one layer, by session; bounded in total.
+pub(crate) struct Histories {
+    pub(crate) config: ReplayConfig,
+    bounds: Bounds,
+    shards: Box<[Mutex<Shard>]>,
+    router: foldhash::fast::RandomState,
+    /// Fingerprints of IDs, randomly seeded (IDs come from upstreams, lookups from clients).
+    hasher: foldhash::fast::RandomState,
+    /// Bytes all histories hold.
+    total: AtomicUsize,
+    /// Finished streams (no producer), least recently finished first.
+    finished: Mutex<LinkedSlab<Arc<StreamHistory>>>,
+    labels: Labels,
+}
+
+impl std::fmt::Debug for Histories {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Histories")
+            .field("config", &self.config)
+            .field("total_bytes", &self.total_bytes())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Histories {
+    pub(crate) fn new(config: ReplayConfig, labels: Labels) -> Self {
+        let shards = std::thread::available_parallelism()
+            .map_or(4, |n| n.get() * 4)
+            .next_power_of_two()
+            .clamp(4, 64);
+        Self {
+            bounds: config.bounds(),
+            config,
+            shards: (0..shards).map(|_| Mutex::default()).collect(),
+            router: foldhash::fast::RandomState::default(),
+            hasher: foldhash::fast::RandomState::default(),
+            total: AtomicUsize::new(0),
+            finished: Mutex::default(),
+            labels,
+        }
+    }
+
+    pub(crate) fn bounds(&self) -> Bounds {
+        self.bounds
+    }
+
+    pub(crate) fn hash(&self, id: &str) -> u64 {
+        self.hasher.hash_one(id)
+    }
+
+    /// Bytes all histories hold.
+    pub(crate) fn total_bytes(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Whether a history may grow by `more` bytes without passing the global cap.
+    pub(crate) fn has_room(&self, more: usize) -> bool {
+        self.total_bytes() + more <= self.config.max_total_bytes
+    }
+
+    /// By how many bytes the histories are over the global cap, if they are.
+    pub(crate) fn over_cap(&self) -> Option<usize> {
+        self.total_bytes()
+            .checked_sub(self.config.max_total_bytes)
+            .filter(|&over| over > 0)
+    }
+
+    /// Accounts an append's change of size; counts evictions and dropped events.
+    pub(crate) fn note(&self, appended: Appended) {
+        if appended.delta >= 0 {
+            self.total
+                .fetch_add(appended.delta as usize, Ordering::Relaxed);
+        } else {
+            self.total
+                .fetch_sub(appended.delta.unsigned_abs(), Ordering::Relaxed);
+        }
+        if appended.evicted > 0 {
+            self.labels
+                .counter_with(m::HISTORY_EVICTED, "reason", "bounds")
+                .increment(appended.evicted);
+        }
+        if appended.dropped {
+            self.labels.counter(m::HISTORY_OVERSIZED).increment(1);
+        }
+    }
+
+    fn shard(
+        &self,
+        session: &SessionId,
+    ) -> MutexGuard<'_, HashMap<SessionId, Vec<Arc<StreamHistory>>, foldhash::fast::RandomState>>
+    {
+        let ix = (self.router.hash_one(session.as_str()) >> 40) as usize & (self.shards.len() - 1);
+        self.shards[ix]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn finished(&self) -> MutexGuard<'_, LinkedSlab<Arc<StreamHistory>>> {
+        self.finished.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn expired(&self, history: &StreamHistory, now: Instant) -> bool {
+        let st = history.lock();
+        st.producers == 0
+            && st
+                .finished_at
+                .is_some_and(|at| now.duration_since(at) >= self.config.idle_ttl)
+    }
+
+    /// A response starts (or continues) producing into the history of (session, stream):
+    /// created if needed, with `head` as the head of replays answered from it. `None` when the
+    /// session has the most streams allowed, all live.
+    pub(crate) fn produce(
+        &self,
+        session: &SessionId,
+        key: &StreamKey,
+        head: &HeaderMap,
+    ) -> Option<Arc<StreamHistory>> {
+        self.expire(EXPIRE_PER_STREAM);
+        let history = {
+            let mut shard = self.shard(session);
+            let streams = shard.entry(session.clone()).or_default();
+            let now = Instant::now();
+            streams.retain(|h| !self.expired(h, now) || self.forget(h));
+            match streams.iter().find(|h| &h.key == key) {
+                Some(history) => history.clone(),
+                None => {
+                    if streams.len() >= self.config.max_streams_per_session {
+                        // The finished stream of this session that finished longest ago goes.
+                        let oldest = streams
+                            .iter()
+                            .enumerate()
+                            .filter_map(|(i, h)| {
+                                let st = h.lock();
+                                (st.producers == 0).then_some((i, st.finished_at))
+                            })
+                            .min_by_key(|&(_, at)| at)
+                            .map(|(i, _)| i)?;
+                        let gone = streams.swap_remove(oldest);
+                        self.drop_history(&gone, "streams");
+                    }
+                    let history = Arc::new(StreamHistory::new(
+                        session.clone(),
+                        key.clone(),
+                        head.clone(),
+                    ));
+                    streams.push(history.clone());
+                    history
+                }
+            }
+        };
+        self.attach(&history);
+        Some(history)
+    }
+
+    /// One more producer for a history.
+    pub(crate) fn attach(&self, history: &Arc<StreamHistory>) {
+        let mut finished = self.finished();
+        let ix = history.lru.swap(u32::MAX, Ordering::Relaxed);
+        if ix != u32::MAX {
+            finished.remove(ix);
+        }
+        drop(finished);
+        let mut st = history.lock();
+        st.producers += 1;
+        st.complete = false;
+        st.finished_at = None;
+    }
+
+    /// A producer ended: `complete` when its upstream ended normally. The last one puts the
+    /// history on the finished list.
+    pub(crate) fn release(&self, history: &Arc<StreamHistory>, complete: bool) {
+        {
+            let mut st = history.lock();
+            st.producers = st.producers.saturating_sub(1);
+            st.abandon_pending();
+            if st.producers > 0 {
+                return;
+            }
+            st.complete = complete;
+            st.finished_at = Some(Instant::now());
+        }
+        // Wake the responses following the tail: nothing more comes from this producer.
+        history.appended.notify_waiters();
+        let mut finished = self.finished();
+        if history.lru.load(Ordering::Relaxed) == u32::MAX {
+            let ix = finished.insert(history.clone());
+            finished.push_back(ix);
+            history.lru.store(ix, Ordering::Relaxed);
+        }
+        drop(finished);
+        self.enforce_cap();
+        self.labels
+            .gauge(m::HISTORY_BYTES)
+            .set(self.total_bytes() as f64);
+    }
+
+    /// Finished histories go, least recently finished first, while the total is over the cap.
+    pub(crate) fn enforce_cap(&self) {
+        while self.total_bytes() > self.config.max_total_bytes {
+            let Some(front) = self.pop_finished(None) else {
+                return;
+            };
+            self.remove(&front, "capacity");
+        }
+    }
+
+    /// Expires up to `n` finished histories idle for the TTL.
+    pub(crate) fn expire(&self, n: usize) {
+        let now = Instant::now();
+        for _ in 0..n {
+            let Some(front) = self.pop_finished(Some(now)) else {
+                return;
+            };
+            self.remove(&front, "idle");
+        }
+    }
+
+    /// Takes the front of the finished list (with `expired_at`, only if it expired).
+    fn pop_finished(&self, expired_at: Option<Instant>) -> Option<Arc<StreamHistory>> {
+        let mut finished = self.finished();
+        let ix = finished.front()?;
+        let history = finished.get(ix)?.clone();
+        if let Some(now) = expired_at
+            && !self.expired(&history, now)
+        {
+            return None;
+        }
+        finished.remove(ix);
+        history.lru.store(u32::MAX, Ordering::Relaxed);
+        Some(history)
+    }
+
+    /// Removes a history from its session (it was taken off the finished list already).
+    fn remove(&self, history: &Arc<StreamHistory>, reason: &'static str) {
+        let mut shard = self.shard(&history.session);
+        if let Some(streams) = shard.get_mut(&history.session) {
+            streams.retain(|h| !Arc::ptr_eq(h, history));
+            if streams.is_empty() {
+                shard.remove(&history.session);
+            }
+        }
+        drop(shard);
+        self.drop_history(history, reason);
+    }
+
+    /// Takes an expired history off the finished list (it is being removed from its session by
+    /// the caller). Returns `false`, for `retain`.
+    fn forget(&self, history: &Arc<StreamHistory>) -> bool {
+        let mut finished = self.finished();
+        let ix = history.lru.swap(u32::MAX, Ordering::Relaxed);
+        if ix != u32::MAX {
+            finished.remove(ix);
+        }
+        drop(finished);
+        self.drop_history(history, "idle");
+        false
+    }
+
+    /// Accounts for a history that is gone.
+    fn drop_history(&self, history: &Arc<StreamHistory>, reason: &'static str) {
+        let bytes = history.lock().drop_all();
+        self.total.fetch_sub(bytes, Ordering::Relaxed);
+        self.labels
+            .counter_with(m::HISTORY_STREAMS_DROPPED, "reason", reason)
+            .increment(1);
+        // Responses following it see it finished.
+        history.appended.notify_waiters();
+    }
+
+    /// Where `id` is among the session's histories: the stream whose history holds it (only
+    /// ever this session's), else whether the request's own stream (`key`) may have had it.
+    pub(crate) fn lookup(&self, session: &SessionId, key: &StreamKey, id: &str) -> Lookup {
+        let hash = self.hash(id);
+        let streams: Vec<Arc<StreamHistory>> = {
+            let shard = self.shard(session);
+            match shard.get(session) {
+                Some(streams) => streams.clone(),
+                None => return Lookup::Unknown,
+            }
+        };
+        let now = Instant::now();
+        let mut own = None;
+        for history in streams {
+            if self.expired(&history, now) {
+                continue;
+            }
+            let found = history.lock().find(id, hash);
+            match found {
+                Found::At(seq) => return Lookup::Found(history, seq),
+                Found::Evicted if &history.key == key => own = Some(history),
+                _ => {}
+            }
+        }
+        own.map_or(Lookup::Unknown, Lookup::TooOld)
+    }
+
+    /// Forgets every history of a session (it ended).
+    pub(crate) fn purge_session(&self, session: &SessionId) {
+        let streams = self.shard(session).remove(session).unwrap_or_default();
+        for history in streams {
+            let ix = history.lru.swap(u32::MAX, Ordering::Relaxed);
+            if ix != u32::MAX {
+                self.finished().remove(ix);
+            }
+            self.drop_history(&history, "ended");
+        }
+    }
+}

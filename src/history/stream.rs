@@ -1,0 +1,527 @@
+//! [`StreamHistory`]: one stream's retained events, as the exact bytes its clients received,
+//! bounded by event count and bytes.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Mutex, MutexGuard, PoisonError, atomic::AtomicU32},
+};
+
+use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
+use tokio::{sync::Notify, time::Instant};
+
+use super::ring::ByteRing;
+use crate::{SessionId, StreamKey};
+
+/// Smallest ring a stream gets; rings double from there up to the stream's byte cap.
+const MIN_RING: usize = 256;
+
+/// One retained event.
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    /// Logical offset in the byte ring where the event's bytes end (they start where the
+    /// previous event's end).
+    end: u64,
+    /// Where its ID ends in the ID ring (IDs are stored only for events that set one).
+    id_end: u64,
+    id_len: u32,
+    /// The event's block had an `id` field.
+    sets_id: bool,
+    /// The ID's fingerprint (for the index).
+    hash: u64,
+}
+
+/// What a stream's history answers about an ID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Found {
+    /// The event that set the ID is retained: its sequence number.
+    At(u64),
+    /// Not retained, and events were evicted (or not stored): it may have been there.
+    Evicted,
+    /// Not retained and nothing was ever evicted: not an ID of this stream.
+    Unknown,
+}
+
+pub(crate) struct State {
+    bytes: ByteRing,
+    ids: ByteRing,
+    events: VecDeque<Meta>,
+    /// Sequence number of `events[0]`.
+    first_seq: u64,
+    /// Logical end of the committed bytes: what follows is the event being received.
+    committed: u64,
+    /// The event being received outgrew the stream's byte cap: it is not stored.
+    oversized: bool,
+    /// ID fingerprint -> sequence number of the newest event that set that ID.
+    index: HashMap<u64, u64, foldhash::fast::RandomState>,
+    /// Events were evicted or not stored: an ID not found may have been there.
+    pub(crate) gap: bool,
+    /// Responses appending to this history now.
+    pub(crate) producers: u32,
+    /// The last producer's upstream ended normally: the history holds the whole stream.
+    pub(crate) complete: bool,
+    /// When the last producer ended.
+    pub(crate) finished_at: Option<Instant>,
+    /// The head of the response that started the stream, for replays answered from history.
+    pub(crate) head: HeaderMap,
+    /// Bytes this history holds (rings, event records), as counted in the global total.
+    pub(crate) accounted: usize,
+    /// The history was dropped (expired, evicted, its session forgotten): nothing is stored
+    /// any more, and followers stop.
+    pub(crate) dropped: bool,
+}
+
+/// One stream's history: (session, stream key) and its events.
+pub(crate) struct StreamHistory {
+    pub(crate) session: SessionId,
+    pub(crate) key: StreamKey,
+    state: Mutex<State>,
+    /// Wakes the responses that follow the live tail.
+    pub(crate) appended: Notify,
+    /// Responses following the live tail (the producer wakes them only if there are some).
+    followers: std::sync::atomic::AtomicIsize,
+    /// Where the history sits on the list of finished streams (`u32::MAX`: not on it). Changed
+    /// under that list's lock only.
+    pub(crate) lru: AtomicU32,
+}
+
+impl std::fmt::Debug for StreamHistory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamHistory")
+            .field("session", &self.session)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The limits one history is kept within.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bounds {
+    pub(crate) max_events: usize,
+    pub(crate) max_bytes: usize,
+}
+
+/// What an append did to the bytes accounted for.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Appended {
+    /// Change of the bytes this history holds.
+    pub(crate) delta: isize,
+    /// Events evicted to stay within the bounds.
+    pub(crate) evicted: u64,
+    /// An event was too large to keep.
+    pub(crate) dropped: bool,
+}
+
+impl Appended {
+    pub(crate) fn add(&mut self, other: Appended) {
+        self.delta += other.delta;
+        self.evicted += other.evicted;
+        self.dropped |= other.dropped;
+    }
+}
+
+impl StreamHistory {
+    pub(crate) fn new(session: SessionId, key: StreamKey, head: HeaderMap) -> Self {
+        let state = State {
+            bytes: ByteRing::default(),
+            ids: ByteRing::default(),
+            events: VecDeque::new(),
+            first_seq: 0,
+            committed: 0,
+            oversized: false,
+            index: HashMap::default(),
+            gap: false,
+            producers: 0,
+            complete: false,
+            finished_at: None,
+            head,
+            accounted: 0,
+            dropped: false,
+        };
+        Self {
+            session,
+            key,
+            state: Mutex::new(state),
+            appended: Notify::new(),
+            followers: std::sync::atomic::AtomicIsize::new(0),
+            lru: AtomicU32::new(u32::MAX),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A response starts (`1`) or stops (`-1`) following the live tail.
+    pub(crate) fn follow(&self, delta: isize) {
+        self.followers
+            .fetch_add(delta, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Wakes the followers, if there are any (called after appends).
+    pub(crate) fn wake_followers(&self) {
+        if self.followers.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            self.appended.notify_waiters();
+        }
+    }
+}
+
+impl State {
+    /// Sequence number the next committed event gets.
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.first_seq + self.events.len() as u64
+    }
+
+    pub(crate) fn first_seq(&self) -> u64 {
+        self.first_seq
+    }
+
+    /// Bytes retained in committed events.
+    #[cfg(test)]
+    pub(crate) fn committed_bytes(&self) -> usize {
+        (self.committed - self.bytes.start()) as usize
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    fn account(&mut self) -> isize {
+        let now = self.bytes.capacity()
+            + self.ids.capacity()
+            + self.events.capacity() * std::mem::size_of::<Meta>()
+            + self.index.capacity() * 24;
+        let delta = now as isize - self.accounted as isize;
+        self.accounted = now;
+        delta
+    }
+
+    /// Appends bytes of the event being received. `room` says whether the ring may grow
+    /// (the global cap may forbid it: then the oldest events make room). Hot path: a copy into
+    /// the ring, an allocation only when the ring grows.
+    pub(crate) fn write(&mut self, part: &[u8], bounds: Bounds, room: bool) -> Appended {
+        let mut out = Appended::default();
+        if self.oversized || self.dropped || part.is_empty() {
+            return out;
+        }
+        let pending = (self.bytes.end() - self.committed) as usize;
+        if pending + part.len() > bounds.max_bytes {
+            // This event alone is over the cap: it is not stored, and the stream has a gap.
+            self.bytes.truncate(self.committed);
+            self.oversized = true;
+            self.gap = true;
+            out.dropped = true;
+            return out;
+        }
+        if self.bytes.spare() < part.len() {
+            let needed = self.bytes.len() + part.len();
+            // Evict first what the byte cap requires anyway.
+            while self.bytes.len() + part.len() > bounds.max_bytes && !self.events.is_empty() {
+                self.evict_front();
+                out.evicted += 1;
+            }
+            if self.bytes.spare() < part.len() {
+                let grown = needed
+                    .max(self.bytes.capacity() * 2)
+                    .max(MIN_RING)
+                    .min(bounds.max_bytes.max(needed));
+                if room || self.bytes.capacity() == 0 {
+                    self.bytes.resize(grown);
+                } else {
+                    // No room to grow: the oldest events make room in the ring as it is.
+                    while self.bytes.spare() < part.len() && !self.events.is_empty() {
+                        self.evict_front();
+                        out.evicted += 1;
+                    }
+                    if self.bytes.spare() < part.len() {
+                        self.bytes.resize(self.bytes.len() + part.len());
+                    }
+                }
+            }
+        }
+        self.bytes.push(part);
+        out.delta = self.account();
+        out
+    }
+
+    /// The event being received is complete: it is retained with its ID (`id_set`: its block
+    /// set `id`). Evicts the oldest events beyond the bounds.
+    pub(crate) fn commit(&mut self, id: &str, id_set: bool, hash: u64, bounds: Bounds) -> Appended {
+        let mut out = Appended::default();
+        if self.dropped {
+            return out;
+        }
+        if std::mem::take(&mut self.oversized) {
+            self.committed = self.bytes.end();
+            return out;
+        }
+        let id_len = if id_set { id.len() } else { 0 };
+        if self.ids.spare() < id_len {
+            let needed = self.ids.len() + id_len;
+            self.ids.resize(needed.max(self.ids.capacity() * 2).max(64));
+        }
+        if id_set {
+            self.ids.push(id.as_bytes());
+        }
+        let seq = self.next_seq();
+        self.events.push_back(Meta {
+            end: self.bytes.end(),
+            id_end: self.ids.end(),
+            id_len: id_len as u32,
+            sets_id: id_set,
+            hash,
+        });
+        self.committed = self.bytes.end();
+        if id_set {
+            self.index.insert(hash, seq);
+        }
+        while self.events.len() > bounds.max_events {
+            self.evict_front();
+            out.evicted += 1;
+        }
+        out.delta = self.account();
+        out
+    }
+
+    fn evict_front(&mut self) {
+        let Some(meta) = self.events.pop_front() else {
+            return;
+        };
+        let seq = self.first_seq;
+        self.first_seq += 1;
+        self.bytes.pop_to(meta.end);
+        self.ids.pop_to(meta.id_end);
+        self.gap = true;
+        // Only if the index still points here (a later event may have set the same ID).
+        if meta.sets_id && self.index.get(&meta.hash) == Some(&seq) {
+            self.index.remove(&meta.hash);
+        }
+    }
+
+    /// Where the event that set `id` is, if retained.
+    pub(crate) fn find(&self, id: &str, hash: u64) -> Found {
+        if let Some(&seq) = self.index.get(&hash)
+            && let Some(meta) = self.meta(seq)
+            && meta.sets_id
+            && self.ids.equals(
+                meta.id_end - u64::from(meta.id_len),
+                meta.id_end,
+                id.as_bytes(),
+            )
+        {
+            return Found::At(seq);
+        }
+        if self.gap {
+            Found::Evicted
+        } else {
+            Found::Unknown
+        }
+    }
+
+    fn meta(&self, seq: u64) -> Option<&Meta> {
+        self.events
+            .get(usize::try_from(seq.checked_sub(self.first_seq)?).ok()?)
+    }
+
+    /// The fingerprints of the IDs the retained events set.
+    pub(crate) fn id_hashes(&self) -> impl Iterator<Item = u64> + '_ {
+        self.events.iter().filter(|m| m.sets_id).map(|m| m.hash)
+    }
+
+    /// The ID in effect after event `seq` (the newest set at or before it that is retained), if
+    /// any.
+    pub(crate) fn id_at(&self, seq: u64) -> Option<String> {
+        let upto = usize::try_from(seq.checked_sub(self.first_seq)?).ok()?;
+        let meta = self
+            .events
+            .iter()
+            .take(upto + 1)
+            .rev()
+            .find(|m| m.sets_id)?;
+        let (a, b) = self
+            .ids
+            .slices(meta.id_end - u64::from(meta.id_len), meta.id_end);
+        Some(String::from_utf8_lossy(&[a, b].concat()).into_owned())
+    }
+
+    /// The bytes of the events after `after` (a sequence number; `None`: from the oldest
+    /// retained) and before `until` (if given), at most `limit` bytes but at least one event,
+    /// and the sequence number of the last event they hold. `None` when there is nothing there
+    /// (or it is no longer retained).
+    pub(crate) fn read_after(
+        &self,
+        after: Option<u64>,
+        until: Option<u64>,
+        limit: usize,
+    ) -> Option<(Bytes, u64)> {
+        let first = after.map_or(self.first_seq, |a| a + 1);
+        let start_ix = usize::try_from(first.checked_sub(self.first_seq)?).ok()?;
+        let end_ix = until.map_or(self.events.len(), |u| {
+            usize::try_from(u.saturating_sub(self.first_seq))
+                .unwrap_or(usize::MAX)
+                .min(self.events.len())
+        });
+        if start_ix >= end_ix {
+            return None;
+        }
+        let from = if start_ix == 0 {
+            self.bytes.start()
+        } else {
+            self.events[start_ix - 1].end
+        };
+        let mut last = start_ix;
+        while last + 1 < end_ix && self.events[last + 1].end - from <= limit as u64 {
+            last += 1;
+        }
+        let to = self.events[last].end;
+        let (a, b) = self.bytes.slices(from, to);
+        let mut out = BytesMut::with_capacity(a.len() + b.len());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b);
+        Some((out.freeze(), self.first_seq + last as u64))
+    }
+
+    /// The global cap is passed by `over` bytes: the oldest events go (the newest stays, a
+    /// floor for a live stream), and the rings shrink to what is left.
+    pub(crate) fn trim(&mut self, over: usize) -> Appended {
+        let mut out = Appended::default();
+        let before = self.accounted;
+        let mut freed = 0;
+        while freed < over && self.events.len() > 1 {
+            let start = self.bytes.start();
+            self.evict_front();
+            freed += (self.bytes.start() - start) as usize;
+            out.evicted += 1;
+        }
+        let keep = self.bytes.len().max(MIN_RING.min(self.bytes.capacity()));
+        if keep < self.bytes.capacity() {
+            self.bytes.resize(keep);
+        }
+        if self.ids.len() < self.ids.capacity() {
+            self.ids.resize(self.ids.len());
+        }
+        self.events.shrink_to_fit();
+        self.index.shrink_to_fit();
+        out.delta = self.account();
+        debug_assert!(self.accounted <= before || out.delta >= 0);
+        out
+    }
+
+    /// The history is dropped: frees what it holds. Returns the bytes it had accounted for.
+    pub(crate) fn drop_all(&mut self) -> usize {
+        self.dropped = true;
+        self.bytes = ByteRing::default();
+        self.ids = ByteRing::default();
+        self.events = VecDeque::new();
+        self.index = HashMap::default();
+        self.committed = 0;
+        std::mem::take(&mut self.accounted)
+    }
+
+    /// Gives up the bytes of an event not completed (its producer went away mid-event).
+    pub(crate) fn abandon_pending(&mut self) {
+        self.bytes.truncate(self.committed);
+        self.oversized = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BOUNDS: Bounds = Bounds {
+        max_events: 4,
+        max_bytes: 64,
+    };
+
+    fn history() -> StreamHistory {
+        StreamHistory::new(
+            SessionId::new("s").unwrap(),
+            StreamKey::new("/e").unwrap(),
+            HeaderMap::new(),
+        )
+    }
+
+    fn event(st: &mut State, id: &str) {
+        let bytes = format!("id: {id}\ndata: x\n\n");
+        // In two parts, as frames would split it.
+        let (a, b) = bytes.as_bytes().split_at(3);
+        st.write(a, BOUNDS, true);
+        st.write(b, BOUNDS, true);
+        st.commit(id, true, hash(id), BOUNDS);
+    }
+
+    fn hash(id: &str) -> u64 {
+        use std::hash::BuildHasher;
+        foldhash::fast::FixedState::with_seed(7).hash_one(id)
+    }
+
+    #[test]
+    fn events_are_kept_byte_exact_found_by_id_and_bounded() {
+        let h = history();
+        let mut st = h.lock();
+        for id in ["1", "2", "3"] {
+            event(&mut st, id);
+        }
+        assert_eq!(st.find("2", hash("2")), Found::At(1));
+        assert_eq!(st.find("9", hash("9")), Found::Unknown);
+        let (bytes, last) = st.read_after(Some(0), None, 1 << 20).unwrap();
+        assert_eq!(&bytes[..], b"id: 2\ndata: x\n\nid: 3\ndata: x\n\n");
+        assert_eq!(last, 2);
+        assert!(
+            st.read_after(Some(2), None, 1 << 20).is_none(),
+            "nothing after the newest"
+        );
+        // A limit smaller than an event still yields one event.
+        assert_eq!(st.read_after(None, None, 1).unwrap().1, 0);
+        // Bounded by count: 4 events; the oldest go, and an ID no longer retained may have
+        // been there.
+        for id in ["4", "5", "6"] {
+            event(&mut st, id);
+        }
+        assert_eq!(st.len(), 4);
+        assert_eq!(st.find("1", hash("1")), Found::Evicted);
+        assert_eq!(st.find("3", hash("3")), Found::At(2));
+        assert_eq!(st.id_at(5).as_deref(), Some("6"));
+        assert!(st.committed_bytes() <= BOUNDS.max_bytes);
+    }
+
+    #[test]
+    fn an_event_over_the_byte_cap_is_not_kept_and_leaves_a_gap() {
+        let h = history();
+        let mut st = h.lock();
+        event(&mut st, "1");
+        let big = vec![b'x'; 100];
+        let out = st.write(b"data: ", BOUNDS, true);
+        assert!(!out.dropped);
+        assert!(st.write(&big, BOUNDS, true).dropped);
+        st.write(b"\n\n", BOUNDS, true);
+        st.commit("1", false, 0, BOUNDS);
+        event(&mut st, "2");
+        assert!(st.gap);
+        assert_eq!(st.len(), 2);
+        let (bytes, _) = st.read_after(None, None, 1 << 20).unwrap();
+        assert_eq!(&bytes[..], b"id: 1\ndata: x\n\nid: 2\ndata: x\n\n");
+    }
+
+    #[test]
+    fn without_room_to_grow_the_oldest_events_make_room() {
+        let h = history();
+        let mut st = h.lock();
+        for id in ["1", "2"] {
+            event(&mut st, id);
+        }
+        let cap = st.bytes.capacity();
+        for i in 3..20 {
+            let bytes = format!("id: {i}\ndata: x\n\n");
+            st.write(bytes.as_bytes(), BOUNDS, false);
+            st.commit(&i.to_string(), true, hash(&i.to_string()), BOUNDS);
+        }
+        assert_eq!(st.bytes.capacity(), cap, "never grew");
+        assert!(st.len() >= 1);
+        let (bytes, last) = st.read_after(None, None, 1 << 20).unwrap();
+        assert!(bytes.ends_with(b"id: 19\ndata: x\n\n"));
+        assert_eq!(last, 18);
+    }
+}

@@ -1,0 +1,363 @@
+//! Replay at the layer, on the request path: where a request with `Last-Event-ID` goes
+//! ([`route`]), and the parts of a response that come from history: [`Replaying`] (events read
+//! from a stream's history, up to a point or following its live tail) and [`Seam`] (the inner
+//! body's events that the client already got from history, dropped).
+
+use std::{
+    collections::HashSet,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, Request, StatusCode, header};
+
+use crate::{
+    SessionId, StreamKey,
+    config::Config,
+    history::{Histories, Lookup, SSE_REPLAY, StreamHistory, UnknownId},
+    metrics as m,
+    parser::SseParser,
+    resume::LAST_EVENT_ID,
+};
+
+/// Most bytes read from a history at once.
+const READ_LIMIT: usize = 64 * 1024;
+
+/// What replay did with a request's `Last-Event-ID` (the `sse-replay` header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Replayed,
+    Gap,
+    Unknown,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Replayed => "replayed",
+            Self::Gap => "gap",
+            Self::Unknown => "unknown",
+        }
+    }
+
+    pub(crate) fn header(self) -> HeaderValue {
+        HeaderValue::from_static(self.as_str())
+    }
+}
+
+/// Where a request goes.
+#[derive(Debug)]
+pub(crate) enum Route {
+    /// To the wrapped service, as it is; `outcome` when a `Last-Event-ID` was looked up.
+    Call(Option<Outcome>),
+    /// To the wrapped service with `Last-Event-ID` set to the newest replayed ID; its response
+    /// is sent after `replay`, without the events the client got from it (the seam).
+    CallAfter(Box<Replaying>),
+    /// Answered here: the wrapped service is not called.
+    Answer(Box<Answer>),
+}
+
+/// A response the layer makes itself.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    /// The events to send, from a history; `None`: an empty body.
+    pub(crate) replay: Option<Replaying>,
+}
+
+/// Decides where a request of a known session and stream goes, from its `Last-Event-ID` (the
+/// client's or filled in by resume). Sets the header the wrapped service sees when the request
+/// goes on after a replay.
+pub(crate) fn route<B>(
+    config: &Config,
+    histories: &Arc<Histories>,
+    session: &SessionId,
+    key: &StreamKey,
+    req: &mut Request<B>,
+) -> Route {
+    let Some(id) = req
+        .headers()
+        .get(&LAST_EVENT_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+    else {
+        return Route::Call(None);
+    };
+    let labels = config.labels();
+    let (history, after, outcome) = match histories.lookup(session, key, &id) {
+        Lookup::Found(history, seq) => (history, Some(seq), Outcome::Replayed),
+        Lookup::TooOld(history) => match &histories.config.unknown_id {
+            UnknownId::Gap => (history, None, Outcome::Gap),
+            UnknownId::PassThrough => {
+                labels
+                    .counter_with(m::REPLAYS, "outcome", "gap")
+                    .increment(1);
+                return Route::Call(Some(Outcome::Gap));
+            }
+            UnknownId::Status(status) => {
+                labels
+                    .counter_with(m::REPLAYS, "outcome", "gap")
+                    .increment(1);
+                return Route::Answer(Box::new(status_answer(*status, Outcome::Gap)));
+            }
+        },
+        Lookup::Unknown => {
+            labels
+                .counter_with(m::REPLAYS, "outcome", "unknown")
+                .increment(1);
+            return match &histories.config.unknown_id {
+                UnknownId::Status(status) => {
+                    Route::Answer(Box::new(status_answer(*status, Outcome::Unknown)))
+                }
+                _ => Route::Call(Some(Outcome::Unknown)),
+            };
+        }
+    };
+    labels
+        .counter_with(m::REPLAYS, "outcome", outcome.as_str())
+        .increment(1);
+    let st = history.lock();
+    let gap = (outcome == Outcome::Gap).then(|| {
+        let oldest = st.id_at(st.first_seq()).unwrap_or_default();
+        Bytes::from(format!("event: gap\ndata: {oldest}\n\n"))
+    });
+    let next = st.next_seq();
+    let pending = after.map_or(next > st.first_seq(), |a| a + 1 < next);
+    if st.producers > 0 {
+        // Its producer runs in this process: follow it, without calling the service again.
+        let headers = answer_headers(&st.head, outcome);
+        drop(st);
+        let replay = Replaying::new(history, after, None, gap);
+        return Route::Answer(Box::new(Answer {
+            status: StatusCode::OK,
+            headers,
+            replay: Some(replay),
+        }));
+    }
+    if st.complete && pending {
+        // The whole stream is here: send the rest, and end where it ended.
+        let headers = answer_headers(&st.head, outcome);
+        drop(st);
+        let replay = Replaying::new(history, after, Some(next), gap);
+        return Route::Answer(Box::new(Answer {
+            status: StatusCode::OK,
+            headers,
+            replay: Some(replay),
+        }));
+    }
+    // Cut short (or complete and the client has it all): the service goes on after the newest
+    // event the client gets from here.
+    let newest = if pending { st.id_at(next - 1) } else { None };
+    // Every retained event up to the newest is one the client has (before the ID, or replayed).
+    let seam: HashSet<u64> = st.id_hashes().collect();
+    drop(st);
+    if let Some(newest) = newest
+        && let Ok(value) = HeaderValue::from_str(&newest)
+    {
+        req.headers_mut().insert(LAST_EVENT_ID.clone(), value);
+    }
+    let mut replay = Replaying::new(history, after, Some(next), gap);
+    replay.outcome = Some(outcome);
+    replay.seam = Some(Seam::new(seam, histories.clone()));
+    Route::CallAfter(Box::new(replay))
+}
+
+fn status_answer(status: StatusCode, outcome: Outcome) -> Answer {
+    let mut headers = HeaderMap::new();
+    headers.insert(SSE_REPLAY.clone(), outcome.header());
+    Answer {
+        status,
+        headers,
+        replay: None,
+    }
+}
+
+/// The head of a response answered from a history: the original response's, without a length.
+fn answer_headers(head: &HeaderMap, outcome: Outcome) -> HeaderMap {
+    let mut headers = head.clone();
+    headers.remove(header::CONTENT_LENGTH);
+    headers.insert(SSE_REPLAY.clone(), outcome.header());
+    headers
+}
+
+/// Events sent from a stream's history: after a sequence number, up to a point (`until`) or
+/// following the live tail while the stream has a producer.
+pub(crate) struct Replaying {
+    pub(crate) history: Arc<StreamHistory>,
+    /// The last event sent (`None`: none yet, start from the oldest).
+    after: Option<u64>,
+    /// Stop before this sequence number; `None`: follow the tail.
+    until: Option<u64>,
+    /// Bytes to send before the history's (a gap event).
+    first: Option<Bytes>,
+    wait: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    /// For a response that goes on with the wrapped service: what the client already got.
+    pub(crate) seam: Option<Seam>,
+    /// The `sse-replay` header for a response that goes on with the wrapped service.
+    pub(crate) outcome: Option<Outcome>,
+}
+
+impl std::fmt::Debug for Replaying {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replaying")
+            .field("history", &self.history)
+            .field("after", &self.after)
+            .field("until", &self.until)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Replaying {
+    fn new(
+        history: Arc<StreamHistory>,
+        after: Option<u64>,
+        until: Option<u64>,
+        first: Option<Bytes>,
+    ) -> Self {
+        if until.is_none() {
+            history.follow(1);
+        }
+        Self {
+            history,
+            after,
+            until,
+            first,
+            wait: None,
+            seam: None,
+            outcome: None,
+        }
+    }
+
+    /// The next bytes to send; `None` once the replay is over (up to `until`, or the followed
+    /// stream has no producer any more).
+    pub(crate) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        if let Some(first) = self.first.take() {
+            return Poll::Ready(Some(first));
+        }
+        loop {
+            if let Some(wait) = &mut self.wait {
+                std::task::ready!(wait.as_mut().poll(cx));
+                self.wait = None;
+            }
+            let st = self.history.lock();
+            if self
+                .until
+                .is_some_and(|until| self.after.map_or(st.first_seq(), |a| a + 1) >= until)
+            {
+                return Poll::Ready(None);
+            }
+            match st.read_after(self.after, self.until, READ_LIMIT) {
+                Some((bytes, last)) => {
+                    self.after = Some(last);
+                    return Poll::Ready(Some(bytes));
+                }
+                None if self.until.is_some() || st.producers == 0 || st.dropped => {
+                    return Poll::Ready(None);
+                }
+                None => {
+                    let seen = st.next_seq();
+                    drop(st);
+                    let history = self.history.clone();
+                    self.wait = Some(Box::pin(async move {
+                        let notified = history.appended.notified();
+                        tokio::pin!(notified);
+                        notified.as_mut().enable();
+                        {
+                            let st = history.lock();
+                            if st.next_seq() != seen || st.producers == 0 || st.dropped {
+                                return;
+                            }
+                        }
+                        notified.await;
+                    }));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Replaying {
+    fn drop(&mut self) {
+        if self.until.is_none() {
+            self.history.follow(-1);
+        }
+    }
+}
+
+/// The start of the wrapped service's response after a replay: events whose IDs the client
+/// already got from history are dropped, until the first one it did not get; from there on
+/// everything passes. Comments and empty blocks pass on the way; an unfinished block at the
+/// end of the inner body inside the seam is dropped (a client would discard it too).
+pub(crate) struct Seam {
+    ids: HashSet<u64>,
+    histories: Arc<Histories>,
+    parser: SseParser,
+    /// The bytes of the block being read.
+    block: BytesMut,
+}
+
+impl std::fmt::Debug for Seam {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Seam")
+            .field("ids", &self.ids.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Seam {
+    fn new(ids: HashSet<u64>, histories: Arc<Histories>) -> Self {
+        Self {
+            ids,
+            histories,
+            parser: SseParser::new(),
+            block: BytesMut::new(),
+        }
+    }
+
+    /// Filters one chunk of the inner body: returns the bytes to send on, and whether the seam
+    /// is passed (then the rest of the stream goes through untouched).
+    pub(crate) fn filter(&mut self, chunk: &[u8]) -> (Bytes, bool) {
+        let mut out = BytesMut::new();
+        let mut start = 0;
+        let mut passed = None;
+        let Self {
+            ids,
+            histories,
+            parser,
+            block,
+        } = self;
+        parser.feed(chunk, |d| {
+            if passed.is_some() {
+                return;
+            }
+            let end = d.chunk_offset();
+            block.extend_from_slice(&chunk[start..end]);
+            start = end;
+            let replayed = d.id_set() && ids.contains(&histories.hash(d.last_event_id()));
+            if replayed {
+                block.clear(); // the client has it
+            } else if !d.is_event() && !d.id_set() {
+                out.extend_from_slice(block); // a comment or an empty block: on, seam or not
+                block.clear();
+            } else {
+                out.extend_from_slice(block);
+                block.clear();
+                passed = Some(end);
+            }
+        });
+        match passed {
+            Some(end) => {
+                out.extend_from_slice(&chunk[end..]);
+                (out.freeze(), true)
+            }
+            None => {
+                block.extend_from_slice(&chunk[start..]);
+                (out.freeze(), false)
+            }
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! Replay at the layer, through a real loopback server: a reconnect with `Last-Event-ID` gets
+//! the events it missed from the layer's history, byte for byte, whatever the wrapped service
+//! can replay itself.
+
+mod support;
+
+use std::{convert::Infallible, sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    extract::State,
+    response::sse::{Event, Sse},
+    routing::get,
+};
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt, stream};
+use http::{HeaderMap, Request, StatusCode, header};
+use http_body_util::Empty;
+use tower_sse_tracking::{
+    EventTrackingLayer,
+    history::{ReplayConfig, UnknownId},
+};
+
+use support::{fetch, read_until, serve};
+
+/// Calls of a handler, and the `Last-Event-ID` of each.
+#[derive(Clone, Default)]
+struct Calls(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Calls {
+    fn note(&self, headers: &HeaderMap) -> u32 {
+        let id = headers
+            .get("last-event-id")
+            .map_or("none".to_owned(), |v| v.to_str().unwrap().to_owned());
+        let n = id.parse().unwrap_or(0);
+        self.0.lock().unwrap().push(id);
+        n
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+fn event(i: u32) -> Result<Event, Infallible> {
+    Ok(Event::default()
+        .id(i.to_string())
+        .data(format!("event {i}")))
+}
+
+/// Five events after the request's `Last-Event-ID`, then nothing more (the stream stays open):
+/// a feed that cannot replay anything older.
+async fn feed(
+    State(calls): State<Calls>,
+    headers: HeaderMap,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let from = calls.note(&headers);
+    Sse::new(stream::iter((from + 1..=from + 5).map(event)).chain(stream::pending()))
+}
+
+/// Events 1..=5 for the session (its cookie), then the stream ends: a complete answer.
+async fn answer(
+    State(calls): State<Calls>,
+    headers: HeaderMap,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    calls.note(&headers);
+    let cookie = headers[header::COOKIE].to_str().unwrap().to_owned();
+    Sse::new(stream::iter((1..=5).map(move |i| {
+        Ok(Event::default()
+            .id(i.to_string())
+            .data(format!("event {i} for {cookie}")))
+    })))
+}
+
+fn request(path: &str, session: &str, last: Option<&str>) -> Request<Empty<Bytes>> {
+    let mut req = Request::get(path).header(header::COOKIE, format!("sid={session}"));
+    if let Some(id) = last {
+        req = req.header("last-event-id", id);
+    }
+    req.body(Empty::new()).unwrap()
+}
+
+/// The IDs of the events in a body, in order.
+fn ids(body: &str) -> Vec<u32> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("id: "))
+        .map(|id| id.parse().unwrap())
+        .collect()
+}
+
+async fn app(replay: ReplayConfig) -> (EventTrackingLayer, Calls, std::net::SocketAddr) {
+    let tracking = EventTrackingLayer::builder()
+        .session_cookie("sid")
+        .replay(replay)
+        .build();
+    let calls = Calls::default();
+    let app = Router::new()
+        .route("/feed", get(feed))
+        .route("/answer", get(answer))
+        .with_state(calls.clone())
+        .layer(tracking.clone());
+    let addr = serve(app).await;
+    (tracking, calls, addr)
+}
+
+/// Waits until the layer has noticed a dropped connection (its stream released).
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+/// A stream cut short: the reconnect gets the events after its ID from history, then the
+/// service goes on after the newest of them; nothing lost, nothing twice.
+#[tokio::test]
+async fn a_cut_stream_is_replayed_then_continued_by_the_service() {
+    let (_tracking, calls, addr) = app(ReplayConfig::default()).await;
+    let first = read_until(addr, request("/feed", "a", None), "id: 5\n").await;
+    assert_eq!(ids(&first), [1, 2, 3, 4, 5]);
+    settle().await;
+    // The client had processed up to 2 when it lost the connection.
+    let body = read_until(addr, request("/feed", "a", Some("2")), "id: 10\n").await;
+    assert_eq!(ids(&body), [3, 4, 5, 6, 7, 8, 9, 10], "{body}");
+    assert!(
+        body.starts_with("id: 3\ndata: event 3\n\n"),
+        "byte for byte: {body}"
+    );
+    assert_eq!(calls.seen(), ["none", "5"], "the service went on after 5");
+}
+
+/// While the stream's producer still runs in this process, a reconnect follows it: the events
+/// after its ID from history, then the live ones; the service is not called again.
+#[tokio::test]
+async fn a_reconnect_follows_a_running_stream_without_calling_the_service() {
+    let tracking = EventTrackingLayer::builder()
+        .session_cookie("sid")
+        .replay(ReplayConfig::default())
+        .build();
+    let calls = Calls::default();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<u32>();
+    let rx = Arc::new(tokio::sync::Mutex::new(Some(rx)));
+    let live = {
+        let calls = calls.clone();
+        move |headers: HeaderMap| {
+            let calls = calls.clone();
+            let rx = rx.clone();
+            async move {
+                calls.note(&headers);
+                let rx = rx.lock().await.take().expect("called once");
+                let events = tokio_stream_from(rx).map(event);
+                Sse::new(events)
+            }
+        }
+    };
+    let app = Router::new()
+        .route("/live", get(live))
+        .layer(tracking.clone());
+    let addr = serve(app).await;
+    for i in 1..=3 {
+        tx.send(i).unwrap();
+    }
+    // The first client stays connected (its producer runs) in a task of its own.
+    let first = tokio::spawn(read_until(addr, request("/live", "a", None), "id: 6\n"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = tokio::spawn(read_until(
+        addr,
+        request("/live", "a", Some("1")),
+        "id: 6\n",
+    ));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for i in 4..=6 {
+        tx.send(i).unwrap();
+    }
+    let (first, second) = (first.await.unwrap(), second.await.unwrap());
+    assert_eq!(ids(&first), [1, 2, 3, 4, 5, 6]);
+    assert_eq!(
+        ids(&second),
+        [2, 3, 4, 5, 6],
+        "history, then live: {second}"
+    );
+    assert_eq!(calls.seen(), ["none"], "called once");
+}
+
+fn tokio_stream_from(mut rx: tokio::sync::mpsc::UnboundedReceiver<u32>) -> impl Stream<Item = u32> {
+    stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// A stream that ended normally is complete in history: a reconnect gets the rest and the end,
+/// without calling the service; one that has everything goes on to the service.
+#[tokio::test]
+async fn a_complete_stream_is_answered_from_history() {
+    let (_tracking, calls, addr) = app(ReplayConfig::default()).await;
+    let (_, body) = fetch(addr, request("/answer", "a", None)).await;
+    assert_eq!(ids(std::str::from_utf8(&body).unwrap()), [1, 2, 3, 4, 5]);
+    let (parts, body) = fetch(addr, request("/answer", "a", Some("2"))).await;
+    assert_eq!(parts.headers["sse-replay"], "replayed");
+    assert_eq!(
+        std::str::from_utf8(&body).unwrap(),
+        "id: 3\ndata: event 3 for sid=a\n\nid: 4\ndata: event 4 for sid=a\n\n\
+         id: 5\ndata: event 5 for sid=a\n\n"
+    );
+    assert_eq!(calls.seen(), ["none"]);
+    // Caught up: nothing to replay, the service decides (never an empty answer from here).
+    let (_, body) = fetch(addr, request("/answer", "a", Some("5"))).await;
+    assert_eq!(calls.seen(), ["none", "5"]);
+    // The service started over: its events the client has are dropped at the seam.
+    assert_eq!(&body[..], b"");
+}
+
+/// Histories never answer for another session, even with colliding IDs.
+#[tokio::test]
+async fn never_across_sessions() {
+    let (_tracking, calls, addr) = app(ReplayConfig::default()).await;
+    fetch(addr, request("/answer", "a", None)).await;
+    // b never saw these IDs: its reconnect is unknown, passed through to the service.
+    let (parts, body) = fetch(addr, request("/answer", "b", Some("2"))).await;
+    assert_eq!(parts.headers["sse-replay"], "unknown");
+    assert_eq!(calls.seen(), ["none", "2"]);
+    let body = std::str::from_utf8(&body).unwrap().to_owned();
+    assert_eq!(ids(&body), [1, 2, 3, 4, 5]);
+    assert!(!body.contains("sid=a"), "{body}");
+    // Now both have 1..5: each resumes from its own history.
+    for session in ["a", "b"] {
+        let (_, body) = fetch(addr, request("/answer", session, Some("3"))).await;
+        assert_eq!(
+            std::str::from_utf8(&body).unwrap(),
+            format!(
+                "id: 4\ndata: event 4 for sid={session}\n\nid: 5\ndata: event 5 for sid={session}\n\n"
+            )
+        );
+    }
+    assert_eq!(calls.seen().len(), 2, "both answered from history");
+}
+
+/// Unknown and too old IDs, by policy: never an empty 200.
+#[tokio::test]
+async fn unknown_and_too_old_ids_by_policy() {
+    let (_tracking, calls, addr) =
+        app(ReplayConfig::default().unknown_id(UnknownId::Status(StatusCode::GONE))).await;
+    let (parts, body) = fetch(addr, request("/answer", "a", Some("nope"))).await;
+    assert_eq!(parts.status, StatusCode::GONE);
+    assert_eq!(parts.headers["sse-replay"], "unknown");
+    assert!(body.is_empty());
+    assert!(calls.seen().is_empty(), "the service was not called");
+
+    // Too old: four events kept, the client asks after the first.
+    let (_tracking, calls, addr) = app(ReplayConfig::default()
+        .max_events(3)
+        .unknown_id(UnknownId::Gap))
+    .await;
+    fetch(addr, request("/answer", "a", None)).await;
+    let (parts, body) = fetch(addr, request("/answer", "a", Some("1"))).await;
+    assert_eq!(parts.headers["sse-replay"], "gap");
+    assert_eq!(
+        std::str::from_utf8(&body).unwrap(),
+        "event: gap\ndata: 3\n\nid: 3\ndata: event 3 for sid=a\n\n\
+         id: 4\ndata: event 4 for sid=a\n\nid: 5\ndata: event 5 for sid=a\n\n"
+    );
+    assert_eq!(calls.seen(), ["none"]);
+}
+
+/// The global cap holds while 10,000 live streams write more than it allows: finished streams
+/// would go first; live ones give up their oldest events and keep the newest.
+#[tokio::test]
+async fn memory_stays_under_the_global_cap_while_ten_thousand_streams_write() {
+    use http_body_util::BodyExt;
+    use tower::{Layer, ServiceExt, service_fn};
+
+    const STREAMS: usize = 10_000;
+    const EVENTS: usize = 20;
+    const CAP: usize = 8 << 20;
+    let tracking = EventTrackingLayer::builder()
+        .session_cookie("sid")
+        .replay(ReplayConfig::default().max_total_bytes(CAP))
+        .worker(tower_sse_tracking::worker::WorkerConfig::default().max_sessions(STREAMS))
+        .build();
+    // Each stream: 20 events of ~100 bytes, one per frame (20 MB in all, over the cap).
+    let service = service_fn(|_req: Request<()>| async {
+        let frames = (1..=EVENTS).map(|i| {
+            Ok::<_, Infallible>(http_body::Frame::data(Bytes::from(format!(
+                "id: {i}\ndata: {}\n\n",
+                "x".repeat(90)
+            ))))
+        });
+        Ok::<_, Infallible>(
+            http::Response::builder()
+                .header(header::CONTENT_TYPE, "text/event-stream")
+                .body(http_body_util::StreamBody::new(stream::iter(frames)))
+                .unwrap(),
+        )
+    });
+    let mut bodies = Vec::with_capacity(STREAMS);
+    for i in 0..STREAMS {
+        let req = Request::get("/events")
+            .header(header::COOKIE, format!("sid=s{i}"))
+            .body(())
+            .unwrap();
+        let response = tracking.layer(service).oneshot(req).await.unwrap();
+        assert!(response.body().is_tracked());
+        bodies.push(response.into_body());
+    }
+    let mut most = 0;
+    for _round in 0..EVENTS {
+        for body in &mut bodies {
+            body.frame().await.unwrap().unwrap();
+            most = most.max(tracking.history_bytes());
+        }
+        assert!(
+            tracking.history_bytes() <= CAP,
+            "{} > {CAP}",
+            tracking.history_bytes()
+        );
+    }
+    println!(
+        "most held at once: {most} bytes (cap {CAP}); after: {}",
+        tracking.history_bytes()
+    );
+    // Transient overshoot is at most one stream's growth.
+    assert!(most <= CAP + (64 << 10), "{most}");
+    drop(bodies);
+    assert!(tracking.history_bytes() <= CAP);
+}

@@ -13,7 +13,10 @@ use std::{
 use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use tokio::time::{Instant, Sleep};
+use tokio::{
+    sync::mpsc,
+    time::{Instant, Sleep},
+};
 
 use crate::{
     heartbeat::Heartbeat,
@@ -65,6 +68,8 @@ pub(crate) struct ReplayParts {
     replaying: Option<Replaying>,
     /// After a replay: the inner body's events the client already got are dropped.
     seam: Option<Seam>,
+    /// For a stream read by a task of its own (detach grace): its frames, for the client.
+    relay: Option<mpsc::Receiver<Bytes>>,
 }
 
 /// A stream appending its events to a history.
@@ -219,8 +224,25 @@ impl StreamState {
                 }),
                 replaying,
                 seam: None,
+                relay: None,
             }));
         }
+        self
+    }
+
+    /// Makes this the client's side of a stream read by a task of its own: its frames come
+    /// through `relay` (after what `replaying` sends first).
+    pub(crate) fn relayed(
+        mut self,
+        replaying: Option<Replaying>,
+        relay: mpsc::Receiver<Bytes>,
+    ) -> Self {
+        self.replay = Some(Box::new(ReplayParts {
+            producer: None,
+            replaying,
+            seam: None,
+            relay: Some(relay),
+        }));
         self
     }
 
@@ -392,6 +414,113 @@ impl StreamState {
     }
 }
 
+/// Reads a stream's upstream in a task of its own (replay with a detach grace): every frame is
+/// tracked and kept in the history, and relayed to the client while it is there. When the
+/// client goes away, reading goes on for up to `grace` (if the cap of detached streams allows),
+/// so that a reconnect gets the rest from history. An upstream error ends the client's stream
+/// (and the reading); trailers are not relayed.
+pub(crate) fn spawn_producer<B>(
+    body: B,
+    mut state: StreamState,
+    seam: Option<Seam>,
+    relay: mpsc::Sender<Bytes>,
+    histories: Arc<Histories>,
+) where
+    B: Body + Send + 'static,
+    B::Data: From<Bytes> + Send,
+    B::Error: Send,
+{
+    let grace = histories.config.detach_grace;
+    tokio::spawn(async move {
+        let mut body = std::pin::pin!(body);
+        let mut seam = seam;
+        let mut relay = Some(relay);
+        // When reading on without a client must stop.
+        let mut deadline: Option<Instant> = None;
+        let mut expired = false;
+        loop {
+            let polled = match (&relay, deadline) {
+                (Some(tx), _) => {
+                    tokio::select! {
+                        polled = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)) => polled,
+                        () = tx.closed() => {
+                            relay = None;
+                            if !histories.try_detach() {
+                                break;
+                            }
+                            deadline = Some(Instant::now() + grace);
+                            continue;
+                        }
+                    }
+                }
+                (None, Some(at)) => match tokio::time::timeout_at(
+                    at,
+                    std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)),
+                )
+                .await
+                {
+                    Ok(polled) => polled,
+                    Err(_) => {
+                        expired = true;
+                        break;
+                    }
+                },
+                (None, None) => break,
+            };
+            let mut frame = match polled {
+                Some(Ok(frame)) => frame,
+                Some(Err(_)) => break,
+                None => {
+                    state.parser.finish();
+                    if let Some(producer) = state.replay.as_mut().and_then(|r| r.producer.as_mut())
+                    {
+                        producer.complete = true;
+                    }
+                    break;
+                }
+            };
+            if let Some(filter) = &mut seam
+                && let Some(data) = frame.data_mut()
+            {
+                let chunk = data.copy_to_bytes(data.remaining());
+                let (kept, passed) = filter.filter(&chunk);
+                if passed {
+                    seam = None;
+                }
+                if kept.is_empty() {
+                    continue;
+                }
+                frame = Frame::data(B::Data::from(kept));
+            }
+            let frame = match state.forward(frame, true) {
+                Forward::Send(frame) | Forward::Untrack(frame) => frame,
+                Forward::Hold(data) => {
+                    std::future::poll_fn(|cx| state.poll_backpressure(cx)).await;
+                    Frame::data(data)
+                }
+            };
+            let Ok(mut data) = frame.into_data() else {
+                continue; // trailers: not relayed
+            };
+            if let Some(tx) = &relay {
+                let bytes = data.copy_to_bytes(data.remaining());
+                if tx.send(bytes).await.is_err() {
+                    relay = None;
+                    if !histories.try_detach() {
+                        break;
+                    }
+                    deadline = Some(Instant::now() + grace);
+                }
+            }
+        }
+        if deadline.is_some() {
+            histories.end_detached(expired);
+        }
+        // Dropping the state releases the history (complete or not) and the position.
+        drop(state);
+    });
+}
+
 impl Drop for StreamState {
     fn drop(&mut self) {
         // Dropped while a frame waited for queue room (the client went away): the slot is
@@ -556,7 +685,30 @@ where
         }
         while this.held.is_none() {
             let Some(inner) = this.inner.as_mut().as_pin_mut() else {
-                // Answered from history: over once the replay is.
+                // Relayed from the task that reads the upstream, or answered from history (then
+                // over once the replay is).
+                if let Some(relay) = tracking.replay.as_mut().and_then(|r| r.relay.as_mut()) {
+                    match relay.poll_recv(cx) {
+                        Poll::Ready(Some(bytes)) => {
+                            let frame = Frame::data(B::Data::from(bytes));
+                            match tracking.forward(frame, false) {
+                                Forward::Send(frame) | Forward::Untrack(frame) => {
+                                    return Poll::Ready(Some(Ok(frame)));
+                                }
+                                Forward::Hold(data) => {
+                                    *this.held = Some(data);
+                                    break;
+                                }
+                            }
+                        }
+                        Poll::Ready(None) => {}
+                        Poll::Pending => {
+                            return tracking
+                                .poll_heartbeat(cx)
+                                .map(|comment| Some(Ok(Frame::data(comment.into()))));
+                        }
+                    }
+                }
                 *this.tracking = None;
                 *this.ended = true;
                 return Poll::Ready(None);

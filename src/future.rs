@@ -9,14 +9,16 @@ use std::{
     task::{Context, Poll, ready},
 };
 
+use bytes::Bytes;
 use http::{Request, Response, header};
 use http_body::Body;
 use pin_project_lite::pin_project;
+use tokio::sync::mpsc;
 use tower_service::Service;
 
 use crate::{
     SessionId, StreamKey,
-    body::{StreamState, TrackingBody},
+    body::{StreamState, TrackingBody, spawn_producer},
     config::Config,
     history::SSE_REPLAY,
     metrics as m,
@@ -106,6 +108,9 @@ impl RequestInfo {
         }))
     }
 }
+
+/// Frames buffered between the task that reads a detachable stream and its client.
+const RELAY_FRAMES: usize = 16;
 
 /// The deletion of a session that a response ended.
 type Forget = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -212,7 +217,9 @@ where
 impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ResBody: Body,
+    ResBody: Body + Send + 'static,
+    ResBody::Data: From<Bytes> + Send,
+    ResBody::Error: Send,
 {
     type Output = Result<Response<TrackingBody<ResBody>>, S::Error>;
 
@@ -270,7 +277,12 @@ where
     }
 }
 
-fn finish<B: Body>(response: Response<B>, info: Option<RequestInfo>) -> Response<TrackingBody<B>> {
+fn finish<B>(response: Response<B>, info: Option<RequestInfo>) -> Response<TrackingBody<B>>
+where
+    B: Body + Send + 'static,
+    B::Data: From<Bytes> + Send,
+    B::Error: Send,
+{
     match info {
         Some(info) => wrap(response, info),
         None => response.map(TrackingBody::passthrough),
@@ -279,7 +291,12 @@ fn finish<B: Body>(response: Response<B>, info: Option<RequestInfo>) -> Response
 
 /// Wraps the body of a successful, uncompressed `text/event-stream` response with a known
 /// session; passes everything else through.
-fn wrap<B: Body>(mut response: Response<B>, info: RequestInfo) -> Response<TrackingBody<B>> {
+fn wrap<B>(mut response: Response<B>, info: RequestInfo) -> Response<TrackingBody<B>>
+where
+    B: Body + Send + 'static,
+    B::Data: From<Bytes> + Send,
+    B::Error: Send,
+{
     let config = info.config.clone();
     match trackable(&response) {
         Trackable::Yes => {}
@@ -331,6 +348,36 @@ fn wrap<B: Body>(mut response: Response<B>, info: RequestInfo) -> Response<Track
     }
     if producer.is_none() {
         replaying = None;
+    }
+    if let Some((histories, _)) = &producer
+        && !histories.config.detach_grace.is_zero()
+    {
+        // Read by a task of its own, so that it may outlive its client; the client gets the
+        // frames through a small channel.
+        let histories = histories.clone();
+        let seam = replaying.as_mut().and_then(|r| r.seam.take());
+        let (tx, rx) = mpsc::channel(RELAY_FRAMES);
+        let reader = StreamState::new(
+            config.labels().clone(),
+            attachment,
+            config.max_id_len,
+            config.backpressure_timeout,
+            None,
+            config.settle,
+        )
+        .with_replay(producer, None);
+        let client = StreamState::new(
+            config.labels().clone(),
+            None,
+            config.max_id_len,
+            config.backpressure_timeout,
+            heartbeat,
+            None,
+        )
+        .relayed(replaying.map(|r| *r), rx);
+        let (parts, body) = response.into_parts();
+        spawn_producer(body, reader, seam, tx, histories);
+        return Response::from_parts(parts, TrackingBody::answered(Some(client)));
     }
     // An event stream without a session still gets heartbeats when they are on.
     let tracking = StreamState::new(

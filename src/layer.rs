@@ -89,6 +89,13 @@ impl EventTrackingLayer {
         self.config.replay.as_ref().map_or(0, |h| h.total_bytes())
     }
 
+    /// Streams read on after their client went away (replay's detach grace). Not a stable API:
+    /// for tests.
+    #[doc(hidden)]
+    pub fn detached_streams(&self) -> usize {
+        self.config.replay.as_ref().map_or(0, |h| h.detached())
+    }
+
     /// Writes everything recorded so far; see [`WorkerHandle::flush`].
     ///
     /// # Errors

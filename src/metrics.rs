@@ -133,6 +133,12 @@ pub const HISTORY_BYTES: &str = "sse_tracking_history_bytes";
 /// `replayed` (found: answered from history, then live), `gap` (too old: a gap event, then what
 /// is retained), `unknown` (not found: passed through or answered with the configured status).
 pub const REPLAYS: &str = "sse_tracking_replays_total";
+/// Counter: streams whose client went away, by `outcome` label: `detached` (read on for the
+/// detach grace), `refused` (the cap of detached streams was reached: ended), and, at their
+/// end, `completed` (the upstream ended within the grace) or `expired` (the grace ran out).
+pub const DETACHED: &str = "sse_tracking_detached_streams_total";
+/// Gauge: streams being read on after their client went away.
+pub const DETACHED_NOW: &str = "sse_tracking_detached_streams";
 /// Counter: heartbeat comments injected.
 pub const HEARTBEATS: &str = "sse_tracking_heartbeats_total";
 /// Counter: `Last-Event-ID` headers inserted to resume a session.
@@ -225,6 +231,12 @@ pub fn describe() {
     );
     describe_gauge!(HISTORY_BYTES, Unit::Bytes, "Bytes held by stream histories");
     describe_counter!(REPLAYS, Unit::Count, "Last-Event-ID lookups in histories");
+    describe_counter!(DETACHED, Unit::Count, "Streams whose client went away");
+    describe_gauge!(
+        DETACHED_NOW,
+        Unit::Count,
+        "Streams read on after their client went away"
+    );
     describe_counter!(HEARTBEATS, Unit::Count, "Heartbeat comments injected");
     describe_counter!(RESUMED, Unit::Count, "Last-Event-ID headers inserted");
     describe_counter!(

@@ -79,7 +79,9 @@ impl<S> EventTracking<S> {
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for EventTracking<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
-    ResBody: Body,
+    ResBody: Body + Send + 'static,
+    ResBody::Data: From<bytes::Bytes> + Send,
+    ResBody::Error: Send,
 {
     type Response = Response<crate::TrackingBody<ResBody>>;
     type Error = S::Error;

@@ -108,6 +108,17 @@ async fn settle() {
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
+/// Waits until `cond` holds (at most 5 s).
+async fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    for _ in 0..500 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never: {what}");
+}
+
 /// A stream cut short: the reconnect gets the events after its ID from history, then the
 /// service goes on after the newest of them; nothing lost, nothing twice.
 #[tokio::test]
@@ -317,4 +328,109 @@ async fn memory_stays_under_the_global_cap_while_ten_thousand_streams_write() {
     assert!(most <= CAP + (64 << 10), "{most}");
     drop(bodies);
     assert!(tracking.history_bytes() <= CAP);
+}
+
+/// A generated answer's events.
+type Tokens = Sse<std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>>>;
+
+/// Tokens 1..=`n`, `gap` apart, counting how often the generator ran.
+fn generator(
+    runs: Arc<std::sync::atomic::AtomicUsize>,
+    n: u32,
+    gap: Duration,
+) -> impl Fn() -> std::future::Ready<Tokens> + Clone {
+    move || {
+        runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let tokens = stream::iter(1..=n).then(move |i| async move {
+            tokio::time::sleep(gap).await;
+            Ok(Event::default()
+                .id(i.to_string())
+                .data(format!("token {i}")))
+        });
+        std::future::ready(Sse::new(Box::pin(tokens) as std::pin::Pin<Box<_>>))
+    }
+}
+
+/// A POST that streams generated tokens outlives its client for the detach grace: the client
+/// reads 10, goes away, reconnects with `Last-Event-ID: 10` and gets 11..40 exactly once, while
+/// the generator ran once.
+#[tokio::test]
+async fn a_generated_stream_outlives_its_client_and_the_reconnect_gets_the_rest() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let runs = Arc::new(AtomicUsize::new(0));
+    let tracking = EventTrackingLayer::builder()
+        .session_cookie("sid")
+        .replay(ReplayConfig::default().detach_grace(Duration::from_secs(5)))
+        .build();
+    let app = Router::new()
+        .route(
+            "/chat",
+            axum::routing::post(generator(runs.clone(), 40, Duration::from_millis(10))),
+        )
+        .layer(tracking.clone());
+    let addr = serve(app).await;
+    let post = |last: Option<&str>| {
+        let mut req = Request::post("/chat").header(header::COOKIE, "sid=a");
+        if let Some(id) = last {
+            req = req.header("last-event-id", id);
+        }
+        req.body(Empty::new()).unwrap()
+    };
+    let first = read_until(addr, post(None), "id: 10\n").await;
+    assert_eq!(ids(&first), (1..=10).collect::<Vec<_>>());
+    wait_until("read on without its client", || {
+        tracking.detached_streams() == 1
+    })
+    .await;
+    let (parts, rest) = fetch(addr, post(Some("10"))).await;
+    assert_eq!(parts.headers["sse-replay"], "replayed");
+    let rest = std::str::from_utf8(&rest).unwrap();
+    assert_eq!(ids(rest), (11..=40).collect::<Vec<_>>(), "{rest}");
+    assert!(rest.starts_with("id: 11\ndata: token 11\n\n"));
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the generator ran once");
+    wait_until("done once the upstream ended", || {
+        tracking.detached_streams() == 0
+    })
+    .await;
+}
+
+/// The grace and the cap of detached streams bound the work done for absent clients.
+#[tokio::test]
+async fn detached_streams_are_bounded_by_their_grace_and_their_cap() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    for (grace, cap, detached) in [
+        (Duration::from_millis(100), 8, 1),
+        (Duration::from_secs(5), 0, 0),
+    ] {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let tracking = EventTrackingLayer::builder()
+            .session_cookie("sid")
+            .replay(
+                ReplayConfig::default()
+                    .detach_grace(grace)
+                    .max_detached(cap),
+            )
+            .build();
+        let app = Router::new()
+            .route(
+                "/chat",
+                get(generator(runs.clone(), 1000, Duration::from_millis(5))),
+            )
+            .layer(tracking.clone());
+        let addr = serve(app).await;
+        read_until(addr, request("/chat", "a", None), "id: 3\n").await;
+        if detached > 0 {
+            wait_until("detached", || tracking.detached_streams() == detached).await;
+        } else {
+            settle().await;
+            assert_eq!(tracking.detached_streams(), 0, "over the cap");
+        }
+        wait_until("the grace ran out", || tracking.detached_streams() == 0).await;
+        // The stream was released (cut short).
+        settle().await;
+        // Cut short: a reconnect replays what was read and goes on with the service.
+        let body = read_until(addr, request("/chat", "a", Some("2")), "id: 3\n").await;
+        assert!(body.starts_with("id: 3\n"), "{body}");
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+    }
 }

@@ -77,6 +77,8 @@ pub struct ReplayConfig {
     pub(crate) max_total_bytes: usize,
     pub(crate) idle_ttl: Duration,
     pub(crate) unknown_id: UnknownId,
+    pub(crate) detach_grace: Duration,
+    pub(crate) max_detached: usize,
 }
 
 impl Default for ReplayConfig {
@@ -88,6 +90,8 @@ impl Default for ReplayConfig {
             max_total_bytes: 64 << 20,
             idle_ttl: Duration::from_secs(600),
             unknown_id: UnknownId::PassThrough,
+            detach_grace: Duration::ZERO,
+            max_detached: 1024,
         }
     }
 }
@@ -152,6 +156,33 @@ impl ReplayConfig {
         self
     }
 
+    /// Lets streams outlive their client: after the client goes away, the layer keeps reading
+    /// the wrapped service's response into the history for up to `grace` (until it ends, if
+    /// sooner), so that the work is not lost and a reconnect gets the rest, as it comes, without
+    /// calling the service again. For responses that generate something once (an LLM's answer
+    /// streamed from a POST, a long export).
+    ///
+    /// Such a stream's response is read by a task of its own (spawned on the current Tokio
+    /// runtime), and its client gets the frames through a small bounded channel: the client's
+    /// pace still paces the upstream while it is there. Costs a task per stream and a channel
+    /// hop per frame; apply it (with a layer of its own) only to the routes that need it.
+    ///
+    /// Defaults to zero: a stream ends with its client.
+    pub fn detach_grace(mut self, grace: Duration) -> Self {
+        self.detach_grace = grace;
+        self
+    }
+
+    /// Most streams read on after their client went away, at once (see
+    /// [`detach_grace`](Self::detach_grace)); beyond it a stream ends with its client (counted
+    /// as `sse_tracking_detached_streams_total{outcome="refused"}`).
+    ///
+    /// Defaults to 1024.
+    pub fn max_detached(mut self, n: usize) -> Self {
+        self.max_detached = n;
+        self
+    }
+
     fn bounds(&self) -> Bounds {
         Bounds {
             max_events: self.max_events,
@@ -192,6 +223,8 @@ pub(crate) struct Histories {
     /// Finished streams (no producer), least recently finished first.
     finished: Mutex<LinkedSlab<Arc<StreamHistory>>>,
     labels: Labels,
+    /// Streams being read on after their client went away.
+    detached: AtomicUsize,
 }
 
 impl std::fmt::Debug for Histories {
@@ -218,6 +251,7 @@ impl Histories {
             total: AtomicUsize::new(0),
             finished: Mutex::default(),
             labels,
+            detached: AtomicUsize::new(0),
         }
     }
 
@@ -237,6 +271,42 @@ impl Histories {
     /// Whether a history may grow by `more` bytes without passing the global cap.
     pub(crate) fn has_room(&self, more: usize) -> bool {
         self.total_bytes() + more <= self.config.max_total_bytes
+    }
+
+    /// A stream's client went away: whether the stream may be read on (under the cap of
+    /// detached streams). Counted either way.
+    pub(crate) fn try_detach(&self) -> bool {
+        let taken = self
+            .detached
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < self.config.max_detached).then_some(n + 1)
+            })
+            .is_ok();
+        let outcome = if taken { "detached" } else { "refused" };
+        self.labels
+            .counter_with(m::DETACHED, "outcome", outcome)
+            .increment(1);
+        self.labels
+            .gauge(m::DETACHED_NOW)
+            .set(self.detached.load(Ordering::Relaxed) as f64);
+        taken
+    }
+
+    /// A detached stream ended (`expired`: its grace ran out before its upstream ended).
+    pub(crate) fn end_detached(&self, expired: bool) {
+        self.detached.fetch_sub(1, Ordering::Relaxed);
+        let outcome = if expired { "expired" } else { "completed" };
+        self.labels
+            .counter_with(m::DETACHED, "outcome", outcome)
+            .increment(1);
+        self.labels
+            .gauge(m::DETACHED_NOW)
+            .set(self.detached.load(Ordering::Relaxed) as f64);
+    }
+
+    /// Streams being read on after their client went away.
+    pub(crate) fn detached(&self) -> usize {
+        self.detached.load(Ordering::Relaxed)
     }
 
     /// By how many bytes the histories are over the global cap, if they are.

@@ -126,8 +126,8 @@ fn layer_builder(store: &MemoryStore) -> tower_sse_tracking::EventTrackingLayerB
 async fn fetch<S, B>(layer: &EventTrackingLayer, svc: S, req: Request<()>) -> (Bytes, bool)
 where
     S: Service<Request<()>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
-    B: Body<Data = Bytes>,
-    B::Error: fmt::Debug,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: fmt::Debug + Send,
 {
     let res = layer.layer(svc).oneshot(req).await.unwrap();
     let tracked = res.body().is_tracked();

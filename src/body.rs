@@ -106,13 +106,7 @@ impl Appending<'_> {
     fn event(&mut self, part: &[u8], d: &Dispatch<'_>) {
         let bounds = self.histories.bounds();
         let written = self.state.write(part, bounds, self.room);
-        let id = d.last_event_id();
-        let hash = if d.id_set() {
-            self.histories.hash(id)
-        } else {
-            0
-        };
-        let committed = self.state.commit(id, d.id_set(), hash, bounds);
+        let committed = self.state.commit(d.last_event_id(), d.id_set(), bounds);
         self.total.add(written);
         self.total.add(committed);
     }
@@ -320,6 +314,21 @@ impl StreamState {
             heartbeat.reset();
         }
         Poll::Ready(())
+    }
+
+    /// Whole events sent from history: the stream's position moves to the last of them (its ID
+    /// known from the history, so the bytes are parsed only when heartbeats need the line
+    /// boundaries). Never waits: a position that turns dirty is queued or parked.
+    fn replayed(&mut self, bytes: &[u8], last_id: Option<&str>) {
+        if let Some(heartbeat) = &mut self.heartbeat {
+            heartbeat.reset();
+            self.parser.feed(bytes, |_| {});
+        }
+        if let (Some(session), Some(id)) = (&self.session, last_id)
+            && session.record(Some(id))
+        {
+            session.enqueue_or_park();
+        }
     }
 
     /// The upstream is idle: a heartbeat, when they are on and one is due.
@@ -662,14 +671,9 @@ where
                 && let Some(replaying) = parts.replaying.as_mut()
             {
                 match replaying.poll_next(cx) {
-                    Poll::Ready(Some(bytes)) => {
-                        let frame = Frame::data(B::Data::from(bytes));
-                        match tracking.forward(frame, false) {
-                            Forward::Send(frame) | Forward::Untrack(frame) => {
-                                return Poll::Ready(Some(Ok(frame)));
-                            }
-                            Forward::Hold(data) => *this.held = Some(data),
-                        }
+                    Poll::Ready(Some((bytes, last_id))) => {
+                        tracking.replayed(&bytes, last_id.as_deref());
+                        return Poll::Ready(Some(Ok(Frame::data(B::Data::from(bytes)))));
                     }
                     Poll::Ready(None) => {
                         parts.seam = replaying.seam.take();

@@ -153,7 +153,10 @@ pub(crate) fn route<B>(
     // event the client gets from here.
     let newest = if pending { st.id_at(next - 1) } else { None };
     // Every retained event up to the newest is one the client has (before the ID, or replayed).
-    let seam: HashSet<u64> = st.id_hashes().collect();
+    let mut seam = HashSet::new();
+    st.for_each_id(|id| {
+        seam.insert(histories.hash(id));
+    });
     drop(st);
     if let Some(newest) = newest
         && let Ok(value) = HeaderValue::from_str(&newest)
@@ -232,11 +235,15 @@ impl Replaying {
         }
     }
 
-    /// The next bytes to send; `None` once the replay is over (up to `until`, or the followed
-    /// stream has no producer any more).
-    pub(crate) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+    /// The next bytes to send, whole events, with the ID in effect after them (`None` when
+    /// they set none, as a gap event); `None` once the replay is over (up to `until`, or the
+    /// followed stream has no producer any more).
+    pub(crate) fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<(Bytes, Option<String>)>> {
         if let Some(first) = self.first.take() {
-            return Poll::Ready(Some(first));
+            return Poll::Ready(Some((first, None)));
         }
         loop {
             if let Some(wait) = &mut self.wait {
@@ -253,7 +260,7 @@ impl Replaying {
             match st.read_after(self.after, self.until, READ_LIMIT) {
                 Some((bytes, last)) => {
                     self.after = Some(last);
-                    return Poll::Ready(Some(bytes));
+                    return Poll::Ready(Some((bytes, st.id_at(last))));
                 }
                 None if self.until.is_some() || st.producers == 0 || st.dropped => {
                     return Poll::Ready(None);
@@ -337,7 +344,8 @@ impl Seam {
             let end = d.chunk_offset();
             block.extend_from_slice(&chunk[start..end]);
             start = end;
-            let replayed = d.id_set() && ids.contains(&histories.hash(d.last_event_id()));
+            let replayed =
+                d.id_set() && ids.contains(&histories.hash(d.last_event_id().as_bytes()));
             if replayed {
                 block.clear(); // the client has it
             } else if !d.is_event() && !d.id_set() {

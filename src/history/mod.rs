@@ -259,7 +259,8 @@ impl Histories {
         self.bounds
     }
 
-    pub(crate) fn hash(&self, id: &str) -> u64 {
+    /// The fingerprint of an ID, for the seam.
+    pub(crate) fn hash(&self, id: &[u8]) -> u64 {
         self.hasher.hash_one(id)
     }
 
@@ -316,12 +317,13 @@ impl Histories {
             .filter(|&over| over > 0)
     }
 
-    /// Accounts an append's change of size; counts evictions and dropped events.
+    /// Accounts an append's change of size; counts evictions (in batches: in a full history
+    /// every append evicts) and dropped events.
     pub(crate) fn note(&self, appended: Appended) {
-        if appended.delta >= 0 {
+        if appended.delta > 0 {
             self.total
                 .fetch_add(appended.delta as usize, Ordering::Relaxed);
-        } else {
+        } else if appended.delta < 0 {
             self.total
                 .fetch_sub(appended.delta.unsigned_abs(), Ordering::Relaxed);
         }
@@ -335,11 +337,7 @@ impl Histories {
         }
     }
 
-    fn shard(
-        &self,
-        session: &SessionId,
-    ) -> MutexGuard<'_, HashMap<SessionId, Vec<Arc<StreamHistory>>, foldhash::fast::RandomState>>
-    {
+    fn shard(&self, session: &SessionId) -> MutexGuard<'_, Shard> {
         let ix = (self.router.hash_one(session.as_str()) >> 40) as usize & (self.shards.len() - 1);
         self.shards[ix]
             .lock()
@@ -423,6 +421,12 @@ impl Histories {
     pub(crate) fn release(&self, history: &Arc<StreamHistory>, complete: bool) {
         {
             let mut st = history.lock();
+            let evicted = st.take_evictions();
+            if evicted > 0 {
+                self.labels
+                    .counter_with(m::HISTORY_EVICTED, "reason", "bounds")
+                    .increment(evicted);
+            }
             st.producers = st.producers.saturating_sub(1);
             st.abandon_pending();
             if st.producers > 0 {
@@ -522,7 +526,6 @@ impl Histories {
     /// Where `id` is among the session's histories: the stream whose history holds it (only
     /// ever this session's), else whether the request's own stream (`key`) may have had it.
     pub(crate) fn lookup(&self, session: &SessionId, key: &StreamKey, id: &str) -> Lookup {
-        let hash = self.hash(id);
         let streams: Vec<Arc<StreamHistory>> = {
             let shard = self.shard(session);
             match shard.get(session) {
@@ -536,7 +539,7 @@ impl Histories {
             if self.expired(&history, now) {
                 continue;
             }
-            let found = history.lock().find(id, hash);
+            let found = history.lock().find(id);
             match found {
                 Found::At(seq) => return Lookup::Found(history, seq),
                 Found::Evicted if &history.key == key => own = Some(history),

@@ -3,7 +3,8 @@
 //! grown to its working size); evicting moves the start; reading copies a range out.
 
 /// A ring of bytes addressed by logical offsets: the byte at logical offset `o` (for
-/// `start() <= o < end()`) is kept until the front moves past it.
+/// `start() <= o < end()`) is kept until the front moves past it. Its capacity is a power of
+/// two (or zero), so that wrapping is a mask.
 #[derive(Debug, Default)]
 pub(crate) struct ByteRing {
     buf: Box<[u8]>,
@@ -37,9 +38,15 @@ impl ByteRing {
         self.buf.len() - self.len
     }
 
-    /// Reallocates to `capacity` bytes (at least `len`), keeping the contents.
+    /// Reallocates to `capacity` bytes (at least `len`; rounded up to a power of two), keeping
+    /// the contents.
     pub(crate) fn resize(&mut self, capacity: usize) {
         debug_assert!(capacity >= self.len);
+        let capacity = if capacity == 0 {
+            0
+        } else {
+            capacity.next_power_of_two()
+        };
         let mut buf = vec![0; capacity].into_boxed_slice();
         let (a, b) = self.slices(self.start, self.end());
         buf[..a.len()].copy_from_slice(a);
@@ -55,7 +62,7 @@ impl ByteRing {
         if cap == 0 {
             return;
         }
-        let tail = (self.head + self.len) % cap;
+        let tail = (self.head + self.len) & (cap - 1);
         let first = bytes.len().min(cap - tail);
         self.buf[tail..tail + first].copy_from_slice(&bytes[..first]);
         self.buf[..bytes.len() - first].copy_from_slice(&bytes[first..]);
@@ -70,7 +77,7 @@ impl ByteRing {
         if self.buf.is_empty() {
             return;
         }
-        self.head = (self.head + n) % self.buf.len();
+        self.head = (self.head + n) & (self.buf.len() - 1);
         self.len -= n;
         self.start += n as u64;
     }
@@ -90,7 +97,7 @@ impl ByteRing {
         }
         let offset = (from - self.start) as usize;
         let n = (to - from) as usize;
-        let begin = (self.head + offset) % cap;
+        let begin = (self.head + offset) & (cap - 1);
         if begin + n <= cap {
             (&self.buf[begin..begin + n], &[])
         } else {

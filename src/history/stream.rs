@@ -2,7 +2,7 @@
 //! bounded by event count and bytes.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     sync::{Mutex, MutexGuard, PoisonError, atomic::AtomicU32},
 };
 
@@ -12,6 +12,9 @@ use tokio::{sync::Notify, time::Instant};
 
 use super::ring::ByteRing;
 use crate::{SessionId, StreamKey};
+
+/// Evictions a history counts before it reports them.
+const EVICTIONS_PER_REPORT: u64 = 256;
 
 /// Smallest ring a stream gets; rings double from there up to the stream's byte cap.
 const MIN_RING: usize = 256;
@@ -27,8 +30,6 @@ struct Meta {
     id_len: u32,
     /// The event's block had an `id` field.
     sets_id: bool,
-    /// The ID's fingerprint (for the index).
-    hash: u64,
 }
 
 /// What a stream's history answers about an ID.
@@ -52,8 +53,6 @@ pub(crate) struct State {
     committed: u64,
     /// The event being received outgrew the stream's byte cap: it is not stored.
     oversized: bool,
-    /// ID fingerprint -> sequence number of the newest event that set that ID.
-    index: HashMap<u64, u64, foldhash::fast::RandomState>,
     /// Events were evicted or not stored: an ID not found may have been there.
     pub(crate) gap: bool,
     /// Responses appending to this history now.
@@ -66,6 +65,9 @@ pub(crate) struct State {
     pub(crate) head: HeaderMap,
     /// Bytes this history holds (rings, event records), as counted in the global total.
     pub(crate) accounted: usize,
+    /// Events evicted and not yet reported (reported in batches: in a full history every
+    /// append evicts one).
+    unreported_evictions: u64,
     /// The history was dropped (expired, evicted, its session forgotten): nothing is stored
     /// any more, and followers stop.
     pub(crate) dropped: bool,
@@ -129,13 +131,13 @@ impl StreamHistory {
             first_seq: 0,
             committed: 0,
             oversized: false,
-            index: HashMap::default(),
             gap: false,
             producers: 0,
             complete: false,
             finished_at: None,
             head,
             accounted: 0,
+            unreported_evictions: 0,
             dropped: false,
         };
         Self {
@@ -190,8 +192,7 @@ impl State {
     fn account(&mut self) -> isize {
         let now = self.bytes.capacity()
             + self.ids.capacity()
-            + self.events.capacity() * std::mem::size_of::<Meta>()
-            + self.index.capacity() * 24;
+            + self.events.capacity() * std::mem::size_of::<Meta>();
         let delta = now as isize - self.accounted as isize;
         self.accounted = now;
         delta
@@ -214,31 +215,32 @@ impl State {
             out.dropped = true;
             return out;
         }
+        // The byte cap: the oldest events make room.
+        while self.bytes.len() + part.len() > bounds.max_bytes && !self.events.is_empty() {
+            self.evict_front();
+            self.unreported_evictions += 1;
+        }
         if self.bytes.spare() < part.len() {
             let needed = self.bytes.len() + part.len();
-            // Evict first what the byte cap requires anyway.
-            while self.bytes.len() + part.len() > bounds.max_bytes && !self.events.is_empty() {
-                self.evict_front();
-                out.evicted += 1;
-            }
-            if self.bytes.spare() < part.len() {
-                let grown = needed
-                    .max(self.bytes.capacity() * 2)
-                    .max(MIN_RING)
-                    .min(bounds.max_bytes.max(needed));
-                if room || self.bytes.capacity() == 0 {
-                    self.bytes.resize(grown);
-                } else {
-                    // No room to grow: the oldest events make room in the ring as it is.
-                    while self.bytes.spare() < part.len() && !self.events.is_empty() {
-                        self.evict_front();
-                        out.evicted += 1;
-                    }
-                    if self.bytes.spare() < part.len() {
-                        self.bytes.resize(self.bytes.len() + part.len());
-                    }
+            let grown = needed
+                .max(self.bytes.capacity() * 2)
+                .max(MIN_RING)
+                .min(bounds.max_bytes.max(needed));
+            if room || self.bytes.capacity() == 0 {
+                self.bytes.resize(grown);
+            } else {
+                // No room to grow: the oldest events make room in the ring as it is.
+                while self.bytes.spare() < part.len() && !self.events.is_empty() {
+                    self.evict_front();
+                    self.unreported_evictions += 1;
+                }
+                if self.bytes.spare() < part.len() {
+                    self.bytes.resize(self.bytes.len() + part.len());
                 }
             }
+        }
+        if self.unreported_evictions >= EVICTIONS_PER_REPORT {
+            out.evicted = std::mem::take(&mut self.unreported_evictions);
         }
         self.bytes.push(part);
         out.delta = self.account();
@@ -247,7 +249,7 @@ impl State {
 
     /// The event being received is complete: it is retained with its ID (`id_set`: its block
     /// set `id`). Evicts the oldest events beyond the bounds.
-    pub(crate) fn commit(&mut self, id: &str, id_set: bool, hash: u64, bounds: Bounds) -> Appended {
+    pub(crate) fn commit(&mut self, id: &str, id_set: bool, bounds: Bounds) -> Appended {
         let mut out = Appended::default();
         if self.dropped {
             return out;
@@ -264,53 +266,55 @@ impl State {
         if id_set {
             self.ids.push(id.as_bytes());
         }
-        let seq = self.next_seq();
         self.events.push_back(Meta {
             end: self.bytes.end(),
             id_end: self.ids.end(),
             id_len: id_len as u32,
             sets_id: id_set,
-            hash,
         });
         self.committed = self.bytes.end();
-        if id_set {
-            self.index.insert(hash, seq);
-        }
-        while self.events.len() > bounds.max_events {
-            self.evict_front();
-            out.evicted += 1;
+        if self.events.len() > bounds.max_events {
+            while self.events.len() > bounds.max_events {
+                self.evict_front();
+                self.unreported_evictions += 1;
+            }
+            if self.unreported_evictions >= EVICTIONS_PER_REPORT {
+                out.evicted = std::mem::take(&mut self.unreported_evictions);
+            }
         }
         out.delta = self.account();
         out
+    }
+
+    /// Evictions not reported yet (the history is finished or dropped: report them now).
+    pub(crate) fn take_evictions(&mut self) -> u64 {
+        std::mem::take(&mut self.unreported_evictions)
     }
 
     fn evict_front(&mut self) {
         let Some(meta) = self.events.pop_front() else {
             return;
         };
-        let seq = self.first_seq;
         self.first_seq += 1;
         self.bytes.pop_to(meta.end);
         self.ids.pop_to(meta.id_end);
         self.gap = true;
-        // Only if the index still points here (a later event may have set the same ID).
-        if meta.sets_id && self.index.get(&meta.hash) == Some(&seq) {
-            self.index.remove(&meta.hash);
-        }
     }
 
-    /// Where the event that set `id` is, if retained.
-    pub(crate) fn find(&self, id: &str, hash: u64) -> Found {
-        if let Some(&seq) = self.index.get(&hash)
-            && let Some(meta) = self.meta(seq)
-            && meta.sets_id
-            && self.ids.equals(
-                meta.id_end - u64::from(meta.id_len),
-                meta.id_end,
-                id.as_bytes(),
-            )
-        {
-            return Found::At(seq);
+    /// Where the newest event that set `id` is, if retained. A scan from the newest event back
+    /// (reconnects ask for recent IDs): O(events retained), only on a reconnect, so that
+    /// appending stays a copy with no index to keep.
+    pub(crate) fn find(&self, id: &str) -> Found {
+        let id = id.as_bytes();
+        for (i, meta) in self.events.iter().enumerate().rev() {
+            if meta.sets_id
+                && meta.id_len as usize == id.len()
+                && self
+                    .ids
+                    .equals(meta.id_end - u64::from(meta.id_len), meta.id_end, id)
+            {
+                return Found::At(self.first_seq + i as u64);
+            }
         }
         if self.gap {
             Found::Evicted
@@ -319,14 +323,22 @@ impl State {
         }
     }
 
-    fn meta(&self, seq: u64) -> Option<&Meta> {
-        self.events
-            .get(usize::try_from(seq.checked_sub(self.first_seq)?).ok()?)
-    }
-
-    /// The fingerprints of the IDs the retained events set.
-    pub(crate) fn id_hashes(&self) -> impl Iterator<Item = u64> + '_ {
-        self.events.iter().filter(|m| m.sets_id).map(|m| m.hash)
+    /// Calls `f` with every ID the retained events set.
+    pub(crate) fn for_each_id(&self, mut f: impl FnMut(&[u8])) {
+        let mut joined = Vec::new();
+        for meta in self.events.iter().filter(|m| m.sets_id) {
+            let (a, b) = self
+                .ids
+                .slices(meta.id_end - u64::from(meta.id_len), meta.id_end);
+            if b.is_empty() {
+                f(a);
+            } else {
+                joined.clear();
+                joined.extend_from_slice(a);
+                joined.extend_from_slice(b);
+                f(&joined);
+            }
+        }
     }
 
     /// The ID in effect after event `seq` (the newest set at or before it that is retained), if
@@ -402,7 +414,6 @@ impl State {
             self.ids.resize(self.ids.len());
         }
         self.events.shrink_to_fit();
-        self.index.shrink_to_fit();
         out.delta = self.account();
         debug_assert!(self.accounted <= before || out.delta >= 0);
         out
@@ -414,7 +425,6 @@ impl State {
         self.bytes = ByteRing::default();
         self.ids = ByteRing::default();
         self.events = VecDeque::new();
-        self.index = HashMap::default();
         self.committed = 0;
         std::mem::take(&mut self.accounted)
     }
@@ -449,12 +459,7 @@ mod tests {
         let (a, b) = bytes.as_bytes().split_at(3);
         st.write(a, BOUNDS, true);
         st.write(b, BOUNDS, true);
-        st.commit(id, true, hash(id), BOUNDS);
-    }
-
-    fn hash(id: &str) -> u64 {
-        use std::hash::BuildHasher;
-        foldhash::fast::FixedState::with_seed(7).hash_one(id)
+        st.commit(id, true, BOUNDS);
     }
 
     #[test]
@@ -464,8 +469,8 @@ mod tests {
         for id in ["1", "2", "3"] {
             event(&mut st, id);
         }
-        assert_eq!(st.find("2", hash("2")), Found::At(1));
-        assert_eq!(st.find("9", hash("9")), Found::Unknown);
+        assert_eq!(st.find("2"), Found::At(1));
+        assert_eq!(st.find("9"), Found::Unknown);
         let (bytes, last) = st.read_after(Some(0), None, 1 << 20).unwrap();
         assert_eq!(&bytes[..], b"id: 2\ndata: x\n\nid: 3\ndata: x\n\n");
         assert_eq!(last, 2);
@@ -481,8 +486,8 @@ mod tests {
             event(&mut st, id);
         }
         assert_eq!(st.len(), 4);
-        assert_eq!(st.find("1", hash("1")), Found::Evicted);
-        assert_eq!(st.find("3", hash("3")), Found::At(2));
+        assert_eq!(st.find("1"), Found::Evicted);
+        assert_eq!(st.find("3"), Found::At(2));
         assert_eq!(st.id_at(5).as_deref(), Some("6"));
         assert!(st.committed_bytes() <= BOUNDS.max_bytes);
     }
@@ -497,7 +502,7 @@ mod tests {
         assert!(!out.dropped);
         assert!(st.write(&big, BOUNDS, true).dropped);
         st.write(b"\n\n", BOUNDS, true);
-        st.commit("1", false, 0, BOUNDS);
+        st.commit("1", false, BOUNDS);
         event(&mut st, "2");
         assert!(st.gap);
         assert_eq!(st.len(), 2);
@@ -516,7 +521,7 @@ mod tests {
         for i in 3..20 {
             let bytes = format!("id: {i}\ndata: x\n\n");
             st.write(bytes.as_bytes(), BOUNDS, false);
-            st.commit(&i.to_string(), true, hash(&i.to_string()), BOUNDS);
+            st.commit(&i.to_string(), true, BOUNDS);
         }
         assert_eq!(st.bytes.capacity(), cap, "never grew");
         assert!(st.len() >= 1);

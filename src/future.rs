@@ -42,6 +42,8 @@ pub(crate) struct RequestInfo {
     outcome: Option<Outcome>,
     /// Events to send from history before the response (the request goes on after a replay).
     replaying: Option<Box<Replaying>>,
+    /// The keyed hash of the request's credential, when replay binds streams to one.
+    credential: Option<u64>,
 }
 
 impl RequestInfo {
@@ -64,6 +66,7 @@ impl RequestInfo {
             forget,
             outcome: None,
             replaying: None,
+            credential: None,
         })
     }
 
@@ -75,6 +78,7 @@ impl RequestInfo {
         else {
             return None;
         };
+        self.credential = histories.credential(req.headers()).flatten();
         match replay::route(&self.config, histories, session, key, req) {
             Route::Call(outcome) => {
                 self.outcome = outcome;
@@ -333,7 +337,7 @@ where
                 Some((histories.clone(), replaying.history.clone()))
             }
             None => histories
-                .produce(session, key, response.headers())
+                .produce(session, key, response.headers(), info.credential)
                 .map(|history| (histories.clone(), history)),
         },
         _ => None,

@@ -88,7 +88,7 @@ pub(crate) fn route<B>(
         return Route::Call(None);
     };
     let labels = config.labels();
-    let (history, after, outcome) = match histories.lookup(session, key, &id) {
+    let (history, after, outcome) = match histories.lookup(session, key, &id, req.headers()) {
         Lookup::Found(history, seq) => (history, Some(seq), Outcome::Replayed),
         Lookup::TooOld(history) => match &histories.config.unknown_id {
             UnknownId::Gap => (history, None, Outcome::Gap),

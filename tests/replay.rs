@@ -434,3 +434,45 @@ async fn detached_streams_are_bounded_by_their_grace_and_their_cap() {
         assert_eq!(runs.load(Ordering::SeqCst), 2);
     }
 }
+
+/// A stream bound to a credential replays only to a request with the same one; an authorize
+/// function can refuse any resume. Refused: as if the ID were unknown.
+#[tokio::test]
+async fn replay_is_bound_to_a_credential_and_can_be_refused() {
+    let (_tracking, calls, addr) = app(ReplayConfig::default()
+        .bind_to(header::AUTHORIZATION)
+        .authorize(|_, _, headers| !headers.contains_key("x-deny")))
+    .await;
+    let with = |token: Option<&str>, last: Option<&str>, deny: bool| {
+        let mut req = request("/answer", "a", last);
+        if let Some(token) = token {
+            req.headers_mut()
+                .insert(header::AUTHORIZATION, token.parse().unwrap());
+        }
+        if deny {
+            req.headers_mut().insert("x-deny", "1".parse().unwrap());
+        }
+        req
+    };
+    fetch(addr, with(Some("Bearer alice"), None, false)).await;
+    let (parts, body) = fetch(addr, with(Some("Bearer alice"), Some("3"), false)).await;
+    assert_eq!(parts.headers["sse-replay"], "replayed");
+    assert_eq!(ids(std::str::from_utf8(&body).unwrap()), [4, 5]);
+    assert_eq!(calls.seen().len(), 1, "answered from history");
+    for (token, deny) in [
+        (Some("Bearer mallory"), false),
+        (None, false),
+        (Some("Bearer alice"), true),
+    ] {
+        let (parts, _) = fetch(addr, with(token, Some("3"), deny)).await;
+        assert_eq!(
+            parts.headers["sse-replay"], "unknown",
+            "{token:?} deny: {deny}"
+        );
+    }
+    assert_eq!(
+        calls.seen().len(),
+        4,
+        "each refused resume went to the service"
+    );
+}

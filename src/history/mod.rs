@@ -69,7 +69,7 @@ pub enum UnknownId {
 ///     .idle_ttl(Duration::from_secs(300))
 ///     .unknown_id(UnknownId::Status(StatusCode::GONE));
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ReplayConfig {
     pub(crate) max_events: usize,
     pub(crate) max_bytes: usize,
@@ -79,6 +79,28 @@ pub struct ReplayConfig {
     pub(crate) unknown_id: UnknownId,
     pub(crate) detach_grace: Duration,
     pub(crate) max_detached: usize,
+    pub(crate) bind_to: Option<HeaderName>,
+    pub(crate) authorize: Option<Arc<Authorize>>,
+}
+
+/// A function that decides whether a request may resume a session's stream from history.
+pub(crate) type Authorize = dyn Fn(&SessionId, &StreamKey, &HeaderMap) -> bool + Send + Sync;
+
+impl std::fmt::Debug for ReplayConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplayConfig")
+            .field("max_events", &self.max_events)
+            .field("max_bytes", &self.max_bytes)
+            .field("max_streams_per_session", &self.max_streams_per_session)
+            .field("max_total_bytes", &self.max_total_bytes)
+            .field("idle_ttl", &self.idle_ttl)
+            .field("unknown_id", &self.unknown_id)
+            .field("detach_grace", &self.detach_grace)
+            .field("max_detached", &self.max_detached)
+            .field("bind_to", &self.bind_to)
+            .field("authorize", &self.authorize.as_ref().map(|_| ".."))
+            .finish()
+    }
 }
 
 impl Default for ReplayConfig {
@@ -92,6 +114,8 @@ impl Default for ReplayConfig {
             unknown_id: UnknownId::PassThrough,
             detach_grace: Duration::ZERO,
             max_detached: 1024,
+            bind_to: None,
+            authorize: None,
         }
     }
 }
@@ -183,6 +207,42 @@ impl ReplayConfig {
         self
     }
 
+    /// Binds every stream to a credential: a keyed hash (SipHash with keys drawn at random
+    /// per process) of this request header's value (such as `Authorization`, or a cookie that
+    /// authenticates) is kept with the stream, and only a request with the same value gets
+    /// its events replayed; any other is answered as if the ID were unknown. The value itself
+    /// is not kept.
+    ///
+    /// Replayed and followed responses do not reach the wrapped service, so whatever it checks
+    /// is not checked for them: put authentication outside this layer, and bind streams (or
+    /// [`authorize`](Self::authorize) resumes) when the session key alone must not be enough.
+    ///
+    /// Defaults to none.
+    pub fn bind_to(mut self, header: HeaderName) -> Self {
+        self.bind_to = Some(header);
+        self
+    }
+
+    /// Decides, per request, whether it may get a session's stream from history: called with
+    /// the session, the stream whose history holds the ID, and the request's headers; `false`
+    /// answers as if the ID were unknown.
+    ///
+    /// Defaults to allowing every request of the session (the session key is the capability).
+    ///
+    /// ```
+    /// use tower_sse_tracking::history::ReplayConfig;
+    ///
+    /// let replay = ReplayConfig::default()
+    ///     .authorize(|_session, _stream, headers| headers.contains_key("x-user"));
+    /// ```
+    pub fn authorize<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&SessionId, &StreamKey, &HeaderMap) -> bool + Send + Sync + 'static,
+    {
+        self.authorize = Some(Arc::new(f));
+        self
+    }
+
     fn bounds(&self) -> Bounds {
         Bounds {
             max_events: self.max_events,
@@ -218,6 +278,8 @@ pub(crate) struct Histories {
     router: foldhash::fast::RandomState,
     /// Fingerprints of IDs, randomly seeded (IDs come from upstreams, lookups from clients).
     hasher: foldhash::fast::RandomState,
+    /// Keys the hash of the credentials streams are bound to (SipHash, random keys).
+    credentials: std::hash::RandomState,
     /// Bytes all histories hold.
     total: AtomicUsize,
     /// Finished streams (no producer), least recently finished first.
@@ -248,6 +310,7 @@ impl Histories {
             shards: (0..shards).map(|_| Mutex::default()).collect(),
             router: foldhash::fast::RandomState::default(),
             hasher: foldhash::fast::RandomState::default(),
+            credentials: std::hash::RandomState::new(),
             total: AtomicUsize::new(0),
             finished: Mutex::default(),
             labels,
@@ -310,6 +373,17 @@ impl Histories {
         self.detached.load(Ordering::Relaxed)
     }
 
+    /// The keyed hash of the credential a request carries, when streams are bound to one
+    /// (`Some(None)`: bound, and the request has none).
+    pub(crate) fn credential(&self, headers: &HeaderMap) -> Option<Option<u64>> {
+        let header = self.config.bind_to.as_ref()?;
+        Some(
+            headers
+                .get(header)
+                .map(|value| self.credentials.hash_one(value.as_bytes())),
+        )
+    }
+
     /// By how many bytes the histories are over the global cap, if they are.
     pub(crate) fn over_cap(&self) -> Option<usize> {
         self.total_bytes()
@@ -364,6 +438,7 @@ impl Histories {
         session: &SessionId,
         key: &StreamKey,
         head: &HeaderMap,
+        credential: Option<u64>,
     ) -> Option<Arc<StreamHistory>> {
         self.expire(EXPIRE_PER_STREAM);
         let history = {
@@ -372,6 +447,8 @@ impl Histories {
             let now = Instant::now();
             streams.retain(|h| !self.expired(h, now) || self.forget(h));
             match streams.iter().find(|h| &h.key == key) {
+                // A stream bound to another credential takes no events of this one.
+                Some(history) if history.credential != credential => return None,
                 Some(history) => history.clone(),
                 None => {
                     if streams.len() >= self.config.max_streams_per_session {
@@ -392,6 +469,7 @@ impl Histories {
                         session.clone(),
                         key.clone(),
                         head.clone(),
+                        credential,
                     ));
                     streams.push(history.clone());
                     history
@@ -525,7 +603,14 @@ impl Histories {
 
     /// Where `id` is among the session's histories: the stream whose history holds it (only
     /// ever this session's), else whether the request's own stream (`key`) may have had it.
-    pub(crate) fn lookup(&self, session: &SessionId, key: &StreamKey, id: &str) -> Lookup {
+    pub(crate) fn lookup(
+        &self,
+        session: &SessionId,
+        key: &StreamKey,
+        id: &str,
+        headers: &HeaderMap,
+    ) -> Lookup {
+        let credential = self.credential(headers);
         let streams: Vec<Arc<StreamHistory>> = {
             let shard = self.shard(session);
             match shard.get(session) {
@@ -537,6 +622,16 @@ impl Histories {
         let mut own = None;
         for history in streams {
             if self.expired(&history, now) {
+                continue;
+            }
+            // Bound to another credential, or not authorized: as if it did not exist.
+            if credential.is_some_and(|c| c.is_none() || c != history.credential)
+                || self
+                    .config
+                    .authorize
+                    .as_ref()
+                    .is_some_and(|allow| !allow(session, &history.key, headers))
+            {
                 continue;
             }
             let found = history.lock().find(id);

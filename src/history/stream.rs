@@ -77,6 +77,8 @@ pub(crate) struct State {
 pub(crate) struct StreamHistory {
     pub(crate) session: SessionId,
     pub(crate) key: StreamKey,
+    /// The keyed hash of the credential the stream is bound to, if any.
+    pub(crate) credential: Option<u64>,
     state: Mutex<State>,
     /// Wakes the responses that follow the live tail.
     pub(crate) appended: Notify,
@@ -123,7 +125,12 @@ impl Appended {
 }
 
 impl StreamHistory {
-    pub(crate) fn new(session: SessionId, key: StreamKey, head: HeaderMap) -> Self {
+    pub(crate) fn new(
+        session: SessionId,
+        key: StreamKey,
+        head: HeaderMap,
+        credential: Option<u64>,
+    ) -> Self {
         let state = State {
             bytes: ByteRing::default(),
             ids: ByteRing::default(),
@@ -143,6 +150,7 @@ impl StreamHistory {
         Self {
             session,
             key,
+            credential,
             state: Mutex::new(state),
             appended: Notify::new(),
             followers: std::sync::atomic::AtomicIsize::new(0),
@@ -450,6 +458,7 @@ mod tests {
             SessionId::new("s").unwrap(),
             StreamKey::new("/e").unwrap(),
             HeaderMap::new(),
+            None,
         )
     }
 

@@ -251,6 +251,11 @@ impl Replaying {
                 self.wait = None;
             }
             let st = self.history.lock();
+            if self.after.is_some_and(|a| a + 1 < st.first_seq()) {
+                // This response fell behind by more than the history keeps: it ends, and the
+                // client's reconnect is answered by the policy for IDs too old.
+                return Poll::Ready(None);
+            }
             if self
                 .until
                 .is_some_and(|until| self.after.map_or(st.first_seq(), |a| a + 1) >= until)

@@ -476,3 +476,64 @@ async fn replay_is_bound_to_a_credential_and_can_be_refused() {
         "each refused resume went to the service"
     );
 }
+
+/// A response following a live stream that falls behind by more than the history keeps ends
+/// (its client reconnects, and gets the policy for IDs too old) rather than skip events silently.
+#[tokio::test]
+async fn a_follower_that_falls_too_far_behind_ends() {
+    use http_body_util::BodyExt;
+    use tower::{Layer, ServiceExt};
+
+    let tracking = EventTrackingLayer::builder()
+        .session_cookie("sid")
+        .replay(ReplayConfig::default().max_events(4))
+        .build();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+    let rx = Arc::new(std::sync::Mutex::new(Some(rx)));
+    let service = tower::service_fn(move |_req: Request<()>| {
+        let mut rx = rx.lock().unwrap().take().expect("called once");
+        let frames = stream::poll_fn(move |cx| rx.poll_recv(cx))
+            .map(|b| Ok::<_, Infallible>(http_body::Frame::data(b)));
+        std::future::ready(Ok::<_, Infallible>(
+            http::Response::builder()
+                .header(header::CONTENT_TYPE, "text/event-stream")
+                .body(http_body_util::StreamBody::new(frames))
+                .unwrap(),
+        ))
+    });
+    let req = |last: Option<&str>| {
+        let mut req = Request::get("/live").header(header::COOKIE, "sid=a");
+        if let Some(last) = last {
+            req = req.header("last-event-id", last);
+        }
+        req.body(()).unwrap()
+    };
+    let send = |i: u32| {
+        tx.send(Bytes::from(format!("id: {i}\ndata: x\n\n")))
+            .unwrap()
+    };
+    let mut producer = tracking
+        .layer(service.clone())
+        .oneshot(req(None))
+        .await
+        .unwrap()
+        .into_body();
+    for i in 1..=2 {
+        send(i);
+        producer.frame().await.unwrap().unwrap();
+    }
+    let mut follower = tracking
+        .layer(service)
+        .oneshot(req(Some("1")))
+        .await
+        .unwrap()
+        .into_body();
+    let frame = follower.frame().await.unwrap().unwrap();
+    assert_eq!(&frame.into_data().unwrap()[..], b"id: 2\ndata: x\n\n");
+    // Ten more go through while the follower reads nothing: it is 10 behind, 4 are kept.
+    for i in 3..=12 {
+        send(i);
+        producer.frame().await.unwrap().unwrap();
+    }
+    assert!(follower.frame().await.is_none(), "ended, not skipped ahead");
+}

@@ -611,6 +611,7 @@ impl Histories {
         headers: &HeaderMap,
     ) -> Lookup {
         let credential = self.credential(headers);
+        self.expire(EXPIRE_PER_STREAM);
         let streams: Vec<Arc<StreamHistory>> = {
             let shard = self.shard(session);
             match shard.get(session) {

@@ -65,6 +65,8 @@ pub(crate) struct State {
     pub(crate) head: HeaderMap,
     /// Bytes this history holds (rings, event records), as counted in the global total.
     pub(crate) accounted: usize,
+    /// What the history holds besides its rings and records (its head, its own struct).
+    fixed: usize,
     /// Events evicted and not yet reported (reported in batches: in a full history every
     /// append evicts one).
     unreported_evictions: u64,
@@ -131,6 +133,11 @@ impl StreamHistory {
         head: HeaderMap,
         credential: Option<u64>,
     ) -> Self {
+        let fixed = std::mem::size_of::<StreamHistory>()
+            + head
+                .iter()
+                .map(|(name, value)| name.as_str().len() + value.len() + 64)
+                .sum::<usize>();
         let state = State {
             bytes: ByteRing::default(),
             ids: ByteRing::default(),
@@ -144,6 +151,7 @@ impl StreamHistory {
             finished_at: None,
             head,
             accounted: 0,
+            fixed,
             unreported_evictions: 0,
             dropped: false,
         };
@@ -198,7 +206,8 @@ impl State {
     }
 
     fn account(&mut self) -> isize {
-        let now = self.bytes.capacity()
+        let now = self.fixed
+            + self.bytes.capacity()
             + self.ids.capacity()
             + self.events.capacity() * std::mem::size_of::<Meta>();
         let delta = now as isize - self.accounted as isize;

@@ -125,6 +125,10 @@ impl Appending<'_> {
                 let trimmed = self.history.lock().trim(over);
                 self.histories.note(trimmed);
             }
+            if self.histories.over_cap().is_some() {
+                // Even at its floor it does not fit: this stream goes on without a history.
+                self.histories.drop_live(self.history);
+            }
         }
     }
 }

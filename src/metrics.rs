@@ -125,7 +125,7 @@ pub const HISTORY_EVICTED: &str = "sse_tracking_history_evicted_events_total";
 pub const HISTORY_OVERSIZED: &str = "sse_tracking_history_oversized_events_total";
 /// Counter: whole stream histories dropped, by `reason` label: `idle` (TTL), `capacity` (the
 /// global byte cap), `streams` (the session's cap of streams), `ended` (the session was
-/// forgotten).
+/// forgotten), `refused` (not started: live streams filled the global cap).
 pub const HISTORY_STREAMS_DROPPED: &str = "sse_tracking_history_streams_dropped_total";
 /// Gauge: bytes all stream histories hold.
 pub const HISTORY_BYTES: &str = "sse_tracking_history_bytes";

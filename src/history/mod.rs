@@ -155,8 +155,10 @@ impl ReplayConfig {
     }
 
     /// Most bytes all histories hold together (rings and records, as allocated). At the cap,
-    /// finished streams go first, least recently used first; a live stream that cannot grow
-    /// keeps what it has and drops its own oldest events to take new ones.
+    /// finished streams go first, least recently used first; then live streams give up their
+    /// oldest events, down to their newest one (a floor of a few hundred bytes each); while live
+    /// streams at that floor fill the cap, a new stream gets no history (counted as
+    /// `sse_tracking_history_streams_dropped_total{reason="refused"}`).
     ///
     /// Defaults to 64 MiB.
     pub fn max_total_bytes(mut self, n: usize) -> Self {
@@ -451,6 +453,13 @@ impl Histories {
                 Some(history) if history.credential != credential => return None,
                 Some(history) => history.clone(),
                 None => {
+                    if self.over_cap().is_some() {
+                        // Live streams at their floor fill the cap: no history for a new one.
+                        self.labels
+                            .counter_with(m::HISTORY_STREAMS_DROPPED, "reason", "refused")
+                            .increment(1);
+                        return None;
+                    }
                     if streams.len() >= self.config.max_streams_per_session {
                         // The finished stream of this session that finished longest ago goes.
                         let oldest = streams
@@ -643,6 +652,25 @@ impl Histories {
             }
         }
         own.map_or(Lookup::Unknown, Lookup::TooOld)
+    }
+
+    /// Drops the history of a live stream that does not fit under the cap even at its floor:
+    /// the stream goes on, without a history (its appends are ignored).
+    pub(crate) fn drop_live(&self, history: &StreamHistory) {
+        let mut shard = self.shard(&history.session);
+        if let Some(streams) = shard.get_mut(&history.session) {
+            streams.retain(|h| !std::ptr::eq(Arc::as_ptr(h), history));
+            if streams.is_empty() {
+                shard.remove(&history.session);
+            }
+        }
+        drop(shard);
+        let bytes = history.lock().drop_all();
+        self.total.fetch_sub(bytes, Ordering::Relaxed);
+        self.labels
+            .counter_with(m::HISTORY_STREAMS_DROPPED, "reason", "capacity")
+            .increment(1);
+        history.appended.notify_waiters();
     }
 
     /// Forgets every history of a session (it ended).

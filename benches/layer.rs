@@ -9,88 +9,26 @@
 //!
 //! Run with `cargo bench --bench layer`.
 
+mod common;
+
+use common::{EVENTS, body, drain, events, handler, median, per_event, service};
 use std::{
-    convert::Infallible,
-    future::{Ready, ready},
     hint::black_box,
-    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use futures_util::stream;
-use http::{Request, Response, header};
-use http_body::{Body, Frame};
-use http_body_util::{BodyExt, StreamBody};
+use http::Request;
 use tokio::runtime::Runtime;
-use tower::{Layer, ServiceExt, service_fn};
+use tower::{Layer, ServiceExt};
 use tower_sse_tracking::{EventTrackingLayer, parser::SseParser, store::MemoryStore};
-
-const EVENTS: usize = 10_000;
-
-type Frames = StreamBody<stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
-
-/// One frame per event, about 60 bytes each.
-fn events() -> Vec<Bytes> {
-    (0..EVENTS)
-        .map(|i| {
-            Bytes::from(format!(
-                "id: {i:08}\nevent: tick\ndata: {{\"seq\":{i},\"msg\":\"hello\"}}\n\n"
-            ))
-        })
-        .collect()
-}
-
-fn body(events: &[Bytes]) -> Frames {
-    let frames: Vec<_> = events.iter().cloned().map(|e| Ok(Frame::data(e))).collect();
-    StreamBody::new(stream::iter(frames))
-}
-
-/// The body prepared for one iteration, handed out by the handler.
-fn handler(body: Frames) -> Arc<Mutex<Option<Frames>>> {
-    Arc::new(Mutex::new(Some(body)))
-}
-
-/// A handler (clonable, as the layer needs) that answers with the prepared body.
-fn service(
-    prepared: Arc<Mutex<Option<Frames>>>,
-) -> impl tower::Service<
-    Request<()>,
-    Response = Response<Frames>,
-    Error = Infallible,
-    Future = Ready<Result<Response<Frames>, Infallible>>,
-> + Clone
-+ Send
-+ 'static {
-    service_fn(move |_req: Request<()>| {
-        let body = prepared.lock().unwrap().take().expect("one call per body");
-        let res = Response::builder()
-            .header(header::CONTENT_TYPE, "text/event-stream")
-            .body(body)
-            .unwrap();
-        ready(Ok(res))
-    })
-}
 
 fn request() -> Request<()> {
     Request::builder()
         .header("mcp-session-id", "bench-session")
         .body(())
         .unwrap()
-}
-
-/// Drains a body frame by frame; returns the bytes seen.
-async fn drain<B>(body: B) -> usize
-where
-    B: Body<Data = Bytes, Error = Infallible>,
-{
-    let mut body = std::pin::pin!(body);
-    let mut n = 0;
-    while let Some(frame) = body.frame().await {
-        n += frame.unwrap().into_data().map_or(0, |d| black_box(d).len());
-    }
-    n
 }
 
 struct Setup {
@@ -131,7 +69,7 @@ impl Setup {
 
     /// Time to call the service and drain one body, bare.
     fn bare(&self) -> Duration {
-        let prepared = handler(body(&self.events));
+        let prepared = handler(Some(body(&self.events)));
         let start = Instant::now();
         let n = self.rt.block_on(async {
             let res = service(prepared).oneshot(request()).await.unwrap();
@@ -153,7 +91,7 @@ impl Setup {
     }
 
     fn through(&self, layer: &EventTrackingLayer) -> Duration {
-        let prepared = handler(body(&self.events));
+        let prepared = handler(Some(body(&self.events)));
         let start = Instant::now();
         let n = self.rt.block_on(async {
             let res = layer
@@ -186,15 +124,6 @@ impl Setup {
         assert_eq!(ids, EVENTS);
         elapsed
     }
-}
-
-fn per_event(d: Duration) -> f64 {
-    d.as_nanos() as f64 / EVENTS as f64
-}
-
-fn median(mut samples: Vec<f64>) -> f64 {
-    samples.sort_by(f64::total_cmp);
-    samples[samples.len() / 2]
 }
 
 fn layer_overhead(c: &mut Criterion) {

@@ -12,61 +12,17 @@
 //! A summary from interleaved runs prints both sides of every ratio. Run with
 //! `cargo bench --bench replay`.
 
-use std::{
-    convert::Infallible,
-    future::ready,
-    hint::black_box,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+mod common;
+
+use common::{EVENTS, body, drain, events, handler, median, per_event, service};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use futures_util::stream;
-use http::{Request, Response, header};
-use http_body::{Body, Frame};
-use http_body_util::{BodyExt, StreamBody};
+use http::Request;
 use tokio::runtime::Runtime;
-use tower::{Layer, ServiceExt, service_fn};
+use tower::{Layer, ServiceExt};
 use tower_sse_tracking::{EventTrackingLayer, history::ReplayConfig};
-
-const EVENTS: usize = 10_000;
-
-type Frames = StreamBody<stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
-
-fn events() -> Vec<Bytes> {
-    (0..EVENTS)
-        .map(|i| {
-            Bytes::from(format!(
-                "id: {i:08}\nevent: tick\ndata: {{\"seq\":{i},\"msg\":\"hello\"}}\n\n"
-            ))
-        })
-        .collect()
-}
-
-fn body(events: &[Bytes]) -> Frames {
-    let frames: Vec<_> = events.iter().cloned().map(|e| Ok(Frame::data(e))).collect();
-    StreamBody::new(stream::iter(frames))
-}
-
-fn service(
-    prepared: Arc<Mutex<Option<Frames>>>,
-) -> impl tower::Service<
-    Request<()>,
-    Response = Response<Frames>,
-    Error = Infallible,
-    Future = std::future::Ready<Result<Response<Frames>, Infallible>>,
-> + Clone
-+ Send
-+ 'static {
-    service_fn(move |_req: Request<()>| {
-        let body = prepared.lock().unwrap().take().expect("one call per body");
-        ready(Ok(Response::builder()
-            .header(header::CONTENT_TYPE, "text/event-stream")
-            .body(body)
-            .unwrap()))
-    })
-}
 
 fn request(session: &str, last: Option<&str>) -> Request<()> {
     let mut req = Request::get("/events").header("mcp-session-id", session);
@@ -74,19 +30,6 @@ fn request(session: &str, last: Option<&str>) -> Request<()> {
         req = req.header("last-event-id", last);
     }
     req.body(()).unwrap()
-}
-
-async fn drain<B>(body: B) -> usize
-where
-    B: Body<Data = Bytes>,
-    B::Error: std::fmt::Debug,
-{
-    let mut body = std::pin::pin!(body);
-    let mut n = 0;
-    while let Some(frame) = body.frame().await {
-        n += frame.unwrap().into_data().map_or(0, |d| black_box(d).len());
-    }
-    n
 }
 
 struct Setup {
@@ -133,7 +76,7 @@ impl Setup {
     }
 
     fn bare(&self) -> Duration {
-        let prepared = Arc::new(Mutex::new(Some(body(&self.events))));
+        let prepared = handler(Some(body(&self.events)));
         let start = Instant::now();
         let n = self.rt.block_on(async {
             let res = service(prepared).oneshot(request("s", None)).await.unwrap();
@@ -145,7 +88,7 @@ impl Setup {
     }
 
     fn through(&self, layer: &EventTrackingLayer, session: &str) -> Duration {
-        let prepared = Arc::new(Mutex::new(Some(body(&self.events))));
+        let prepared = handler(Some(body(&self.events)));
         let start = Instant::now();
         let n = self.rt.block_on(async {
             let res = layer
@@ -176,7 +119,7 @@ impl Setup {
 
     /// A reconnect after the first event of the complete stream: answered from history.
     fn answer(&self) -> (Duration, usize) {
-        let prepared = Arc::new(Mutex::new(None));
+        let prepared = handler(None);
         let start = Instant::now();
         let n = self.rt.block_on(async {
             let res = self
@@ -190,15 +133,6 @@ impl Setup {
         });
         (start.elapsed(), n)
     }
-}
-
-fn per_event(d: Duration) -> f64 {
-    d.as_nanos() as f64 / EVENTS as f64
-}
-
-fn median(mut samples: Vec<f64>) -> f64 {
-    samples.sort_by(f64::total_cmp);
-    samples[samples.len() / 2]
 }
 
 fn replay(c: &mut Criterion) {

@@ -49,6 +49,23 @@ impl Config {
         self.worker.labels()
     }
 
+    /// A stream's tracking state with this layer's settings.
+    pub(crate) fn stream_state(
+        &self,
+        session: Option<crate::worker::Attachment>,
+        heartbeat: Option<Duration>,
+        settle: Option<Duration>,
+    ) -> crate::body::StreamState {
+        crate::body::StreamState::new(
+            self.labels().clone(),
+            session,
+            self.max_id_len,
+            self.backpressure_timeout,
+            heartbeat,
+            settle,
+        )
+    }
+
     /// Whether a successful request of this method ends its session.
     pub(crate) fn forgets(&self, method: &Method) -> bool {
         self.forget_methods.contains(method)

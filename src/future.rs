@@ -18,7 +18,7 @@ use tower_service::Service;
 
 use crate::{
     SessionId, StreamKey,
-    body::{StreamState, TrackingBody, spawn_producer},
+    body::{TrackingBody, spawn_producer},
     config::Config,
     history::SSE_REPLAY,
     metrics as m,
@@ -361,38 +361,20 @@ where
         let histories = histories.clone();
         let seam = replaying.as_mut().and_then(|r| r.seam.take());
         let (tx, rx) = mpsc::channel(RELAY_FRAMES);
-        let reader = StreamState::new(
-            config.labels().clone(),
-            attachment,
-            config.max_id_len,
-            config.backpressure_timeout,
-            None,
-            config.settle,
-        )
-        .with_replay(producer, None);
-        let client = StreamState::new(
-            config.labels().clone(),
-            None,
-            config.max_id_len,
-            config.backpressure_timeout,
-            heartbeat,
-            None,
-        )
-        .relayed(replaying.map(|r| *r), rx);
+        let reader = config
+            .stream_state(attachment, None, config.settle)
+            .with_replay(producer, None);
+        let client = config
+            .stream_state(None, heartbeat, None)
+            .relayed(replaying.map(|r| *r), rx);
         let (parts, body) = response.into_parts();
         spawn_producer(body, reader, seam, tx, histories);
         return Response::from_parts(parts, TrackingBody::answered(Some(client)));
     }
     // An event stream without a session still gets heartbeats when they are on.
-    let tracking = StreamState::new(
-        config.labels().clone(),
-        attachment,
-        config.max_id_len,
-        config.backpressure_timeout,
-        heartbeat,
-        config.settle,
-    )
-    .with_replay(producer, replaying.map(|r| *r));
+    let tracking = config
+        .stream_state(attachment, heartbeat, config.settle)
+        .with_replay(producer, replaying.map(|r| *r));
     response.map(|body| TrackingBody::tracked(body, tracking))
 }
 
@@ -436,15 +418,9 @@ fn answer<B: Body>(answer: Box<Answer>, info: Option<RequestInfo>) -> Response<T
                 _ => None,
             };
             let attachment = attach(&config, session.as_ref(), &info);
-            let state = StreamState::new(
-                config.labels().clone(),
-                attachment,
-                config.max_id_len,
-                config.backpressure_timeout,
-                config.heartbeat,
-                config.settle,
-            )
-            .with_replay(None, Some(replaying));
+            let state = config
+                .stream_state(attachment, config.heartbeat, config.settle)
+                .with_replay(None, Some(replaying));
             TrackingBody::answered(Some(state))
         }
         _ => TrackingBody::answered(None),

@@ -348,20 +348,17 @@ impl Histories {
                 (n < self.config.max_detached).then_some(n + 1)
             })
             .is_ok();
-        let outcome = if taken { "detached" } else { "refused" };
-        self.labels
-            .counter_with(m::DETACHED, "outcome", outcome)
-            .increment(1);
-        self.labels
-            .gauge(m::DETACHED_NOW)
-            .set(self.detached.load(Ordering::Relaxed) as f64);
+        self.note_detached(if taken { "detached" } else { "refused" });
         taken
     }
 
     /// A detached stream ended (`expired`: its grace ran out before its upstream ended).
     pub(crate) fn end_detached(&self, expired: bool) {
         self.detached.fetch_sub(1, Ordering::Relaxed);
-        let outcome = if expired { "expired" } else { "completed" };
+        self.note_detached(if expired { "expired" } else { "completed" });
+    }
+
+    fn note_detached(&self, outcome: &'static str) {
         self.labels
             .counter_with(m::DETACHED, "outcome", outcome)
             .increment(1);

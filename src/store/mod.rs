@@ -233,54 +233,35 @@ pub trait SessionStore: Send + Sync + 'static {
     }
 }
 
-impl<S: SessionStore + ?Sized> SessionStore for Arc<S> {
-    fn save_batch<'a>(&'a self, batch: &'a [SessionUpdate]) -> StoreFuture<'a, ()> {
-        (**self).save_batch(batch)
-    }
+/// Forwards every method to the store behind a pointer.
+macro_rules! forward_store {
+    ($($pointer:ident),*) => {$(
+        impl<S: SessionStore + ?Sized> SessionStore for $pointer<S> {
+            fn save_batch<'a>(&'a self, batch: &'a [SessionUpdate]) -> StoreFuture<'a, ()> {
+                (**self).save_batch(batch)
+            }
 
-    fn load<'a>(
-        &'a self,
-        session: &'a SessionId,
-        stream: &'a StreamKey,
-    ) -> StoreFuture<'a, Option<SessionRecord>> {
-        (**self).load(session, stream)
-    }
+            fn load<'a>(
+                &'a self,
+                session: &'a SessionId,
+                stream: &'a StreamKey,
+            ) -> StoreFuture<'a, Option<SessionRecord>> {
+                (**self).load(session, stream)
+            }
 
-    fn delete_session<'a>(&'a self, session: &'a SessionId) -> StoreFuture<'a, ()> {
-        (**self).delete_session(session)
-    }
+            fn delete_session<'a>(&'a self, session: &'a SessionId) -> StoreFuture<'a, ()> {
+                (**self).delete_session(session)
+            }
 
-    fn last_event_id<'a>(
-        &'a self,
-        session: &'a SessionId,
-        stream: &'a StreamKey,
-    ) -> StoreFuture<'a, Option<String>> {
-        (**self).last_event_id(session, stream)
-    }
+            fn last_event_id<'a>(
+                &'a self,
+                session: &'a SessionId,
+                stream: &'a StreamKey,
+            ) -> StoreFuture<'a, Option<String>> {
+                (**self).last_event_id(session, stream)
+            }
+        }
+    )*};
 }
 
-impl<S: SessionStore + ?Sized> SessionStore for Box<S> {
-    fn save_batch<'a>(&'a self, batch: &'a [SessionUpdate]) -> StoreFuture<'a, ()> {
-        (**self).save_batch(batch)
-    }
-
-    fn load<'a>(
-        &'a self,
-        session: &'a SessionId,
-        stream: &'a StreamKey,
-    ) -> StoreFuture<'a, Option<SessionRecord>> {
-        (**self).load(session, stream)
-    }
-
-    fn delete_session<'a>(&'a self, session: &'a SessionId) -> StoreFuture<'a, ()> {
-        (**self).delete_session(session)
-    }
-
-    fn last_event_id<'a>(
-        &'a self,
-        session: &'a SessionId,
-        stream: &'a StreamKey,
-    ) -> StoreFuture<'a, Option<String>> {
-        (**self).last_event_id(session, stream)
-    }
-}
+forward_store!(Arc, Box);

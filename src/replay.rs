@@ -179,10 +179,21 @@ fn status_answer(status: StatusCode, outcome: Outcome) -> Answer {
     }
 }
 
-/// The head of a response answered from a history: the original response's, without a length.
+/// The head of a response answered from a history: the original response's, without what
+/// belonged to that response alone (its length, date, cookies it set, connection headers).
 fn answer_headers(head: &HeaderMap, outcome: Outcome) -> HeaderMap {
     let mut headers = head.clone();
-    headers.remove(header::CONTENT_LENGTH);
+    for name in [
+        header::CONTENT_LENGTH,
+        header::DATE,
+        header::SET_COOKIE,
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
     headers.insert(SSE_REPLAY.clone(), outcome.header());
     headers
 }

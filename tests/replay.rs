@@ -544,3 +544,36 @@ async fn a_follower_that_falls_too_far_behind_ends() {
     }
     assert!(follower.frame().await.is_none(), "ended, not skipped ahead");
 }
+
+/// A response answered from history has the original's head, less what belonged to that
+/// response alone: a cookie it set is not set again for whoever resumes.
+#[tokio::test]
+async fn an_answer_from_history_does_not_repeat_the_original_cookies() {
+    let tracking = EventTrackingLayer::builder()
+        .session_cookie("sid")
+        .replay(ReplayConfig::default())
+        .build();
+    let app = Router::new()
+        .route(
+            "/answer",
+            get(|| async {
+                (
+                    [
+                        (header::SET_COOKIE, "token=secret"),
+                        (header::CACHE_CONTROL, "no-store"),
+                    ],
+                    Sse::new(stream::iter((1..=3).map(event))),
+                )
+            }),
+        )
+        .layer(tracking.clone());
+    let addr = serve(app).await;
+    let (first, _) = fetch(addr, request("/answer", "a", None)).await;
+    assert_eq!(first.headers[header::SET_COOKIE], "token=secret");
+    let (parts, body) = fetch(addr, request("/answer", "a", Some("1"))).await;
+    assert_eq!(parts.headers["sse-replay"], "replayed");
+    assert_eq!(ids(std::str::from_utf8(&body).unwrap()), [2, 3]);
+    assert!(!parts.headers.contains_key(header::SET_COOKIE));
+    assert_eq!(parts.headers[header::CACHE_CONTROL], "no-store");
+    assert_eq!(parts.headers[header::CONTENT_TYPE], "text/event-stream");
+}

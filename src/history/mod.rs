@@ -443,46 +443,60 @@ impl Histories {
         let history = {
             let mut shard = self.shard(session);
             let streams = shard.entry(session.clone()).or_default();
-            let now = Instant::now();
-            streams.retain(|h| !self.expired(h, now) || self.forget(h));
-            match streams.iter().find(|h| &h.key == key) {
-                // A stream bound to another credential takes no events of this one.
-                Some(history) if history.credential != credential => return None,
-                Some(history) => history.clone(),
-                None => {
-                    if self.over_cap().is_some() {
-                        // Live streams at their floor fill the cap: no history for a new one.
-                        self.labels
-                            .counter_with(m::HISTORY_STREAMS_DROPPED, "reason", "refused")
-                            .increment(1);
-                        return None;
-                    }
-                    if streams.len() >= self.config.max_streams_per_session {
-                        // The finished stream of this session that finished longest ago goes.
-                        let oldest = streams
-                            .iter()
-                            .enumerate()
-                            .filter_map(|(i, h)| {
-                                let st = h.lock();
-                                (st.producers == 0).then_some((i, st.finished_at))
-                            })
-                            .min_by_key(|&(_, at)| at)
-                            .map(|(i, _)| i)?;
-                        let gone = streams.swap_remove(oldest);
-                        self.drop_history(&gone, "streams");
-                    }
-                    let history = Arc::new(StreamHistory::new(
-                        session.clone(),
-                        key.clone(),
-                        head.clone(),
-                        credential,
-                    ));
-                    streams.push(history.clone());
-                    history
-                }
+            let history = self.find_or_add(streams, session, key, head, credential);
+            if streams.is_empty() {
+                shard.remove(session);
             }
+            history?
         };
         self.attach(&history);
+        Some(history)
+    }
+
+    /// The history of `key` among a session's `streams`, added if there is none and room for
+    /// it (see [`produce`](Self::produce)).
+    fn find_or_add(
+        &self,
+        streams: &mut Vec<Arc<StreamHistory>>,
+        session: &SessionId,
+        key: &StreamKey,
+        head: &HeaderMap,
+        credential: Option<u64>,
+    ) -> Option<Arc<StreamHistory>> {
+        let now = Instant::now();
+        streams.retain(|h| !self.expired(h, now) || self.forget(h, "idle"));
+        if let Some(history) = streams.iter().find(|h| &h.key == key) {
+            // A stream bound to another credential takes no events of this one.
+            return (history.credential == credential).then(|| history.clone());
+        }
+        if self.over_cap().is_some() {
+            // Live streams at their floor fill the cap: no history for a new one.
+            self.labels
+                .counter_with(m::HISTORY_STREAMS_DROPPED, "reason", "refused")
+                .increment(1);
+            return None;
+        }
+        if streams.len() >= self.config.max_streams_per_session {
+            // The finished stream of this session that finished longest ago goes.
+            let oldest = streams
+                .iter()
+                .enumerate()
+                .filter_map(|(i, h)| {
+                    let st = h.lock();
+                    (st.producers == 0).then_some((i, st.finished_at))
+                })
+                .min_by_key(|&(_, at)| at)
+                .map(|(i, _)| i)?;
+            let gone = streams.swap_remove(oldest);
+            self.forget(&gone, "streams");
+        }
+        let history = Arc::new(StreamHistory::new(
+            session.clone(),
+            key.clone(),
+            head.clone(),
+            credential,
+        ));
+        streams.push(history.clone());
         Some(history)
     }
 
@@ -583,16 +597,16 @@ impl Histories {
         self.drop_history(history, reason);
     }
 
-    /// Takes an expired history off the finished list (it is being removed from its session by
-    /// the caller). Returns `false`, for `retain`.
-    fn forget(&self, history: &Arc<StreamHistory>) -> bool {
+    /// Takes a history off the finished list and drops it (the caller removes it from its
+    /// session). Returns `false`, for `retain`.
+    fn forget(&self, history: &Arc<StreamHistory>, reason: &'static str) -> bool {
         let mut finished = self.finished();
         let ix = history.lru.swap(u32::MAX, Ordering::Relaxed);
         if ix != u32::MAX {
             finished.remove(ix);
         }
         drop(finished);
-        self.drop_history(history, "idle");
+        self.drop_history(history, reason);
         false
     }
 
@@ -674,11 +688,54 @@ impl Histories {
     pub(crate) fn purge_session(&self, session: &SessionId) {
         let streams = self.shard(session).remove(session).unwrap_or_default();
         for history in streams {
-            let ix = history.lru.swap(u32::MAX, Ordering::Relaxed);
-            if ix != u32::MAX {
-                self.finished().remove(ix);
-            }
-            self.drop_history(&history, "ended");
+            self.forget(&history, "ended");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(k: &str) -> StreamKey {
+        StreamKey::new(k).unwrap()
+    }
+
+    #[test]
+    fn a_session_keeps_at_most_its_cap_of_streams_finished_ones_going_first() {
+        let histories = Histories::new(
+            ReplayConfig::default().max_streams_per_session(2),
+            Labels::default(),
+        );
+        let s = SessionId::new("s").unwrap();
+        let head = HeaderMap::new();
+        let a = histories.produce(&s, &key("/a"), &head, None).unwrap();
+        let b = histories.produce(&s, &key("/b"), &head, None).unwrap();
+        assert!(
+            histories.produce(&s, &key("/c"), &head, None).is_none(),
+            "both live: no room"
+        );
+        histories.release(&a, true);
+        let c = histories.produce(&s, &key("/c"), &head, None).unwrap();
+        assert!(a.lock().dropped, "the finished one made room");
+        // The same key finds the same history; another credential does not.
+        let again = histories.produce(&s, &key("/b"), &head, None).unwrap();
+        assert!(Arc::ptr_eq(&again, &b));
+        assert!(histories.produce(&s, &key("/b"), &head, Some(7)).is_none());
+        for h in [&b, &again, &c] {
+            histories.release(h, false);
+        }
+        histories.purge_session(&s);
+        assert_eq!(histories.total_bytes(), 0);
+        assert!(histories.shard(&s).get(&s).is_none(), "no empty entry left");
+        // A refused stream leaves no empty entry either.
+        let other = SessionId::new("t").unwrap();
+        let tiny = Histories::new(
+            ReplayConfig::default().max_total_bytes(0),
+            Labels::default(),
+        );
+        tiny.total.store(1, Ordering::Relaxed); // over the cap
+        assert!(tiny.produce(&other, &key("/a"), &head, None).is_none());
+        assert!(tiny.shard(&other).get(&other).is_none());
     }
 }

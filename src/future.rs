@@ -44,6 +44,8 @@ pub(crate) struct RequestInfo {
     replaying: Option<Box<Replaying>>,
     /// The keyed hash of the request's credential, when replay binds streams to one.
     credential: Option<u64>,
+    /// The response's stream may outlive its client (replay's detach grace).
+    detach: bool,
 }
 
 impl RequestInfo {
@@ -67,6 +69,7 @@ impl RequestInfo {
             outcome: None,
             replaying: None,
             credential: None,
+            detach: false,
         })
     }
 
@@ -79,6 +82,7 @@ impl RequestInfo {
             return None;
         };
         self.credential = histories.credential(req.headers()).flatten();
+        self.detach = histories.detaches(req.method(), key);
         match replay::route(&self.config, histories, session, key, req) {
             Route::Call(outcome) => {
                 self.outcome = outcome;
@@ -354,7 +358,7 @@ where
         replaying = None;
     }
     if let Some((histories, _)) = &producer
-        && !histories.config.detach_grace.is_zero()
+        && info.detach
     {
         // Read by a task of its own, so that it may outlive its client; the client gets the
         // frames through a small channel.

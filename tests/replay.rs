@@ -577,3 +577,31 @@ async fn an_answer_from_history_does_not_repeat_the_original_cookies() {
     assert_eq!(parts.headers[header::CACHE_CONTROL], "no-store");
     assert_eq!(parts.headers[header::CONTENT_TYPE], "text/event-stream");
 }
+
+/// `detach_if` picks the streams that may outlive their client: here the POSTs only.
+#[tokio::test]
+async fn only_the_streams_detach_if_picks_outlive_their_client() {
+    use std::sync::atomic::AtomicUsize;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let tracking = EventTrackingLayer::builder()
+        .session_cookie("sid")
+        .replay(
+            ReplayConfig::default()
+                .detach_grace(Duration::from_secs(5))
+                .detach_if(|method, _| method == http::Method::POST),
+        )
+        .build();
+    let generate = generator(runs, 1000, Duration::from_millis(5));
+    let app = Router::new()
+        .route("/chat", get(generate.clone()).post(generate))
+        .layer(tracking.clone());
+    let addr = serve(app).await;
+    read_until(addr, request("/chat", "a", None), "id: 3\n").await;
+    settle().await;
+    settle().await;
+    assert_eq!(tracking.detached_streams(), 0, "a GET ends with its client");
+    let mut post = request("/chat", "b", None);
+    *post.method_mut() = http::Method::POST;
+    read_until(addr, post, "id: 3\n").await;
+    wait_until("the POST reads on", || tracking.detached_streams() == 1).await;
+}

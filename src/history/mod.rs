@@ -22,7 +22,7 @@ use std::{
     time::Duration,
 };
 
-use http::{HeaderMap, HeaderName, StatusCode};
+use http::{HeaderMap, HeaderName, Method, StatusCode};
 use tokio::time::Instant;
 
 pub(crate) use self::stream::{Appended, Bounds, Found, State, StreamHistory};
@@ -81,7 +81,11 @@ pub struct ReplayConfig {
     pub(crate) max_detached: usize,
     pub(crate) bind_to: Option<HeaderName>,
     pub(crate) authorize: Option<Arc<Authorize>>,
+    pub(crate) detach_if: Option<Arc<DetachIf>>,
 }
+
+/// A function that says which streams may outlive their client.
+pub(crate) type DetachIf = dyn Fn(&Method, &StreamKey) -> bool + Send + Sync;
 
 /// A function that decides whether a request may resume a session's stream from history.
 pub(crate) type Authorize = dyn Fn(&SessionId, &StreamKey, &HeaderMap) -> bool + Send + Sync;
@@ -99,6 +103,7 @@ impl std::fmt::Debug for ReplayConfig {
             .field("max_detached", &self.max_detached)
             .field("bind_to", &self.bind_to)
             .field("authorize", &self.authorize.as_ref().map(|_| ".."))
+            .field("detach_if", &self.detach_if.as_ref().map(|_| ".."))
             .finish()
     }
 }
@@ -116,6 +121,7 @@ impl Default for ReplayConfig {
             max_detached: 1024,
             bind_to: None,
             authorize: None,
+            detach_if: None,
         }
     }
 }
@@ -196,6 +202,29 @@ impl ReplayConfig {
     /// Defaults to zero: a stream ends with its client.
     pub fn detach_grace(mut self, grace: Duration) -> Self {
         self.detach_grace = grace;
+        self
+    }
+
+    /// Which streams the [`detach_grace`](Self::detach_grace) applies to, by the request's
+    /// method and the stream's key: say, only the POSTs that generate an answer, while the
+    /// layer's GET feeds end with their client and pay no task per stream.
+    ///
+    /// Defaults to every stream (when the grace is not zero).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use http::Method;
+    /// use tower_sse_tracking::history::ReplayConfig;
+    ///
+    /// let replay = ReplayConfig::default()
+    ///     .detach_grace(Duration::from_secs(60))
+    ///     .detach_if(|method, stream| method == Method::POST && stream.as_str() == "/chat");
+    /// ```
+    pub fn detach_if<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&Method, &StreamKey) -> bool + Send + Sync + 'static,
+    {
+        self.detach_if = Some(Arc::new(f));
         self
     }
 
@@ -370,6 +399,16 @@ impl Histories {
     /// Streams being read on after their client went away.
     pub(crate) fn detached(&self) -> usize {
         self.detached.load(Ordering::Relaxed)
+    }
+
+    /// Whether a request's response may outlive its client.
+    pub(crate) fn detaches(&self, method: &Method, key: &StreamKey) -> bool {
+        !self.config.detach_grace.is_zero()
+            && self
+                .config
+                .detach_if
+                .as_ref()
+                .is_none_or(|f| f(method, key))
     }
 
     /// The keyed hash of the credential a request carries, when streams are bound to one

@@ -600,7 +600,10 @@ impl<B: Body> TrackingBody<B> {
     /// Whether this body records its stream's event IDs (an event stream without a valid session
     /// may still get heartbeats, but is not tracked).
     pub fn is_tracked(&self) -> bool {
-        self.tracking.as_ref().is_some_and(|t| t.session.is_some())
+        // A stream read by a task of its own (detach grace) is tracked there.
+        self.tracking.as_ref().is_some_and(|t| {
+            t.session.is_some() || t.replay.as_ref().is_some_and(|r| r.relay.is_some())
+        })
     }
 
     /// The inner body; `None` for a response the layer answered itself from history.

@@ -605,3 +605,34 @@ async fn only_the_streams_detach_if_picks_outlive_their_client() {
     read_until(addr, post, "id: 3\n").await;
     wait_until("the POST reads on", || tracking.detached_streams() == 1).await;
 }
+
+/// A stream read by a task of its own still says it is tracked.
+#[tokio::test]
+async fn a_detachable_stream_is_tracked() {
+    use tower::{Layer, ServiceExt};
+    let tracking = EventTrackingLayer::builder()
+        .session_cookie("sid")
+        .replay(ReplayConfig::default().detach_grace(Duration::from_secs(1)))
+        .build();
+    let service = tower::service_fn(|_req: Request<()>| async {
+        Ok::<_, Infallible>(
+            http::Response::builder()
+                .header(header::CONTENT_TYPE, "text/event-stream")
+                .body(http_body_util::Full::new(Bytes::from_static(
+                    b"id: 1\ndata: x\n\n",
+                )))
+                .unwrap(),
+        )
+    });
+    let req = Request::get("/e")
+        .header(header::COOKIE, "sid=a")
+        .body(())
+        .unwrap();
+    let response = tracking.layer(service).oneshot(req).await.unwrap();
+    assert!(response.body().is_tracked());
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&body[..], b"id: 1\ndata: x\n\n");
+}

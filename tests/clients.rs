@@ -403,6 +403,15 @@ fn numbered(n: u32) -> impl Fn(HeaderMap) -> std::future::Ready<Numbered> + Clon
     }
 }
 
+/// Serves `/events` (events 1..=5) and `/other` (1..=2) behind `tracking`.
+async fn two_endpoints(tracking: &EventTrackingLayer) -> std::net::SocketAddr {
+    let app = Router::new()
+        .route("/events", get(numbered(5)))
+        .route("/other", get(numbered(2)))
+        .layer(tracking.clone());
+    serve(app).await
+}
+
 fn with_cookie(path: &str, sid: &str) -> Request<Empty<Bytes>> {
     Request::get(path)
         .header(header::COOKIE, format!("sid={sid}"))
@@ -427,11 +436,7 @@ async fn endpoints_of_one_session_never_share_a_position() {
         .session_cookie("sid")
         .resume(true)
         .build();
-    let app = Router::new()
-        .route("/events", get(numbered(5)))
-        .route("/other", get(numbered(2)))
-        .layer(tracking.clone());
-    let addr = serve(app).await;
+    let addr = two_endpoints(&tracking).await;
     let (_, body) = fetch(addr, with_cookie("/events", "c")).await;
     assert_eq!(seen(&body), "none");
     tracking.flush().await.unwrap();
@@ -462,11 +467,7 @@ async fn endpoints_of_one_session_never_share_a_position() {
         .one_position_per_session()
         .resume(true)
         .build();
-    let app = Router::new()
-        .route("/events", get(numbered(5)))
-        .route("/other", get(numbered(2)))
-        .layer(tracking.clone());
-    let addr = serve(app).await;
+    let addr = two_endpoints(&tracking).await;
     fetch(addr, with_cookie("/events", "c")).await;
     tracking.flush().await.unwrap();
     let (_, body) = fetch(addr, with_cookie("/other", "c")).await;

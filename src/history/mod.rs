@@ -566,7 +566,9 @@ impl Histories {
             }
             st.producers = st.producers.saturating_sub(1);
             st.abandon_pending();
-            if st.producers > 0 {
+            // A dropped history (its session forgotten, or over the cap) is no longer listed
+            // anywhere: it goes with its last holder.
+            if st.producers > 0 || st.dropped {
                 return;
             }
             st.complete = complete;
@@ -776,5 +778,21 @@ mod tests {
         tiny.total.store(1, Ordering::Relaxed); // over the cap
         assert!(tiny.produce(&other, &key("/a"), &head, None).is_none());
         assert!(tiny.shard(&other).get(&other).is_none());
+    }
+
+    #[test]
+    fn a_history_dropped_while_live_is_not_listed_as_finished_afterwards() {
+        let histories = Histories::new(ReplayConfig::default(), Labels::default());
+        let s = SessionId::new("s").unwrap();
+        let live = histories
+            .produce(&s, &key("/a"), &HeaderMap::new(), None)
+            .unwrap();
+        histories.purge_session(&s); // the session ended while its stream ran
+        histories.release(&live, true);
+        assert!(
+            histories.pop_finished(None).is_none(),
+            "nothing to drop twice"
+        );
+        assert_eq!(histories.total_bytes(), 0);
     }
 }

@@ -20,7 +20,7 @@ use tokio::{
 
 use crate::{
     heartbeat::Heartbeat,
-    history::{Appended, Histories, StreamHistory},
+    history::{Appended, Histories, HistoryEvent, StreamHistory},
     metrics::{self as m, Labels},
     parser::{Dispatch, SseParser},
     replay::{Replaying, Seam},
@@ -87,6 +87,8 @@ struct Appending<'a> {
     state: std::sync::MutexGuard<'a, crate::history::State>,
     room: bool,
     total: Appended,
+    /// Events for the history store, if there is one (pushed to its outbox at the end).
+    outgoing: Option<Vec<HistoryEvent>>,
 }
 
 impl Producer {
@@ -97,6 +99,7 @@ impl Producer {
             history: &self.history,
             state: self.history.lock(),
             total: Appended::default(),
+            outgoing: self.histories.outbox.as_ref().map(|_| Vec::new()),
         }
     }
 }
@@ -106,9 +109,22 @@ impl Appending<'_> {
     fn event(&mut self, part: &[u8], d: &Dispatch<'_>) {
         let bounds = self.histories.bounds();
         let written = self.state.write(part, bounds, self.room);
+        let before = self.state.next_seq();
         let committed = self.state.commit(d.last_event_id(), d.id_set(), bounds);
         self.total.add(written);
         self.total.add(committed);
+        if let Some(outgoing) = &mut self.outgoing
+            && self.state.next_seq() > before
+            && let Some((bytes, id, seq)) = self.state.newest_for_store()
+        {
+            outgoing.push(HistoryEvent {
+                session: self.history.session.clone(),
+                stream: self.history.key.clone(),
+                seq,
+                id,
+                bytes,
+            });
+        }
     }
 
     /// The chunk ends inside an event: its bytes so far.
@@ -116,6 +132,9 @@ impl Appending<'_> {
         let written = self.state.write(rest, self.histories.bounds(), self.room);
         self.total.add(written);
         drop(self.state);
+        if let (Some(outbox), Some(outgoing)) = (&self.histories.outbox, self.outgoing.take()) {
+            outbox.push(outgoing, false);
+        }
         self.histories.note(self.total);
         self.history.wake_followers();
         if let Some(over) = self.histories.over_cap() {

@@ -10,7 +10,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{Request, Response, header};
+use http::{HeaderValue, Request, Response, header};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tokio::sync::mpsc;
@@ -22,7 +22,8 @@ use crate::{
     config::Config,
     history::SSE_REPLAY,
     metrics as m,
-    replay::{self, Answer, Outcome, Replaying, Route},
+    replay::{self, Answer, Locate, Located, Outcome, Replaying, Route},
+    resume::LAST_EVENT_ID,
     resume::{self, Load},
     session::RequestSession,
     worker::Attachment,
@@ -75,24 +76,47 @@ impl RequestInfo {
 
     /// Where the request goes with replay on: to the service, after a replay, or answered
     /// here. Sets `Last-Event-ID` when the request goes on after a replay.
-    pub(crate) fn route<B>(&mut self, req: &mut Request<B>) -> Option<Box<Answer>> {
+    pub(crate) fn route<B>(&mut self, req: &mut Request<B>) -> Next {
         let (Some(histories), RequestSession::Known(session), Some(key)) =
             (&self.config.replay, &self.session, &self.stream)
         else {
-            return None;
+            return Next::Call;
         };
         self.credential = histories.credential(req.headers()).flatten();
         self.detach = histories.detaches(req.method(), key);
-        match replay::route(&self.config, histories, session, key, req) {
+        let route = replay::route(&self.config, histories, session, key, req);
+        self.follow(route)
+    }
+
+    /// What the history store said about an ID not in memory: replay it and go on with the
+    /// service after its newest event, or the policy for unknown IDs.
+    pub(crate) fn located<B>(&mut self, located: Located, req: &mut Request<B>) -> Next {
+        let Some(histories) = self.config.replay.clone() else {
+            return Next::Call;
+        };
+        match located {
+            Located::Found(replaying, newest) => {
+                if let Some(value) = newest.and_then(|id| HeaderValue::from_str(&id).ok()) {
+                    req.headers_mut().insert(LAST_EVENT_ID.clone(), value);
+                }
+                self.follow(Route::CallAfter(replaying))
+            }
+            Located::NotFound => self.follow(replay::unknown(&histories)),
+        }
+    }
+
+    fn follow(&mut self, route: Route) -> Next {
+        match route {
             Route::Call(outcome) => {
                 self.outcome = outcome;
-                None
+                Next::Call
             }
             Route::CallAfter(replaying) => {
                 self.replaying = Some(replaying);
-                None
+                Next::Call
             }
-            Route::Answer(answer) => Some(answer),
+            Route::Answer(answer) => Next::Answer(answer),
+            Route::Locate(locate) => Next::Locate(locate),
         }
     }
 
@@ -111,6 +135,11 @@ impl RequestInfo {
         Some(Box::pin(async move {
             if let Some(histories) = histories {
                 histories.purge_session(&session);
+                if let Some(store) = &histories.config.store
+                    && let Err(error) = store.purge_session(&session).await
+                {
+                    tracing::warn!(%error, "could not purge an ended session's histories");
+                }
             }
             let _ = worker.forget(&session).await;
         }))
@@ -119,6 +148,37 @@ impl RequestInfo {
 
 /// Frames buffered between the task that reads a detachable stream and its client.
 const RELAY_FRAMES: usize = 16;
+
+/// Where a request goes after its route was chosen.
+pub(crate) enum Next {
+    /// To the wrapped service.
+    Call,
+    /// Answered here.
+    Answer(Box<Answer>),
+    /// To the history store first.
+    Locate(Locate),
+}
+
+impl<S, ReqBody> State<S, ReqBody>
+where
+    S: Service<Request<ReqBody>>,
+{
+    fn next(next: Next, mut service: S, request: Request<ReqBody>) -> Self {
+        match next {
+            Next::Call => State::Calling {
+                future: service.call(request),
+            },
+            Next::Answer(answer) => State::Answered {
+                answer: Some(answer),
+            },
+            Next::Locate(locate) => State::Locating {
+                locate,
+                service: Some(service),
+                request: Some(request),
+            },
+        }
+    }
+}
 
 /// The deletion of a session that a response ended.
 type Forget = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -155,6 +215,13 @@ pin_project! {
             #[pin]
             future: S::Future,
         },
+        /// Looking an ID up in the history store; the service (polled ready) and the request
+        /// wait.
+        Locating {
+            locate: Locate,
+            service: Option<S>,
+            request: Option<Request<ReqBody>>,
+        },
         /// Answered here, from history: the service is not called.
         Answered {
             answer: Option<Box<Answer>>,
@@ -172,13 +239,24 @@ impl<S, ReqBody> ResponseFuture<S, ReqBody>
 where
     S: Service<Request<ReqBody>>,
 {
-    pub(crate) fn answered(answer: Box<Answer>, info: Option<RequestInfo>) -> Self {
-        Self {
-            state: State::Answered {
-                answer: Some(answer),
+    /// Where a request goes once its route is known.
+    pub(crate) fn routed(
+        next: Next,
+        mut service: S,
+        request: Request<ReqBody>,
+        info: Option<RequestInfo>,
+    ) -> Self
+    where
+        S: Clone,
+    {
+        let state = match next {
+            Next::Call => State::Calling {
+                future: service.call(request),
             },
-            info,
-        }
+            // The service polled ready waits in the future; a clone takes its place.
+            next => State::next(next, service, request),
+        };
+        Self { state, info }
     }
 
     pub(crate) fn calling(future: S::Future, info: Option<RequestInfo>) -> Self {
@@ -215,6 +293,7 @@ where
             State::Calling { .. } => "calling",
             State::Forgetting { .. } => "forgetting",
             State::Answered { .. } => "answered",
+            State::Locating { .. } => "locating",
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)
@@ -241,20 +320,33 @@ where
                     request,
                 } => {
                     let loaded = ready!(load.as_mut().poll(cx));
-                    let (Some(mut service), Some(mut request)) = (service.take(), request.take())
+                    let (Some(service), Some(mut request)) = (service.take(), request.take())
                     else {
                         unreachable!("ResponseFuture polled after completion");
                     };
                     let labels = this.info.as_ref().map(|i| i.config.labels().clone());
                     resume::finish(&mut request, loaded, &labels.unwrap_or_default());
-                    if let Some(answer) = this.info.as_mut().and_then(|i| i.route(&mut request)) {
-                        this.state.set(State::Answered {
-                            answer: Some(answer),
-                        });
-                        continue;
-                    }
-                    let future = service.call(request);
-                    this.state.set(State::Calling { future });
+                    let next = this
+                        .info
+                        .as_mut()
+                        .map_or(Next::Call, |i| i.route(&mut request));
+                    this.state.set(State::next(next, service, request));
+                }
+                StateProj::Locating {
+                    locate,
+                    service,
+                    request,
+                } => {
+                    let located = ready!(locate.as_mut().poll(cx));
+                    let (Some(service), Some(mut request)) = (service.take(), request.take())
+                    else {
+                        unreachable!("ResponseFuture polled after completion");
+                    };
+                    let next = this
+                        .info
+                        .as_mut()
+                        .map_or(Next::Call, |i| i.located(located, &mut request));
+                    this.state.set(State::next(next, service, request));
                 }
                 StateProj::Calling { future } => {
                     let response = ready!(future.poll(cx))?;
@@ -328,22 +420,26 @@ where
     let heartbeat = config
         .heartbeat
         .filter(|_| !response.headers().contains_key(header::CONTENT_LENGTH));
-    if attachment.is_none() && heartbeat.is_none() {
+    // After a replay the service was told to go on after the newest replayed event: the replay
+    // must reach the client whether or not the stream can be tracked.
+    if attachment.is_none() && heartbeat.is_none() && info.replaying.is_none() {
         return response.map(TrackingBody::passthrough);
     }
     // With replay, the stream's events go to its history: the one the replay came from, or
     // the request's own.
     let mut replaying = info.replaying;
     let producer = match (&config.replay, &attachment, &session, &info.stream) {
-        (Some(histories), Some(_), Some(session), Some(key)) => match &replaying {
-            Some(replaying) => {
-                histories.attach(&replaying.history);
-                Some((histories.clone(), replaying.history.clone()))
+        (Some(histories), Some(_), Some(session), Some(key)) => {
+            match replaying.as_ref().and_then(|r| r.history.as_ref()) {
+                Some(history) => {
+                    histories.attach(history);
+                    Some((histories.clone(), history.clone()))
+                }
+                None => histories
+                    .produce(session, key, response.headers(), info.credential)
+                    .map(|history| (histories.clone(), history)),
             }
-            None => histories
-                .produce(session, key, response.headers(), info.credential)
-                .map(|history| (histories.clone(), history)),
-        },
+        }
         _ => None,
     };
     if let Some(outcome) = info
@@ -353,9 +449,6 @@ where
         response
             .headers_mut()
             .insert(SSE_REPLAY.clone(), outcome.header());
-    }
-    if producer.is_none() {
-        replaying = None;
     }
     if let Some((histories, _)) = &producer
         && info.detach

@@ -541,6 +541,8 @@ impl EventTrackingLayerBuilder {
         let replay = self
             .replay
             .map(|replay| Arc::new(Histories::new(replay, worker_config.labels.clone())));
+        // The worker writes the history store's batches, if there is one.
+        worker_config.history = replay.as_ref().and_then(|h| h.outbox.clone());
         let (worker, future) = WorkerHandle::pair(store, worker_config);
         let config = Config {
             worker,

@@ -127,6 +127,11 @@ pub const HISTORY_OVERSIZED: &str = "sse_tracking_history_oversized_events_total
 /// global byte cap), `streams` (the session's cap of streams), `ended` (the session was
 /// forgotten), `refused` (not started: live streams filled the global cap).
 pub const HISTORY_STREAMS_DROPPED: &str = "sse_tracking_history_streams_dropped_total";
+/// Counter: history events dropped before they reached the history store (it kept failing
+/// and the outbox was full).
+pub const HISTORY_STORE_DROPPED: &str = "sse_tracking_history_store_dropped_total";
+/// Counter: history events written to the history store.
+pub const HISTORY_STORED: &str = "sse_tracking_history_stored_total";
 /// Gauge: bytes all stream histories hold.
 pub const HISTORY_BYTES: &str = "sse_tracking_history_bytes";
 /// Counter: requests with a `Last-Event-ID` looked up in the histories, by `outcome` label:
@@ -230,6 +235,16 @@ pub fn describe() {
         "Stream histories dropped"
     );
     describe_gauge!(HISTORY_BYTES, Unit::Bytes, "Bytes held by stream histories");
+    describe_counter!(
+        HISTORY_STORE_DROPPED,
+        Unit::Count,
+        "History events dropped before the history store"
+    );
+    describe_counter!(
+        HISTORY_STORED,
+        Unit::Count,
+        "History events written to the history store"
+    );
     describe_counter!(REPLAYS, Unit::Count, "Last-Event-ID lookups in histories");
     describe_counter!(DETACHED, Unit::Count, "Streams whose client went away");
     describe_gauge!(

@@ -17,7 +17,7 @@ use http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use crate::{
     SessionId, StreamKey,
     config::Config,
-    history::{Histories, Lookup, SSE_REPLAY, StreamHistory, UnknownId},
+    history::{Histories, HistoryStore, Lookup, SSE_REPLAY, StreamHistory, UnknownId},
     metrics as m,
     parser::SseParser,
     resume::LAST_EVENT_ID,
@@ -49,7 +49,6 @@ impl Outcome {
 }
 
 /// Where a request goes.
-#[derive(Debug)]
 pub(crate) enum Route {
     /// To the wrapped service, as it is; `outcome` when a `Last-Event-ID` was looked up.
     Call(Option<Outcome>),
@@ -58,6 +57,8 @@ pub(crate) enum Route {
     CallAfter(Box<Replaying>),
     /// Answered here: the wrapped service is not called.
     Answer(Box<Answer>),
+    /// Not in memory: to be looked up in the history store first.
+    Locate(Locate),
 }
 
 /// A response the layer makes itself.
@@ -106,15 +107,11 @@ pub(crate) fn route<B>(
             }
         },
         Lookup::Unknown => {
-            labels
-                .counter_with(m::REPLAYS, "outcome", "unknown")
-                .increment(1);
-            return match &histories.config.unknown_id {
-                UnknownId::Status(status) => {
-                    Route::Answer(Box::new(status_answer(*status, Outcome::Unknown)))
-                }
-                _ => Route::Call(Some(Outcome::Unknown)),
-            };
+            if let Some(store) = &histories.config.store {
+                // Not in this process's memory: perhaps in the history store.
+                return Route::Locate(locate(store.clone(), histories.clone(), session, id));
+            }
+            return unknown(histories);
         }
     };
     labels
@@ -169,6 +166,96 @@ pub(crate) fn route<B>(
     Route::CallAfter(Box::new(replay))
 }
 
+/// An ID in no history: counted, and answered by the policy.
+pub(crate) fn unknown(histories: &Histories) -> Route {
+    histories
+        .labels
+        .counter_with(m::REPLAYS, "outcome", "unknown")
+        .increment(1);
+    match &histories.config.unknown_id {
+        UnknownId::Status(status) => {
+            Route::Answer(Box::new(status_answer(*status, Outcome::Unknown)))
+        }
+        _ => Route::Call(Some(Outcome::Unknown)),
+    }
+}
+
+/// The history store's answer for an ID not in memory.
+pub(crate) enum Located {
+    /// Found: replay this, then the service goes on after `newest`.
+    Found(Box<Replaying>, Option<String>),
+    /// In no history.
+    NotFound,
+}
+
+/// Looking an ID up in the history store, and reading what follows it.
+pub(crate) type Locate = Pin<Box<dyn Future<Output = Located> + Send>>;
+
+/// Pages read from the history store for one reconnect, at most.
+const STORE_PAGES: usize = 16;
+
+fn locate(
+    store: Arc<dyn HistoryStore>,
+    histories: Arc<Histories>,
+    session: &SessionId,
+    id: String,
+) -> Locate {
+    let session = session.clone();
+    Box::pin(async move {
+        let found = match store.locate(&session, &id).await {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::warn!(%error, "history store lookup failed: answered as unknown");
+                None
+            }
+        };
+        let Some((stream, mut after)) = found else {
+            return Located::NotFound;
+        };
+        let mut bytes = BytesMut::new();
+        let mut seam = HashSet::from([histories.hash(id.as_bytes())]);
+        let mut newest = None;
+        for _ in 0..STORE_PAGES {
+            let page = match store
+                .read_after(&session, &stream, after, histories.config.max_bytes)
+                .await
+            {
+                Ok(page) => page,
+                Err(error) => {
+                    tracing::warn!(%error, "history store read failed: replay cut short");
+                    break;
+                }
+            };
+            let Some(last) = page.last() else {
+                break;
+            };
+            after = last.seq;
+            for event in &page {
+                bytes.extend_from_slice(&event.bytes);
+                if let Some(id) = &event.id {
+                    seam.insert(histories.hash(id.as_bytes()));
+                    newest = Some(id.to_string());
+                }
+            }
+        }
+        histories
+            .labels
+            .counter_with(m::REPLAYS, "outcome", "replayed")
+            .increment(1);
+        let replaying = Replaying {
+            history: None,
+            after: None,
+            until: None,
+            first: (!bytes.is_empty()).then(|| bytes.freeze()),
+            wait: None,
+            seam: Some(Seam::new(seam, histories.clone())),
+            outcome: Some(Outcome::Replayed),
+            store_newest: newest.clone(),
+        };
+        Located::Found(Box::new(replaying), newest)
+    })
+}
+
 fn status_answer(status: StatusCode, outcome: Outcome) -> Answer {
     let mut headers = HeaderMap::new();
     headers.insert(SSE_REPLAY.clone(), outcome.header());
@@ -201,7 +288,8 @@ fn answer_headers(head: &HeaderMap, outcome: Outcome) -> HeaderMap {
 /// Events sent from a stream's history: after a sequence number, up to a point (`until`) or
 /// following the live tail while the stream has a producer.
 pub(crate) struct Replaying {
-    pub(crate) history: Arc<StreamHistory>,
+    /// `None` for a replay read from the history store (all of it in `first`).
+    pub(crate) history: Option<Arc<StreamHistory>>,
     /// The last event sent (`None`: none yet, start from the oldest).
     after: Option<u64>,
     /// Stop before this sequence number; `None`: follow the tail.
@@ -213,6 +301,8 @@ pub(crate) struct Replaying {
     pub(crate) seam: Option<Seam>,
     /// The `sse-replay` header for a response that goes on with the wrapped service.
     pub(crate) outcome: Option<Outcome>,
+    /// For a replay read from the history store: the newest ID it sends.
+    store_newest: Option<String>,
 }
 
 impl std::fmt::Debug for Replaying {
@@ -236,13 +326,14 @@ impl Replaying {
             history.follow(1);
         }
         Self {
-            history,
+            history: Some(history),
             after,
             until,
             first,
             wait: None,
             seam: None,
             outcome: None,
+            store_newest: None,
         }
     }
 
@@ -254,14 +345,23 @@ impl Replaying {
         cx: &mut Context<'_>,
     ) -> Poll<Option<(Bytes, Option<String>)>> {
         if let Some(first) = self.first.take() {
-            return Poll::Ready(Some((first, None)));
+            // From the store, all of it comes at once, with the ID to move the position to.
+            let id = self
+                .history
+                .is_none()
+                .then(|| self.store_newest.take())
+                .flatten();
+            return Poll::Ready(Some((first, id)));
         }
+        let Some(history) = self.history.clone() else {
+            return Poll::Ready(None);
+        };
         loop {
             if let Some(wait) = &mut self.wait {
                 std::task::ready!(wait.as_mut().poll(cx));
                 self.wait = None;
             }
-            let st = self.history.lock();
+            let st = history.lock();
             if self.after.is_some_and(|a| a + 1 < st.first_seq()) {
                 // This response fell behind by more than the history keeps: it ends, and the
                 // client's reconnect is answered by the policy for IDs too old.
@@ -284,7 +384,7 @@ impl Replaying {
                 None => {
                     let seen = st.next_seq();
                     drop(st);
-                    let history = self.history.clone();
+                    let history = history.clone();
                     self.wait = Some(Box::pin(async move {
                         let notified = history.appended.notified();
                         tokio::pin!(notified);
@@ -305,8 +405,10 @@ impl Replaying {
 
 impl Drop for Replaying {
     fn drop(&mut self) {
-        if self.until.is_none() {
-            self.history.follow(-1);
+        if self.until.is_none()
+            && let Some(history) = &self.history
+        {
+            history.follow(-1);
         }
     }
 }

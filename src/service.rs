@@ -11,7 +11,7 @@ use tower_service::Service;
 
 use crate::{
     config::Config,
-    future::{RequestInfo, ResponseFuture},
+    future::{Next, RequestInfo, ResponseFuture},
     resume,
     session::RequestSession,
 };
@@ -117,12 +117,16 @@ where
         let forget = config.forgets(req.method());
         let mut info = RequestInfo::new(config, session, stream, stated, forget);
         match load {
-            None => {
-                if let Some(answer) = info.as_mut().and_then(|i| i.route(&mut req)) {
-                    return ResponseFuture::answered(answer, info);
+            None => match info.as_mut().map_or(Next::Call, |i| i.route(&mut req)) {
+                Next::Call => ResponseFuture::calling(self.inner.call(req), info),
+                next => {
+                    // Not calling now: the service that was polled ready goes into the
+                    // future with the request; a clone takes its place.
+                    let clone = self.inner.clone();
+                    let ready = std::mem::replace(&mut self.inner, clone);
+                    ResponseFuture::routed(next, ready, req, info)
                 }
-                ResponseFuture::calling(self.inner.call(req), info)
-            }
+            },
             // The store must answer before the inner service is called: the service that was
             // polled ready goes into the future with the request; a clone takes its place.
             Some(load) => {

@@ -636,3 +636,63 @@ async fn a_detachable_stream_is_tracked() {
         .to_bytes();
     assert_eq!(&body[..], b"id: 1\ndata: x\n\n");
 }
+
+/// Two replicas share a history store: a stream cut on A is replayed by B from the store, and
+/// B's service goes on after the newest replayed event; nothing lost, nothing twice.
+#[tokio::test]
+async fn a_reconnect_to_another_replica_is_replayed_from_the_shared_store() {
+    use tower_sse_tracking::history::MemoryHistoryStore;
+    let shared = MemoryHistoryStore::default();
+    let replica = |calls: Calls| {
+        let shared = shared.clone();
+        async move {
+            let tracking = EventTrackingLayer::builder()
+                .session_cookie("sid")
+                .replay(ReplayConfig::default().store(shared))
+                .build();
+            let app = Router::new()
+                .route("/feed", get(feed))
+                .with_state(calls)
+                .layer(tracking.clone());
+            (tracking, serve(app).await)
+        }
+    };
+    let (calls_a, calls_b) = (Calls::default(), Calls::default());
+    let (a, addr_a) = replica(calls_a.clone()).await;
+    let (_b, addr_b) = replica(calls_b.clone()).await;
+    let first = read_until(addr_a, request("/feed", "s", None), "id: 5\n").await;
+    assert_eq!(ids(&first), [1, 2, 3, 4, 5]);
+    a.flush().await.unwrap(); // A's worker writes the history store
+    assert!(shared.bytes() > 0);
+    // The client had 2 when A went away; the load balancer sends it to B.
+    let body = read_until(addr_b, request("/feed", "s", Some("2")), "id: 10\n").await;
+    assert_eq!(ids(&body), [3, 4, 5, 6, 7, 8, 9, 10], "{body}");
+    assert!(
+        body.starts_with("id: 3\ndata: event 3\n\n"),
+        "byte for byte"
+    );
+    assert_eq!(
+        calls_b.seen(),
+        ["5"],
+        "B's service went on after the replay"
+    );
+    // An ID in no history, on B: unknown, passed through.
+    let (parts, _) = fetch_head(addr_b, request("/feed", "s", Some("nope"))).await;
+    assert_eq!(parts.headers["sse-replay"], "unknown");
+}
+
+/// Sends a request and returns its head (the body stays open: the feeds never end).
+async fn fetch_head(
+    addr: std::net::SocketAddr,
+    request: Request<Empty<Bytes>>,
+) -> (http::response::Parts, ()) {
+    let (mut parts, body) = request.into_parts();
+    parts.uri = format!("http://{addr}{}", parts.uri).parse().unwrap();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let response = client
+        .request(Request::from_parts(parts, body))
+        .await
+        .unwrap();
+    (response.into_parts().0, ())
+}

@@ -10,6 +10,7 @@
 //! A history only ever answers lookups of its own session.
 
 mod ring;
+mod store;
 mod stream;
 
 use std::{
@@ -25,6 +26,7 @@ use std::{
 use http::{HeaderMap, HeaderName, Method, StatusCode};
 use tokio::time::Instant;
 
+pub use self::store::{HistoryEvent, HistoryStore, MemoryHistoryStore};
 pub(crate) use self::stream::{Appended, Bounds, Found, State, StreamHistory};
 use crate::{
     SessionId, StreamKey,
@@ -82,6 +84,7 @@ pub struct ReplayConfig {
     pub(crate) bind_to: Option<HeaderName>,
     pub(crate) authorize: Option<Arc<Authorize>>,
     pub(crate) detach_if: Option<Arc<DetachIf>>,
+    pub(crate) store: Option<Arc<dyn HistoryStore>>,
 }
 
 /// A function that says which streams may outlive their client.
@@ -104,6 +107,7 @@ impl std::fmt::Debug for ReplayConfig {
             .field("bind_to", &self.bind_to)
             .field("authorize", &self.authorize.as_ref().map(|_| ".."))
             .field("detach_if", &self.detach_if.as_ref().map(|_| ".."))
+            .field("store", &self.store.as_ref().map(|_| ".."))
             .finish()
     }
 }
@@ -122,6 +126,7 @@ impl Default for ReplayConfig {
             bind_to: None,
             authorize: None,
             detach_if: None,
+            store: None,
         }
     }
 }
@@ -274,11 +279,88 @@ impl ReplayConfig {
         self
     }
 
+    /// A second tier for histories, beyond this process's memory (durable, or shared by
+    /// replicas): every event kept in memory is also appended to it, in batches, by the
+    /// persistence worker on each tick; a reconnect whose `Last-Event-ID` is not in memory (after
+    /// a restart, or on another replica) is looked up there, replayed from it, and the wrapped
+    /// service goes on after the newest replayed event, with the seam as for any cut stream.
+    /// A live tail across replicas is not followed: the service is called.
+    ///
+    /// Events wait for the worker in a bounded outbox (65,536 events); when the store keeps
+    /// failing and the outbox is full, the oldest waiting events are dropped and counted
+    /// (`sse_tracking_history_store_dropped_total`).
+    ///
+    /// Defaults to none: histories live in this process's memory only.
+    pub fn store<H: HistoryStore>(mut self, store: H) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
     fn bounds(&self) -> Bounds {
         Bounds {
             max_events: self.max_events,
             max_bytes: self.max_bytes,
         }
+    }
+}
+
+/// Events waiting for the history store, at most.
+const OUTBOX_EVENTS: usize = 65_536;
+
+/// Events on their way to the history store: pushed by producers, written by the persistence
+/// worker on its ticks. Bounded: when the store keeps failing, the oldest go (counted).
+pub(crate) struct Outbox {
+    pub(crate) store: Arc<dyn HistoryStore>,
+    events: Mutex<std::collections::VecDeque<HistoryEvent>>,
+    labels: Labels,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox").finish_non_exhaustive()
+    }
+}
+
+impl Outbox {
+    pub(crate) fn new(store: Arc<dyn HistoryStore>, labels: Labels) -> Self {
+        Self {
+            store,
+            events: Mutex::default(),
+            labels,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, std::collections::VecDeque<HistoryEvent>> {
+        self.events.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds events at the back (new ones) or, with `front`, at the front (a failed batch, to be
+    /// tried again first); the oldest go beyond the bound.
+    pub(crate) fn push(&self, events: Vec<HistoryEvent>, front: bool) {
+        if events.is_empty() {
+            return;
+        }
+        let mut queue = self.lock();
+        if front {
+            for event in events.into_iter().rev() {
+                queue.push_front(event);
+            }
+        } else {
+            queue.extend(events);
+        }
+        let over = queue.len().saturating_sub(OUTBOX_EVENTS);
+        queue.drain(..over);
+        drop(queue);
+        if over > 0 {
+            self.labels
+                .counter(m::HISTORY_STORE_DROPPED)
+                .increment(over as u64);
+        }
+    }
+
+    /// Everything waiting, oldest first.
+    pub(crate) fn take(&self) -> Vec<HistoryEvent> {
+        self.lock().drain(..).collect()
     }
 }
 
@@ -315,9 +397,11 @@ pub(crate) struct Histories {
     total: AtomicUsize,
     /// Finished streams (no producer), least recently finished first.
     finished: Mutex<LinkedSlab<Arc<StreamHistory>>>,
-    labels: Labels,
+    pub(crate) labels: Labels,
     /// Streams being read on after their client went away.
     detached: AtomicUsize,
+    /// Events on their way to the history store, if there is one.
+    pub(crate) outbox: Option<Arc<Outbox>>,
 }
 
 impl std::fmt::Debug for Histories {
@@ -335,6 +419,10 @@ impl Histories {
             .map_or(4, |n| n.get() * 4)
             .next_power_of_two()
             .clamp(4, 64);
+        let outbox = config
+            .store
+            .clone()
+            .map(|store| Arc::new(Outbox::new(store, labels.clone())));
         Self {
             bounds: config.bounds(),
             config,
@@ -346,6 +434,7 @@ impl Histories {
             finished: Mutex::default(),
             labels,
             detached: AtomicUsize::new(0),
+            outbox,
         }
     }
 

@@ -65,6 +65,8 @@ pub(crate) struct State {
     pub(crate) head: HeaderMap,
     /// Bytes this history holds (rings, event records), as counted in the global total.
     pub(crate) accounted: usize,
+    /// The `seq` of the newest event handed to the history store (see `HistoryEvent::seq`).
+    stamp: u64,
     /// What the history holds besides its rings and records (its head, its own struct).
     fixed: usize,
     /// Events evicted and not yet reported (reported in batches: in a full history every
@@ -152,6 +154,7 @@ impl StreamHistory {
             head,
             accounted: 0,
             fixed,
+            stamp: 0,
             unreported_evictions: 0,
             dropped: false,
         };
@@ -301,6 +304,32 @@ impl State {
         }
         out.delta = self.account();
         out
+    }
+
+    /// The newest committed event, for the history store: its bytes, the ID its block set, and
+    /// a new `seq` (the wall clock, strictly increasing per stream).
+    pub(crate) fn newest_for_store(&mut self) -> Option<(Bytes, Option<std::sync::Arc<str>>, u64)> {
+        let meta = *self.events.back()?;
+        let start = match self.events.len() {
+            1 => self.bytes.start(),
+            n => self.events[n - 2].end,
+        };
+        let (a, b) = self.bytes.slices(start, meta.end);
+        let mut bytes = BytesMut::with_capacity(a.len() + b.len());
+        bytes.extend_from_slice(a);
+        bytes.extend_from_slice(b);
+        self.stamp = crate::clock::stamp(self.stamp);
+        let id = if meta.sets_id {
+            let (a, b) = self
+                .ids
+                .slices(meta.id_end - u64::from(meta.id_len), meta.id_end);
+            Some(std::sync::Arc::from(
+                String::from_utf8_lossy(&[a, b].concat()).as_ref(),
+            ))
+        } else {
+            None
+        };
+        Some((bytes.freeze(), id, self.stamp))
     }
 
     /// Evictions not reported yet (the history is finished or dropped: report them now).

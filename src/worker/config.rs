@@ -31,6 +31,8 @@ pub struct WorkerConfig {
     pub(crate) dedup_window: usize,
     /// Set by the layer's builder from its name.
     pub(crate) labels: Labels,
+    /// Set by the layer's builder when replay has a history store: the events to write to it.
+    pub(crate) history: Option<std::sync::Arc<crate::history::Outbox>>,
 }
 
 impl Default for WorkerConfig {
@@ -51,6 +53,7 @@ impl Default for WorkerConfig {
             idle_ttl: Duration::from_secs(600),
             dedup_window: DEFAULT_DEDUP_WINDOW,
             labels: Labels::default(),
+            history: None,
         }
     }
 }

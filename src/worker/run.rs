@@ -104,6 +104,7 @@ impl Worker {
                     self.collect_overflow();
                     self.collect_due_retries(Instant::now());
                     self.flush(FlushMode::Paced, None).await;
+                    self.write_history().await;
                     // Bounded work: the fronts of the idle lists, a few hundred per shard at most.
                     self.tracker.registry.expire(EXPIRE_PER_SHARD_PER_TICK);
                     self.gauges();
@@ -209,8 +210,35 @@ impl Worker {
             self.pending.push((retry.slot, retry.attempts));
         }
         let report = self.flush(FlushMode::Forced, None).await;
+        self.write_history().await;
         self.gauges();
         report
+    }
+
+    /// Writes the events waiting for the history store (replay's second tier), if there is
+    /// one; a failed batch waits for the next tick, first in line.
+    async fn write_history(&self) {
+        let Some(outbox) = &self.tracker.config.history else {
+            return;
+        };
+        let batch = outbox.take();
+        if batch.is_empty() {
+            return;
+        }
+        let timeout = self.tracker.config.store_timeout;
+        let error = match tokio::time::timeout(timeout, outbox.store.append(&batch)).await {
+            Ok(Ok(())) => {
+                self.tracker
+                    .labels()
+                    .counter(m::HISTORY_STORED)
+                    .increment(batch.len() as u64);
+                return;
+            }
+            Ok(Err(error)) => error,
+            Err(_) => StoreError::transient(format!("append took longer than {timeout:?}")),
+        };
+        tracing::warn!(events = batch.len(), %error, "history store append failed: will retry");
+        outbox.push(batch, true);
     }
 
     /// Writes pending sessions in batches of at most `max_batch`, stopping at `deadline`.
@@ -397,6 +425,7 @@ impl Worker {
             while let Some(retry) = self.retries.pop() {
                 self.pending.push((retry.slot, retry.attempts));
             }
+            self.write_history().await;
             let mut persisted = 0;
             loop {
                 let remaining = deadline.saturating_duration_since(Instant::now());

@@ -20,7 +20,7 @@ use tokio::{
 
 use crate::{
     heartbeat::Heartbeat,
-    history::{Appended, Histories, HistoryEvent, StreamHistory},
+    history::{Appended, Histories, HistoryEvent, Outgoing, StreamHistory},
     metrics::{self as m, Labels},
     parser::{Dispatch, SseParser},
     replay::{Replaying, Seam},
@@ -88,7 +88,7 @@ struct Appending<'a> {
     room: bool,
     total: Appended,
     /// Events for the history store, if there is one (pushed to its outbox at the end).
-    outgoing: Option<Vec<HistoryEvent>>,
+    outgoing: Option<Vec<Outgoing>>,
 }
 
 impl Producer {
@@ -117,13 +117,13 @@ impl Appending<'_> {
             && self.state.next_seq() > before
             && let Some((bytes, id, seq)) = self.state.newest_for_store()
         {
-            outgoing.push(HistoryEvent {
+            outgoing.push(Outgoing::Event(HistoryEvent {
                 session: self.history.session.clone(),
                 stream: self.history.key.clone(),
                 seq,
                 id,
                 bytes,
-            });
+            }));
         }
     }
 

@@ -101,6 +101,7 @@ impl RequestInfo {
                 }
                 self.follow(Route::CallAfter(replaying))
             }
+            Located::Answer(answer) => Next::Answer(answer),
             Located::NotFound => self.follow(replay::unknown(&histories)),
         }
     }

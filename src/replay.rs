@@ -17,10 +17,14 @@ use http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use crate::{
     SessionId, StreamKey,
     config::Config,
-    history::{Histories, HistoryStore, Lookup, SSE_REPLAY, StreamHistory, UnknownId},
+    history::{
+        Histories, HistoryPage, HistoryStore, Lookup, SSE_REPLAY, StreamEnd, StreamHistory,
+        UnknownId,
+    },
     metrics as m,
     parser::SseParser,
     resume::LAST_EVENT_ID,
+    store::StoreError,
 };
 
 /// Most bytes read from a history at once.
@@ -184,6 +188,9 @@ pub(crate) fn unknown(histories: &Histories) -> Route {
 pub(crate) enum Located {
     /// Found: replay this, then the service goes on after `newest`.
     Found(Box<Replaying>, Option<String>),
+    /// Found, and answered from the store (the rest of a complete stream, or a stream still
+    /// produced elsewhere, followed).
+    Answer(Box<Answer>),
     /// In no history.
     NotFound,
 }
@@ -209,15 +216,17 @@ fn locate(
                 None
             }
         };
-        let Some((stream, mut after)) = found else {
+        let Some(found) = found else {
             return Located::NotFound;
         };
+        let mut after = found.seq;
+        let mut end = found.end;
         let mut bytes = BytesMut::new();
         let mut seam = HashSet::from([histories.hash(id.as_bytes())]);
         let mut newest = None;
         for _ in 0..STORE_PAGES {
             let page = match store
-                .read_after(&session, &stream, after, histories.config.max_bytes)
+                .read_after(&session, &found.stream, after, histories.config.max_bytes)
                 .await
             {
                 Ok(page) => page,
@@ -226,11 +235,12 @@ fn locate(
                     break;
                 }
             };
-            let Some(last) = page.last() else {
+            end = page.end;
+            let Some(last) = page.events.last() else {
                 break;
             };
             after = last.seq;
-            for event in &page {
+            for event in &page.events {
                 bytes.extend_from_slice(&event.bytes);
                 if let Some(id) = &event.id {
                     seam.insert(histories.hash(id.as_bytes()));
@@ -242,18 +252,148 @@ fn locate(
             .labels
             .counter_with(m::REPLAYS, "outcome", "replayed")
             .increment(1);
-        let replaying = Replaying {
+        let mut replaying = Replaying {
             history: None,
             after: None,
             until: None,
             first: (!bytes.is_empty()).then(|| bytes.freeze()),
             wait: None,
-            seam: Some(Seam::new(seam, histories.clone())),
+            seam: None,
             outcome: Some(Outcome::Replayed),
             store_newest: newest.clone(),
+            store_tail: None,
         };
-        Located::Found(Box::new(replaying), newest)
+        match end {
+            // Still produced elsewhere (another replica): follow it through the store, without
+            // calling the service.
+            StreamEnd::Open => {
+                replaying.store_tail = Some(StoreTail {
+                    store,
+                    session,
+                    stream: found.stream,
+                    after,
+                    limit: histories.config.max_bytes,
+                    next: None,
+                });
+                Located::Answer(Box::new(store_answer(replaying)))
+            }
+            // Complete: the rest of it, and the end, without the service.
+            StreamEnd::Complete if replaying.first.is_some() => {
+                Located::Answer(Box::new(store_answer(replaying)))
+            }
+            // Cut short (or complete, and the client has it all): the service goes on.
+            _ => {
+                replaying.seam = Some(Seam::new(seam, histories.clone()));
+                Located::Found(Box::new(replaying), newest)
+            }
+        }
     })
+}
+
+/// A response answered from the history store: an event stream (the store keeps no response
+/// heads).
+fn store_answer(replaying: Replaying) -> Answer {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(SSE_REPLAY.clone(), Outcome::Replayed.header());
+    Answer {
+        status: StatusCode::OK,
+        headers,
+        replay: Some(replaying),
+    }
+}
+
+/// Following a stream produced elsewhere through the history store: read what is there, wait
+/// for more, until it ends.
+struct StoreTail {
+    store: Arc<dyn HistoryStore>,
+    session: SessionId,
+    stream: StreamKey,
+    /// The `seq` of the last event sent.
+    after: u64,
+    limit: usize,
+    next: Option<Pin<Box<dyn Future<Output = Tail> + Send>>>,
+}
+
+/// What the store said next.
+enum Tail {
+    Page(Result<HistoryPage, StoreError>),
+    Waited,
+}
+
+/// How long one wait for a stream's tail lasts before reading again.
+const TAIL_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+impl StoreTail {
+    fn read(&mut self) {
+        let (store, session, stream) = (
+            self.store.clone(),
+            self.session.clone(),
+            self.stream.clone(),
+        );
+        let (after, limit) = (self.after, self.limit);
+        self.next = Some(Box::pin(async move {
+            Tail::Page(store.read_after(&session, &stream, after, limit).await)
+        }));
+    }
+
+    fn wait(&mut self) {
+        let (store, session, stream) = (
+            self.store.clone(),
+            self.session.clone(),
+            self.stream.clone(),
+        );
+        let after = self.after;
+        self.next = Some(Box::pin(async move {
+            let _ = store.wait_after(&session, &stream, after, TAIL_WAIT).await;
+            Tail::Waited
+        }));
+    }
+
+    /// The next events (whole, with the newest ID they set), or `None` once the stream ended
+    /// (or the store failed: the client reconnects).
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<(Bytes, Option<String>)>> {
+        loop {
+            if self.next.is_none() {
+                self.read();
+            }
+            let Some(next) = &mut self.next else {
+                return Poll::Ready(None);
+            };
+            let tail = std::task::ready!(next.as_mut().poll(cx));
+            self.next = None;
+            match tail {
+                Tail::Waited => self.read(),
+                Tail::Page(Err(error)) => {
+                    tracing::warn!(%error, "history store read failed: following stream ends");
+                    return Poll::Ready(None);
+                }
+                Tail::Page(Ok(page)) => {
+                    let Some(last) = page.events.last() else {
+                        if page.end == StreamEnd::Open {
+                            self.wait();
+                            continue;
+                        }
+                        return Poll::Ready(None);
+                    };
+                    self.after = last.seq;
+                    let mut bytes = BytesMut::new();
+                    let mut newest = None;
+                    for event in &page.events {
+                        bytes.extend_from_slice(&event.bytes);
+                        if let Some(id) = &event.id {
+                            newest = Some(id.to_string());
+                        }
+                    }
+                    return Poll::Ready(Some((bytes.freeze(), newest)));
+                }
+            }
+        }
+    }
 }
 
 fn status_answer(status: StatusCode, outcome: Outcome) -> Answer {
@@ -303,6 +443,8 @@ pub(crate) struct Replaying {
     pub(crate) outcome: Option<Outcome>,
     /// For a replay read from the history store: the newest ID it sends.
     store_newest: Option<String>,
+    /// For a stream produced elsewhere: its tail, followed through the store.
+    store_tail: Option<StoreTail>,
 }
 
 impl std::fmt::Debug for Replaying {
@@ -334,6 +476,7 @@ impl Replaying {
             seam: None,
             outcome: None,
             store_newest: None,
+            store_tail: None,
         }
     }
 
@@ -354,7 +497,10 @@ impl Replaying {
             return Poll::Ready(Some((first, id)));
         }
         let Some(history) = self.history.clone() else {
-            return Poll::Ready(None);
+            return match &mut self.store_tail {
+                Some(tail) => tail.poll_next(cx),
+                None => Poll::Ready(None),
+            };
         };
         loop {
             if let Some(wait) = &mut self.wait {

@@ -662,7 +662,10 @@ async fn a_reconnect_to_another_replica_is_replayed_from_the_shared_store() {
     let (_b, addr_b) = replica(calls_b.clone()).await;
     let first = read_until(addr_a, request("/feed", "s", None), "id: 5\n").await;
     assert_eq!(ids(&first), [1, 2, 3, 4, 5]);
-    a.flush().await.unwrap(); // A's worker writes the history store
+    // A notices its client went away; its worker writes the events and the stream's end (cut)
+    // to the history store. (Before that, B would follow the stream as still produced on A.)
+    settle().await;
+    a.flush().await.unwrap();
     assert!(shared.bytes() > 0);
     // The client had 2 when A went away; the load balancer sends it to B.
     let body = read_until(addr_b, request("/feed", "s", Some("2")), "id: 10\n").await;
@@ -695,4 +698,62 @@ async fn fetch_head(
         .await
         .unwrap();
     (response.into_parts().0, ())
+}
+
+/// A stream still produced on replica A is followed from replica B through the shared store:
+/// what A had written, then what it writes next, until A's stream ends; B's service is not
+/// called.
+#[tokio::test]
+async fn another_replica_follows_a_stream_still_produced_elsewhere() {
+    use tower_sse_tracking::history::MemoryHistoryStore;
+    let shared = MemoryHistoryStore::default();
+    let layer = || {
+        EventTrackingLayer::builder()
+            .session_cookie("sid")
+            .replay(ReplayConfig::default().store(shared.clone()))
+            .worker(
+                tower_sse_tracking::worker::WorkerConfig::default()
+                    .flush_interval(Duration::from_millis(10)),
+            )
+            .build()
+    };
+    let (a, b) = (layer(), layer());
+    // A: a live feed fed by a channel.
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<u32>();
+    let rx = Arc::new(tokio::sync::Mutex::new(Some(rx)));
+    let live = move || {
+        let rx = rx.clone();
+        async move {
+            let rx = rx.lock().await.take().expect("called once");
+            Sse::new(tokio_stream_from(rx).map(event))
+        }
+    };
+    let addr_a = serve(Router::new().route("/live", get(live)).layer(a.clone())).await;
+    // B: its service must not be called.
+    let calls_b = Calls::default();
+    let addr_b = serve(
+        Router::new()
+            .route("/live", get(feed))
+            .with_state(calls_b.clone())
+            .layer(b.clone()),
+    )
+    .await;
+    for i in 1..=3 {
+        tx.send(i).unwrap();
+    }
+    let on_a = tokio::spawn(read_until(addr_a, request("/live", "s", None), "id: 6\n"));
+    wait_until("A wrote 1..3 to the store", || shared.bytes() >= 3 * 20).await;
+    let on_b = tokio::spawn(read_until(
+        addr_b,
+        request("/live", "s", Some("1")),
+        "id: 6\n",
+    ));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for i in 4..=6 {
+        tx.send(i).unwrap();
+    }
+    let (on_a, on_b) = (on_a.await.unwrap(), on_b.await.unwrap());
+    assert_eq!(ids(&on_a), [1, 2, 3, 4, 5, 6]);
+    assert_eq!(ids(&on_b), [2, 3, 4, 5, 6], "{on_b}");
+    assert!(calls_b.seen().is_empty(), "B's service was not called");
 }

@@ -26,7 +26,9 @@ use std::{
 use http::{HeaderMap, HeaderName, Method, StatusCode};
 use tokio::time::Instant;
 
-pub use self::store::{HistoryEvent, HistoryStore, MemoryHistoryStore};
+pub use self::store::{
+    HistoryEvent, HistoryPage, HistoryStore, MemoryHistoryStore, StoredPosition, StreamEnd,
+};
 pub(crate) use self::stream::{Appended, Bounds, Found, State, StreamHistory};
 use crate::{
     SessionId, StreamKey,
@@ -307,11 +309,20 @@ impl ReplayConfig {
 /// Events waiting for the history store, at most.
 const OUTBOX_EVENTS: usize = 65_536;
 
+/// What waits for the history store.
+#[derive(Debug)]
+pub(crate) enum Outgoing {
+    /// An event to append.
+    Event(HistoryEvent),
+    /// A stream ended (after its last events).
+    Finish(SessionId, StreamKey, StreamEnd),
+}
+
 /// Events on their way to the history store: pushed by producers, written by the persistence
 /// worker on its ticks. Bounded: when the store keeps failing, the oldest go (counted).
 pub(crate) struct Outbox {
     pub(crate) store: Arc<dyn HistoryStore>,
-    events: Mutex<std::collections::VecDeque<HistoryEvent>>,
+    items: Mutex<std::collections::VecDeque<Outgoing>>,
     labels: Labels,
 }
 
@@ -325,28 +336,28 @@ impl Outbox {
     pub(crate) fn new(store: Arc<dyn HistoryStore>, labels: Labels) -> Self {
         Self {
             store,
-            events: Mutex::default(),
+            items: Mutex::default(),
             labels,
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, std::collections::VecDeque<HistoryEvent>> {
-        self.events.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, std::collections::VecDeque<Outgoing>> {
+        self.items.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Adds events at the back (new ones) or, with `front`, at the front (a failed batch, to be
-    /// tried again first); the oldest go beyond the bound.
-    pub(crate) fn push(&self, events: Vec<HistoryEvent>, front: bool) {
-        if events.is_empty() {
+    /// Adds items at the back (new ones) or, with `front`, at the front (what a failed write
+    /// left, to be tried again first); the oldest go beyond the bound.
+    pub(crate) fn push(&self, items: Vec<Outgoing>, front: bool) {
+        if items.is_empty() {
             return;
         }
         let mut queue = self.lock();
         if front {
-            for event in events.into_iter().rev() {
-                queue.push_front(event);
+            for item in items.into_iter().rev() {
+                queue.push_front(item);
             }
         } else {
-            queue.extend(events);
+            queue.extend(items);
         }
         let over = queue.len().saturating_sub(OUTBOX_EVENTS);
         queue.drain(..over);
@@ -359,7 +370,7 @@ impl Outbox {
     }
 
     /// Everything waiting, oldest first.
-    pub(crate) fn take(&self) -> Vec<HistoryEvent> {
+    pub(crate) fn take(&self) -> Vec<Outgoing> {
         self.lock().drain(..).collect()
     }
 }
@@ -662,6 +673,15 @@ impl Histories {
             }
             st.complete = complete;
             st.finished_at = Some(Instant::now());
+        }
+        if let Some(outbox) = &self.outbox {
+            let end = if complete {
+                StreamEnd::Complete
+            } else {
+                StreamEnd::Cut
+            };
+            let finish = Outgoing::Finish(history.session.clone(), history.key.clone(), end);
+            outbox.push(vec![finish], false);
         }
         // Wake the responses following the tail: nothing more comes from this producer.
         history.appended.notify_waiters();

@@ -6,6 +6,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -29,6 +30,39 @@ pub struct HistoryEvent {
     pub bytes: Bytes,
 }
 
+/// Whether a stream in a [`HistoryStore`] is still being produced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StreamEnd {
+    /// Events may still come (as far as the store knows): readers may wait for them.
+    Open,
+    /// Its upstream ended normally: the history holds the whole stream.
+    Complete,
+    /// It ended before its upstream did (its client and any grace were gone).
+    Cut,
+}
+
+/// Where a stream's history holds an event: the stream, the event's `seq`, and whether the
+/// stream is still being produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredPosition {
+    /// The stream.
+    pub stream: StreamKey,
+    /// The event's `seq`.
+    pub seq: u64,
+    /// Whether the stream is still being produced.
+    pub end: StreamEnd,
+}
+
+/// Events of a stream read from a [`HistoryStore`], and whether more may come.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryPage {
+    /// The events, in `seq` order.
+    pub events: Vec<HistoryEvent>,
+    /// Whether the stream is still being produced.
+    pub end: StreamEnd,
+}
+
 /// Where a session's stream histories are kept beyond this process's memory: durable across
 /// restarts, or shared by replicas.
 ///
@@ -47,8 +81,21 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// layer tries it again later (while its bounded outbox has room).
     fn append<'a>(&'a self, batch: &'a [HistoryEvent]) -> StoreFuture<'a, ()>;
 
-    /// The stream of `session` whose history holds the newest event that set `id`, and that
-    /// event's `seq`; `None` if none does.
+    /// Marks a stream as ended ([`StreamEnd::Complete`] or [`StreamEnd::Cut`]); appending to
+    /// it again opens it again. The layer marks a stream after its last events.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`](crate::store::StoreError) when the store cannot be written.
+    fn finish<'a>(
+        &'a self,
+        session: &'a SessionId,
+        stream: &'a StreamKey,
+        end: StreamEnd,
+    ) -> StoreFuture<'a, ()>;
+
+    /// Where the newest event that set `id` is among the streams of `session`; `None` if in
+    /// none.
     ///
     /// # Errors
     ///
@@ -57,10 +104,10 @@ pub trait HistoryStore: Send + Sync + 'static {
         &'a self,
         session: &'a SessionId,
         id: &'a str,
-    ) -> StoreFuture<'a, Option<(StreamKey, u64)>>;
+    ) -> StoreFuture<'a, Option<StoredPosition>>;
 
     /// The events of a stream after `after` (a `seq`), in order, at most `limit` bytes of them
-    /// (but at least one, if there is one).
+    /// (but at least one, if there is one), and whether more may come.
     ///
     /// # Errors
     ///
@@ -71,7 +118,22 @@ pub trait HistoryStore: Send + Sync + 'static {
         stream: &'a StreamKey,
         after: u64,
         limit: usize,
-    ) -> StoreFuture<'a, Vec<HistoryEvent>>;
+    ) -> StoreFuture<'a, HistoryPage>;
+
+    /// Waits, at most `timeout`, until the stream has events after `after` or has ended: the
+    /// live tail of a stream produced elsewhere (another replica). Returns as soon as either
+    /// holds; returning early is allowed (the layer reads, and waits again).
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`](crate::store::StoreError) when the store cannot be read.
+    fn wait_after<'a>(
+        &'a self,
+        session: &'a SessionId,
+        stream: &'a StreamKey,
+        after: u64,
+        timeout: Duration,
+    ) -> StoreFuture<'a, ()>;
 
     /// Forgets every stream history of a session (it ended).
     ///
@@ -86,11 +148,20 @@ impl<S: HistoryStore + ?Sized> HistoryStore for Arc<S> {
         (**self).append(batch)
     }
 
+    fn finish<'a>(
+        &'a self,
+        session: &'a SessionId,
+        stream: &'a StreamKey,
+        end: StreamEnd,
+    ) -> StoreFuture<'a, ()> {
+        (**self).finish(session, stream, end)
+    }
+
     fn locate<'a>(
         &'a self,
         session: &'a SessionId,
         id: &'a str,
-    ) -> StoreFuture<'a, Option<(StreamKey, u64)>> {
+    ) -> StoreFuture<'a, Option<StoredPosition>> {
         (**self).locate(session, id)
     }
 
@@ -100,8 +171,18 @@ impl<S: HistoryStore + ?Sized> HistoryStore for Arc<S> {
         stream: &'a StreamKey,
         after: u64,
         limit: usize,
-    ) -> StoreFuture<'a, Vec<HistoryEvent>> {
+    ) -> StoreFuture<'a, HistoryPage> {
         (**self).read_after(session, stream, after, limit)
+    }
+
+    fn wait_after<'a>(
+        &'a self,
+        session: &'a SessionId,
+        stream: &'a StreamKey,
+        after: u64,
+        timeout: Duration,
+    ) -> StoreFuture<'a, ()> {
+        (**self).wait_after(session, stream, after, timeout)
     }
 
     fn purge_session<'a>(&'a self, session: &'a SessionId) -> StoreFuture<'a, ()> {
@@ -131,13 +212,31 @@ struct Inner {
     max_bytes: usize,
     max_streams: usize,
     state: Mutex<State>,
+    /// Wakes the readers waiting for a stream's tail (any stream: they check their own).
+    changed: tokio::sync::Notify,
 }
 
 #[derive(Debug, Default)]
 struct State {
-    sessions: HashMap<SessionId, HashMap<StreamKey, VecDeque<HistoryEvent>>>,
+    sessions: HashMap<SessionId, HashMap<StreamKey, Stored>>,
     bytes: usize,
     streams: usize,
+}
+
+/// One stream's events, and whether it is still being produced.
+#[derive(Debug)]
+struct Stored {
+    events: VecDeque<HistoryEvent>,
+    end: StreamEnd,
+}
+
+impl Default for Stored {
+    fn default() -> Self {
+        Self {
+            events: VecDeque::new(),
+            end: StreamEnd::Open,
+        }
+    }
 }
 
 impl Default for MemoryHistoryStore {
@@ -157,6 +256,7 @@ impl MemoryHistoryStore {
                 max_bytes,
                 max_streams: 100_000,
                 state: Mutex::default(),
+                changed: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -187,15 +287,21 @@ impl MemoryHistoryStore {
                 }
                 state.streams += 1;
             }
-            let events = state
+            let stored = state
                 .sessions
                 .entry(event.session.clone())
                 .or_default()
                 .entry(event.stream.clone())
                 .or_default();
-            if events.back().is_some_and(|last| last.seq >= event.seq) {
+            if stored
+                .events
+                .back()
+                .is_some_and(|last| last.seq >= event.seq)
+            {
                 continue; // already there (a retried batch)
             }
+            stored.end = StreamEnd::Open;
+            let events = &mut stored.events;
             state.bytes += event.bytes.len();
             events.push_back(event.clone());
             // Per stream: the oldest events go; at the byte cap, this stream's oldest go too
@@ -206,6 +312,19 @@ impl MemoryHistoryStore {
                 state.bytes -= events.pop_front().map_or(0, |e| e.bytes.len());
             }
         }
+        drop(st);
+        self.inner.changed.notify_waiters();
+    }
+
+    /// Whether a stream has events after `after`, or has ended.
+    fn ready(&self, session: &SessionId, stream: &StreamKey, after: u64) -> bool {
+        let st = self.lock();
+        st.sessions
+            .get(session)
+            .and_then(|s| s.get(stream))
+            .is_none_or(|s| {
+                s.end != StreamEnd::Open || s.events.back().is_some_and(|e| e.seq > after)
+            })
     }
 }
 
@@ -217,11 +336,31 @@ impl HistoryStore for MemoryHistoryStore {
         })
     }
 
+    fn finish<'a>(
+        &'a self,
+        session: &'a SessionId,
+        stream: &'a StreamKey,
+        end: StreamEnd,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            if let Some(stored) = self
+                .lock()
+                .sessions
+                .get_mut(session)
+                .and_then(|s| s.get_mut(stream))
+            {
+                stored.end = end;
+            }
+            self.inner.changed.notify_waiters();
+            Ok(())
+        })
+    }
+
     fn locate<'a>(
         &'a self,
         session: &'a SessionId,
         id: &'a str,
-    ) -> StoreFuture<'a, Option<(StreamKey, u64)>> {
+    ) -> StoreFuture<'a, Option<StoredPosition>> {
         Box::pin(async move {
             let st = self.lock();
             let Some(streams) = st.sessions.get(session) else {
@@ -229,11 +368,19 @@ impl HistoryStore for MemoryHistoryStore {
             };
             Ok(streams
                 .iter()
-                .filter_map(|(stream, events)| {
-                    let event = events.iter().rev().find(|e| e.id.as_deref() == Some(id))?;
-                    Some((stream.clone(), event.seq))
+                .filter_map(|(stream, stored)| {
+                    let event = stored
+                        .events
+                        .iter()
+                        .rev()
+                        .find(|e| e.id.as_deref() == Some(id))?;
+                    Some(StoredPosition {
+                        stream: stream.clone(),
+                        seq: event.seq,
+                        end: stored.end,
+                    })
                 })
-                .max_by_key(|(_, seq)| *seq))
+                .max_by_key(|p| p.seq))
         })
     }
 
@@ -243,22 +390,46 @@ impl HistoryStore for MemoryHistoryStore {
         stream: &'a StreamKey,
         after: u64,
         limit: usize,
-    ) -> StoreFuture<'a, Vec<HistoryEvent>> {
+    ) -> StoreFuture<'a, HistoryPage> {
         Box::pin(async move {
             let st = self.lock();
-            let Some(events) = st.sessions.get(session).and_then(|s| s.get(stream)) else {
-                return Ok(Vec::new());
+            let Some(stored) = st.sessions.get(session).and_then(|s| s.get(stream)) else {
+                return Ok(HistoryPage {
+                    events: Vec::new(),
+                    end: StreamEnd::Cut,
+                });
             };
-            let mut out = Vec::new();
+            let mut events = Vec::new();
             let mut bytes = 0;
-            for event in events.iter().filter(|e| e.seq > after) {
-                if !out.is_empty() && bytes + event.bytes.len() > limit {
+            for event in stored.events.iter().filter(|e| e.seq > after) {
+                if !events.is_empty() && bytes + event.bytes.len() > limit {
                     break;
                 }
                 bytes += event.bytes.len();
-                out.push(event.clone());
+                events.push(event.clone());
             }
-            Ok(out)
+            Ok(HistoryPage {
+                events,
+                end: stored.end,
+            })
+        })
+    }
+
+    fn wait_after<'a>(
+        &'a self,
+        session: &'a SessionId,
+        stream: &'a StreamKey,
+        after: u64,
+        timeout: Duration,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let changed = self.inner.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if !self.ready(session, stream, after) {
+                let _ = tokio::time::timeout(timeout, changed).await;
+            }
+            Ok(())
         })
     }
 
@@ -268,7 +439,7 @@ impl HistoryStore for MemoryHistoryStore {
             if let Some(streams) = st.sessions.remove(session) {
                 let freed: usize = streams
                     .values()
-                    .flat_map(|events| events.iter().map(|e| e.bytes.len()))
+                    .flat_map(|s| s.events.iter().map(|e| e.bytes.len()))
                     .sum();
                 st.bytes -= freed;
                 st.streams -= streams.len();
@@ -313,22 +484,27 @@ mod tests {
         block_on(store.append(&batch)).unwrap();
         // Three kept per stream: "1" is gone from a, but b has its own "1".
         assert_eq!(block_on(store.locate(&a, "1")).unwrap(), None);
-        assert_eq!(
-            block_on(store.locate(&a, "3")).unwrap(),
-            Some((key.clone(), 30))
-        );
-        assert_eq!(
-            block_on(store.locate(&b, "1")).unwrap(),
-            Some((key.clone(), 7))
-        );
-        let after: Vec<u64> = block_on(store.read_after(&a, &key, 20, 1 << 20))
-            .unwrap()
-            .iter()
-            .map(|e| e.seq)
-            .collect();
+        let at = |seq| {
+            Some(StoredPosition {
+                stream: key.clone(),
+                seq,
+                end: StreamEnd::Open,
+            })
+        };
+        assert_eq!(block_on(store.locate(&a, "3")).unwrap(), at(30));
+        assert_eq!(block_on(store.locate(&b, "1")).unwrap(), at(7));
+        let page = block_on(store.read_after(&a, &key, 20, 1 << 20)).unwrap();
+        let after: Vec<u64> = page.events.iter().map(|e| e.seq).collect();
         assert_eq!(after, [30, 40]);
+        assert_eq!(page.end, StreamEnd::Open);
         // A limit below one event still gives one.
-        assert_eq!(block_on(store.read_after(&a, &key, 0, 1)).unwrap().len(), 1);
+        let page = block_on(store.read_after(&a, &key, 0, 1)).unwrap();
+        assert_eq!(page.events.len(), 1);
+        block_on(store.finish(&a, &key, StreamEnd::Complete)).unwrap();
+        assert_eq!(
+            block_on(store.locate(&a, "3")).unwrap().unwrap().end,
+            StreamEnd::Complete
+        );
         assert_eq!(store.bytes(), 20);
         block_on(store.purge_session(&a)).unwrap();
         assert_eq!(block_on(store.locate(&a, "3")).unwrap(), None);
@@ -344,5 +520,45 @@ mod tests {
         }
         block_on(store.append(&[event("b", "/e", 1, None, 10)])).unwrap();
         assert!(store.bytes() <= 110, "{}", store.bytes());
+    }
+
+    #[test]
+    fn a_wait_for_the_tail_ends_with_new_events_or_the_end() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let store = MemoryHistoryStore::default();
+            let (a, key) = (SessionId::new("a").unwrap(), StreamKey::new("/e").unwrap());
+            store.append(&[event("a", "/e", 1, None, 3)]).await.unwrap();
+            // Nothing after 1 yet: the wait lasts until an append.
+            let waiting = {
+                let (store, a, key) = (store.clone(), a.clone(), key.clone());
+                tokio::spawn(async move {
+                    let start = tokio::time::Instant::now();
+                    store
+                        .wait_after(&a, &key, 1, Duration::from_secs(60))
+                        .await
+                        .unwrap();
+                    start.elapsed()
+                })
+            };
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            store.append(&[event("a", "/e", 2, None, 3)]).await.unwrap();
+            let waited = waiting.await.unwrap();
+            assert!(waited >= Duration::from_secs(5) && waited < Duration::from_secs(60));
+            // Ended: no wait at all.
+            store.finish(&a, &key, StreamEnd::Cut).await.unwrap();
+            let start = tokio::time::Instant::now();
+            store
+                .wait_after(&a, &key, 2, Duration::from_secs(60))
+                .await
+                .unwrap();
+            assert_eq!(start.elapsed(), Duration::ZERO);
+            let page = store.read_after(&a, &key, 2, 100).await.unwrap();
+            assert_eq!((page.events.len(), page.end), (0, StreamEnd::Cut));
+        });
     }
 }

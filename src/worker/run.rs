@@ -15,7 +15,9 @@ use super::{
     tracker::Tracker,
 };
 use crate::{
-    SessionId, metrics as m,
+    SessionId,
+    history::Outgoing,
+    metrics as m,
     registry::EXPIRE_PER_SHARD_PER_TICK,
     slot::Slot,
     store::{SessionUpdate, StoreError},
@@ -215,30 +217,59 @@ impl Worker {
         report
     }
 
-    /// Writes the events waiting for the history store (replay's second tier), if there is
-    /// one; a failed batch waits for the next tick, first in line.
+    /// Writes what waits for the history store (replay's second tier), if there is one:
+    /// events in batches, each stream's end after its events. What a failure leaves waits for
+    /// the next tick, first in line.
     async fn write_history(&self) {
         let Some(outbox) = &self.tracker.config.history else {
             return;
         };
-        let batch = outbox.take();
-        if batch.is_empty() {
-            return;
-        }
+        let mut items = outbox.take().into_iter().peekable();
         let timeout = self.tracker.config.store_timeout;
-        let error = match tokio::time::timeout(timeout, outbox.store.append(&batch)).await {
-            Ok(Ok(())) => {
-                self.tracker
-                    .labels()
-                    .counter(m::HISTORY_STORED)
-                    .increment(batch.len() as u64);
+        let mut events = Vec::new();
+        while items.peek().is_some() || !events.is_empty() {
+            let finish = match items.next() {
+                Some(Outgoing::Event(event)) => {
+                    events.push(event);
+                    continue;
+                }
+                Some(Outgoing::Finish(session, stream, end)) => Some((session, stream, end)),
+                None => None,
+            };
+            let mut written = Ok(());
+            if !events.is_empty() {
+                written = match tokio::time::timeout(timeout, outbox.store.append(&events)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(StoreError::transient(format!(
+                        "append took longer than {timeout:?}"
+                    ))),
+                };
+            }
+            if written.is_ok()
+                && let Some((session, stream, end)) = &finish
+            {
+                let finished = outbox.store.finish(session, stream, *end);
+                written = match tokio::time::timeout(timeout, finished).await {
+                    Ok(result) => result,
+                    Err(_) => Err(StoreError::transient(format!(
+                        "finish took longer than {timeout:?}"
+                    ))),
+                };
+            }
+            if let Err(error) = written {
+                tracing::warn!(%error, "history store write failed: will retry");
+                let mut left: Vec<Outgoing> = events.drain(..).map(Outgoing::Event).collect();
+                left.extend(finish.map(|(s, k, e)| Outgoing::Finish(s, k, e)));
+                left.extend(items);
+                outbox.push(left, true);
                 return;
             }
-            Ok(Err(error)) => error,
-            Err(_) => StoreError::transient(format!("append took longer than {timeout:?}")),
-        };
-        tracing::warn!(events = batch.len(), %error, "history store append failed: will retry");
-        outbox.push(batch, true);
+            self.tracker
+                .labels()
+                .counter(m::HISTORY_STORED)
+                .increment(events.len() as u64);
+            events.clear();
+        }
     }
 
     /// Writes pending sessions in batches of at most `max_batch`, stopping at `deadline`.

@@ -8,6 +8,37 @@
 //! upstream sent them (comments and blank lines before an event count as part of it; the
 //! layer's own heartbeats do not), each with the ID its block set, in one ring buffer per stream.
 //! A history only ever answers lookups of its own session.
+//!
+//! Beyond this process's memory, a [`HistoryStore`] ([`ReplayConfig::store`]) is a second tier:
+//! the persistence worker appends every kept event to it, and a reconnect whose ID this process
+//! does not hold (after a restart, on another replica) is answered from it.
+//! [`MemoryHistoryStore`] is the reference implementation.
+//!
+//! ```
+//! use std::time::Duration;
+//! use http::Method;
+//! use tower_sse_tracking::{
+//!     EventTrackingLayer,
+//!     history::{MemoryHistoryStore, ReplayConfig, UnknownId},
+//! };
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let replay = ReplayConfig::default()
+//!     // A POST that generates an answer outlives its client for a minute.
+//!     .detach_grace(Duration::from_secs(60))
+//!     .detach_if(|method, _stream| method == Method::POST)
+//!     // An ID in no history: start over is the service's call (the default).
+//!     .unknown_id(UnknownId::PassThrough)
+//!     // Shared by the replicas of this process (a durable or shared store in production).
+//!     .store(MemoryHistoryStore::default());
+//! let tracking = EventTrackingLayer::builder()
+//!     .session_cookie("sid")
+//!     .replay(replay)
+//!     .build();
+//! # let _ = tracking;
+//! # }
+//! ```
 
 mod ring;
 mod store;

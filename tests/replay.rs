@@ -757,3 +757,53 @@ async fn another_replica_follows_a_stream_still_produced_elsewhere() {
     assert_eq!(ids(&on_b), [2, 3, 4, 5, 6], "{on_b}");
     assert!(calls_b.seen().is_empty(), "B's service was not called");
 }
+
+/// Resume (the client lost its `Last-Event-ID`) with at-least-once and replay: the events
+/// handed over just before the disconnect come again, from history, although the service (a
+/// broadcast: it only ever sends what comes next) cannot send them again.
+#[tokio::test]
+async fn at_least_once_resume_gets_the_events_in_flight_from_history() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let next = Arc::new(AtomicU32::new(1));
+    let broadcast = move || {
+        let next = next.clone();
+        async move {
+            let take = move |n: u32| {
+                let from = next.fetch_add(n, Ordering::SeqCst);
+                (from..from + n)
+                    .map(|i| Ok::<_, Infallible>(Event::default().id(i.to_string()).data("x")))
+                    .collect::<Vec<_>>()
+            };
+            // Five now, three more 1.5 s later, then quiet.
+            let now = take(5);
+            let later = stream::once(tokio::time::sleep(Duration::from_millis(1500)))
+                .flat_map(move |()| stream::iter(take(3)));
+            Sse::new(stream::iter(now).chain(later).chain(stream::pending()))
+        }
+    };
+    let tracking = EventTrackingLayer::builder()
+        .session_cookie("sid")
+        .resume(true)
+        .resume_at_least_once(Duration::from_secs(1))
+        .heartbeat(Duration::from_millis(50))
+        .replay(ReplayConfig::default())
+        .build();
+    let app = Router::new()
+        .route("/live", get(broadcast))
+        .layer(tracking.clone());
+    let addr = serve(app).await;
+    // 1..5 at once, 6..8 1.5 s later; the client goes away right after 8.
+    let first = read_until(addr, request("/live", "c", None), "id: 8\n").await;
+    assert_eq!(ids(&first), (1..=8).collect::<Vec<_>>());
+    let worker = tracking.worker();
+    let key = tower_sse_tracking::StreamKey::new("/live").unwrap();
+    let session = tower_sse_tracking::SessionId::new("c").unwrap();
+    wait_until("settled back to 5", || {
+        worker.last_event_id(&session, &key).as_deref() == Some("5")
+    })
+    .await;
+    // It reconnects without Last-Event-ID: resume says 5; 6..8 come from history, then the
+    // broadcast goes on with what is new.
+    let second = read_until(addr, request("/live", "c", None), "id: 13\n").await;
+    assert_eq!(ids(&second), (6..=13).collect::<Vec<_>>(), "{second}");
+}

@@ -18,8 +18,8 @@ use crate::{
     SessionId, StreamKey,
     config::Config,
     history::{
-        Histories, HistoryPage, HistoryStore, Lookup, SSE_REPLAY, StreamEnd, StreamHistory,
-        UnknownId,
+        Histories, HistoryEvent, HistoryPage, HistoryStore, Lookup, SSE_REPLAY, StreamEnd,
+        StreamHistory, UnknownId,
     },
     metrics as m,
     parser::SseParser,
@@ -240,12 +240,9 @@ fn locate(
                 break;
             };
             after = last.seq;
-            for event in &page.events {
-                bytes.extend_from_slice(&event.bytes);
-                if let Some(id) = &event.id {
-                    seam.insert(histories.hash(id.as_bytes()));
-                    newest = Some(id.to_string());
-                }
+            for id in concat(&page.events, &mut bytes) {
+                seam.insert(histories.hash(id.as_bytes()));
+                newest = Some(id.to_string());
             }
         }
         histories
@@ -288,6 +285,16 @@ fn locate(
             }
         }
     })
+}
+
+/// Appends the events' bytes to `bytes`; returns the IDs they set, in order.
+fn concat<'e>(events: &'e [HistoryEvent], bytes: &mut BytesMut) -> Vec<&'e str> {
+    let mut ids = Vec::new();
+    for event in events {
+        bytes.extend_from_slice(&event.bytes);
+        ids.extend(event.id.as_deref());
+    }
+    ids
 }
 
 /// A response answered from the history store: an event stream (the store keeps no response
@@ -382,13 +389,9 @@ impl StoreTail {
                     };
                     self.after = last.seq;
                     let mut bytes = BytesMut::new();
-                    let mut newest = None;
-                    for event in &page.events {
-                        bytes.extend_from_slice(&event.bytes);
-                        if let Some(id) = &event.id {
-                            newest = Some(id.to_string());
-                        }
-                    }
+                    let newest = concat(&page.events, &mut bytes)
+                        .last()
+                        .map(|id| id.to_string());
                     return Poll::Ready(Some((bytes.freeze(), newest)));
                 }
             }

@@ -766,10 +766,10 @@ impl Histories {
     }
 
     /// Removes a history from its session (it was taken off the finished list already).
-    fn remove(&self, history: &Arc<StreamHistory>, reason: &'static str) {
+    fn remove(&self, history: &StreamHistory, reason: &'static str) {
         let mut shard = self.shard(&history.session);
         if let Some(streams) = shard.get_mut(&history.session) {
-            streams.retain(|h| !Arc::ptr_eq(h, history));
+            streams.retain(|h| !std::ptr::eq(Arc::as_ptr(h), history));
             if streams.is_empty() {
                 shard.remove(&history.session);
             }
@@ -792,7 +792,7 @@ impl Histories {
     }
 
     /// Accounts for a history that is gone.
-    fn drop_history(&self, history: &Arc<StreamHistory>, reason: &'static str) {
+    fn drop_history(&self, history: &StreamHistory, reason: &'static str) {
         let bytes = history.lock().drop_all();
         self.total.fetch_sub(bytes, Ordering::Relaxed);
         self.labels
@@ -849,20 +849,7 @@ impl Histories {
     /// Drops the history of a live stream that does not fit under the cap even at its floor:
     /// the stream goes on, without a history (its appends are ignored).
     pub(crate) fn drop_live(&self, history: &StreamHistory) {
-        let mut shard = self.shard(&history.session);
-        if let Some(streams) = shard.get_mut(&history.session) {
-            streams.retain(|h| !std::ptr::eq(Arc::as_ptr(h), history));
-            if streams.is_empty() {
-                shard.remove(&history.session);
-            }
-        }
-        drop(shard);
-        let bytes = history.lock().drop_all();
-        self.total.fetch_sub(bytes, Ordering::Relaxed);
-        self.labels
-            .counter_with(m::HISTORY_STREAMS_DROPPED, "reason", "capacity")
-            .increment(1);
-        history.appended.notify_waiters();
+        self.remove(history, "capacity");
     }
 
     /// Forgets every history of a session (it ended).

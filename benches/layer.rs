@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{EVENTS, body, drain, events, handler, median, per_event, service};
+use common::{EVENTS, events, median, per_event};
 use std::{
     hint::black_box,
     time::{Duration, Instant},
@@ -21,7 +21,6 @@ use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use http::Request;
 use tokio::runtime::Runtime;
-use tower::{Layer, ServiceExt};
 use tower_sse_tracking::{EventTrackingLayer, parser::SseParser, store::MemoryStore};
 
 fn request() -> Request<()> {
@@ -69,15 +68,7 @@ impl Setup {
 
     /// Time to call the service and drain one body, bare.
     fn bare(&self) -> Duration {
-        let prepared = handler(Some(body(&self.events)));
-        let start = Instant::now();
-        let n = self.rt.block_on(async {
-            let res = service(prepared).oneshot(request()).await.unwrap();
-            drain(res.into_body()).await
-        });
-        let elapsed = start.elapsed();
-        assert_eq!(n, self.total);
-        elapsed
+        common::bare(&self.rt, &self.events, request())
     }
 
     /// Time to call the service and drain one body, through the layer.
@@ -91,22 +82,7 @@ impl Setup {
     }
 
     fn through(&self, layer: &EventTrackingLayer) -> Duration {
-        let prepared = handler(Some(body(&self.events)));
-        let start = Instant::now();
-        let n = self.rt.block_on(async {
-            let res = layer
-                .layer(service(prepared))
-                .oneshot(request())
-                .await
-                .unwrap();
-            assert!(res.body().is_tracked());
-            drain(res.into_body()).await
-        });
-        let elapsed = start.elapsed();
-        assert_eq!(n, self.total);
-        // Outside the measured time: the worker writes the session, which turns clean again.
-        self.rt.block_on(layer.flush()).unwrap();
-        elapsed
+        common::through(&self.rt, layer, &self.events, request())
     }
 }
 

@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::{EVENTS, body, drain, events, handler, median, per_event, service};
+use common::{EVENTS, drain, events, handler, median, per_event, service};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -76,33 +76,11 @@ impl Setup {
     }
 
     fn bare(&self) -> Duration {
-        let prepared = handler(Some(body(&self.events)));
-        let start = Instant::now();
-        let n = self.rt.block_on(async {
-            let res = service(prepared).oneshot(request("s", None)).await.unwrap();
-            drain(res.into_body()).await
-        });
-        let elapsed = start.elapsed();
-        assert_eq!(n, self.total);
-        elapsed
+        common::bare(&self.rt, &self.events, request("s", None))
     }
 
     fn through(&self, layer: &EventTrackingLayer, session: &str) -> Duration {
-        let prepared = handler(Some(body(&self.events)));
-        let start = Instant::now();
-        let n = self.rt.block_on(async {
-            let res = layer
-                .layer(service(prepared))
-                .oneshot(request(session, None))
-                .await
-                .unwrap();
-            assert!(res.body().is_tracked());
-            drain(res.into_body()).await
-        });
-        let elapsed = start.elapsed();
-        assert_eq!(n, self.total);
-        self.rt.block_on(layer.flush()).unwrap();
-        elapsed
+        common::through(&self.rt, layer, &self.events, request(session, None))
     }
 
     fn tracked(&self) -> Duration {

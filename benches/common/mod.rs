@@ -13,7 +13,9 @@ use futures_util::stream;
 use http::{Request, Response, header};
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt, StreamBody};
-use tower::service_fn;
+use std::time::{Duration, Instant};
+use tower::{Layer, ServiceExt, service_fn};
+use tower_sse_tracking::EventTrackingLayer;
 
 pub const EVENTS: usize = 10_000;
 
@@ -82,4 +84,42 @@ pub fn median(mut samples: Vec<f64>) -> f64 {
 
 pub fn per_event(d: std::time::Duration) -> f64 {
     d.as_nanos() as f64 / EVENTS as f64
+}
+
+/// Time to call the bare handler with `request` and drain the body of `events` (checked whole).
+pub fn bare(rt: &tokio::runtime::Runtime, events: &[Bytes], request: Request<()>) -> Duration {
+    let prepared = handler(Some(body(events)));
+    let start = Instant::now();
+    let n = rt.block_on(async {
+        let res = service(prepared).oneshot(request).await.unwrap();
+        drain(res.into_body()).await
+    });
+    let elapsed = start.elapsed();
+    assert_eq!(n, events.iter().map(Bytes::len).sum::<usize>());
+    elapsed
+}
+
+/// The same through `layer` (the body must be tracked). Outside the measured time the worker
+/// writes the session, which turns clean again.
+pub fn through(
+    rt: &tokio::runtime::Runtime,
+    layer: &EventTrackingLayer,
+    events: &[Bytes],
+    request: Request<()>,
+) -> Duration {
+    let prepared = handler(Some(body(events)));
+    let start = Instant::now();
+    let n = rt.block_on(async {
+        let res = layer
+            .layer(service(prepared))
+            .oneshot(request)
+            .await
+            .unwrap();
+        assert!(res.body().is_tracked());
+        drain(res.into_body()).await
+    });
+    let elapsed = start.elapsed();
+    assert_eq!(n, events.iter().map(Bytes::len).sum::<usize>());
+    rt.block_on(layer.flush()).unwrap();
+    elapsed
 }

@@ -1,10 +1,13 @@
 //! Replay at the layer: what keeping every event in its stream's history costs, and how fast a
 //! reconnect is answered from it.
 //!
-//! - `layer/*`: the body of `benches/layer.rs` (10,000 events of about 60 bytes, one per frame)
-//!   drained bare, through the layer without replay, and with replay on. The difference between
-//!   the last two is the append to the history, per event, amortized (the ring's growth
-//!   included: each iteration is a new stream, whose ring grows from empty).
+//! - `bare`, `tracked`, `replay-on`: the body of `benches/layer.rs` (10,000 events of about 60
+//!   bytes, one per frame) drained bare, through the layer without replay, and with replay on
+//!   (the default bounds: each history keeps the newest 1,024 events). The difference between
+//!   the last two is the append to the history, per event, amortized. Each iteration appends to
+//!   one of 16 sessions in turn, whose history is full: every append evicts the oldest event.
+//! - `replay-on-10k`: the same with histories of 10,000 events (the bound `answer` needs): 16
+//!   histories of 1 MiB each, so every append writes to memory that is no longer in cache.
 //! - `answer`: a reconnect after the first event of a complete stream of 10,000 events, answered
 //!   from history (no service call): the body drained, in bytes per second. This includes the
 //!   layer's parse of the replayed bytes (it records the position of the reconnected client).
@@ -35,7 +38,10 @@ fn request(session: &str, last: Option<&str>) -> Request<()> {
 struct Setup {
     rt: Runtime,
     tracked: EventTrackingLayer,
+    /// Replay with the default bounds.
     replay: EventTrackingLayer,
+    /// Replay keeping 10,000 events per stream.
+    long: EventTrackingLayer,
     events: Vec<Bytes>,
     total: usize,
     /// Streams made so far (each iteration a new session: a new history).
@@ -48,9 +54,12 @@ impl Setup {
             .enable_all()
             .build()
             .unwrap();
-        let (tracked, replay) = rt.block_on(async {
+        let (tracked, replay, long) = rt.block_on(async {
             (
                 EventTrackingLayer::builder().build(),
+                EventTrackingLayer::builder()
+                    .replay(ReplayConfig::default())
+                    .build(),
                 EventTrackingLayer::builder()
                     .replay(
                         ReplayConfig::default()
@@ -66,12 +75,13 @@ impl Setup {
             rt,
             tracked,
             replay,
+            long,
             events,
             total,
             n: std::cell::Cell::new(0),
         };
         // The complete stream that `answer` replays.
-        setup.through(&setup.replay, "complete");
+        setup.through(&setup.long, "complete");
         setup
     }
 
@@ -87,12 +97,12 @@ impl Setup {
         self.through(&self.tracked, "s")
     }
 
-    /// One of 16 sessions in turn: each iteration appends 10,000 events to a history that
-    /// holds the previous 10,000 of that session (steady state: every append evicts one).
-    fn replayed(&self) -> Duration {
+    /// One of 16 sessions in turn: each iteration appends 10,000 events to a full history of
+    /// that session (steady state: every append evicts one).
+    fn replayed(&self, layer: &EventTrackingLayer) -> Duration {
         let n = self.n.get() + 1;
         self.n.set(n);
-        self.through(&self.replay, &format!("s{}", n % 16))
+        self.through(layer, &format!("s{}", n % 16))
     }
 
     /// A reconnect after the first event of the complete stream: answered from history.
@@ -101,7 +111,7 @@ impl Setup {
         let start = Instant::now();
         let n = self.rt.block_on(async {
             let res = self
-                .replay
+                .long
                 .layer(service(prepared))
                 .oneshot(request("complete", Some("00000000")))
                 .await
@@ -126,7 +136,10 @@ fn replay(c: &mut Criterion) {
         b.iter_custom(|iters| (0..iters).map(|_| setup.tracked()).sum())
     });
     group.bench_function("replay-on", |b| {
-        b.iter_custom(|iters| (0..iters).map(|_| setup.replayed()).sum())
+        b.iter_custom(|iters| (0..iters).map(|_| setup.replayed(&setup.replay)).sum())
+    });
+    group.bench_function("replay-on-10k", |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| setup.replayed(&setup.long)).sum())
     });
     let answer_bytes = setup.answer().1;
     group.throughput(Throughput::Bytes(answer_bytes as u64));
@@ -135,33 +148,57 @@ fn replay(c: &mut Criterion) {
     });
     group.finish();
 
-    let (mut bare, mut tracked, mut replayed, mut answer) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..100 {
-        bare.push(per_event(setup.bare()));
-        tracked.push(per_event(setup.tracked()));
-        replayed.push(per_event(setup.replayed()));
-        let (d, n) = setup.answer();
-        answer.push(n as f64 / d.as_secs_f64() / f64::from(1 << 30));
+    // Each round drains the bodies back to back, so that the differences are taken between
+    // runs that saw the same machine (this one is noisy): the figures are the medians of the
+    // per-round differences, with the medians of each side.
+    let mut rounds = Rounds::default();
+    for _ in 0..200 {
+        let b = per_event(setup.bare());
+        let t = per_event(setup.tracked());
+        let r = per_event(setup.replayed(&setup.replay));
+        let l = per_event(setup.replayed(&setup.long));
+        rounds.push([b, t, r, l, r - t, r - b, l - t]);
     }
-    let (bare, tracked, replayed, answer) = (
-        median(bare),
-        median(tracked),
-        median(replayed),
-        median(answer),
+    // Apart from the rounds above: a replay reads and copies a whole history, which would
+    // leave the caches cold for the next round.
+    let answer = median(
+        (0..100)
+            .map(|_| {
+                let (d, n) = setup.answer();
+                n as f64 / d.as_secs_f64() / f64::from(1 << 30)
+            })
+            .collect(),
     );
+    let [bare, tracked, replayed, long, append, over, append_long] = rounds.medians();
     println!(
         "replay: bare {bare:.1} ns/event, tracked {tracked:.1}, replay on {replayed:.1}: \
-         append {:.1} ns/event (replay on - tracked), replay on adds {:.1} ns/event over bare \
-         (median of 100 interleaved runs of {EVENTS} events of ~{} bytes, one per frame)",
-        replayed - tracked,
-        replayed - bare,
+         append {append:.1} ns/event (replay on - tracked), replay on adds {over:.1} ns/event \
+         over bare (medians of 200 rounds of {EVENTS} events of ~{} bytes, one per frame, \
+         differences taken per round)",
         setup.total / EVENTS,
+    );
+    println!(
+        "replay: with 10,000-event histories (cold memory): replay on {long:.1} ns/event, \
+         append {append_long:.1} ns/event"
     );
     println!(
         "replay: a reconnect answered from history: {answer:.2} GiB/s ({answer_bytes} bytes, \
          parsed on the way for the client's position)"
     );
+}
+
+/// Per-round figures, in columns.
+#[derive(Default)]
+struct Rounds(Vec<[f64; 7]>);
+
+impl Rounds {
+    fn push(&mut self, round: [f64; 7]) {
+        self.0.push(round);
+    }
+
+    fn medians(&self) -> [f64; 7] {
+        std::array::from_fn(|i| median(self.0.iter().map(|r| r[i]).collect()))
+    }
 }
 
 criterion_group!(benches, replay);

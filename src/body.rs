@@ -20,7 +20,7 @@ use tokio::{
 
 use crate::{
     heartbeat::Heartbeat,
-    history::{Appended, Histories, HistoryEvent, Outgoing, StreamHistory},
+    history::{Histories, HistoryEvent, Outgoing, StreamHistory},
     metrics::{self as m, Labels},
     parser::{Dispatch, SseParser},
     replay::{Replaying, Seam},
@@ -84,9 +84,7 @@ struct Producer {
 struct Appending<'a> {
     histories: &'a Histories,
     history: &'a StreamHistory,
-    state: std::sync::MutexGuard<'a, crate::history::State>,
-    room: bool,
-    total: Appended,
+    state: crate::history::HistoryGuard<'a, crate::history::State>,
     /// Events for the history store, if there is one (pushed to its outbox at the end).
     outgoing: Option<Vec<Outgoing>>,
 }
@@ -94,11 +92,9 @@ struct Appending<'a> {
 impl Producer {
     fn begin(&mut self) -> Appending<'_> {
         Appending {
-            room: self.histories.has_room(4096),
             histories: &self.histories,
             history: &self.history,
             state: self.history.lock(),
-            total: Appended::default(),
             outgoing: self.histories.outbox.as_ref().map(|_| Vec::new()),
         }
     }
@@ -108,11 +104,10 @@ impl Appending<'_> {
     /// An event ends the part `part` of the chunk (its earlier parts came with earlier chunks).
     fn event(&mut self, part: &[u8], d: &Dispatch<'_>) {
         let bounds = self.histories.bounds();
-        let written = self.state.write(part, bounds, self.room);
+        let histories = self.histories;
+        self.state.write(part, bounds, |n| histories.has_room(n));
         let before = self.state.next_seq();
-        let committed = self.state.commit(d.last_event_id(), d.id_set(), bounds);
-        self.total.add(written);
-        self.total.add(committed);
+        self.state.commit(d.last_event_id(), d.id_set(), bounds);
         if let Some(outgoing) = &mut self.outgoing
             && self.state.next_seq() > before
             && let Some((bytes, id, seq)) = self.state.newest_for_store()
@@ -129,13 +124,15 @@ impl Appending<'_> {
 
     /// The chunk ends inside an event: its bytes so far.
     fn end(mut self, rest: &[u8]) {
-        let written = self.state.write(rest, self.histories.bounds(), self.room);
-        self.total.add(written);
+        let histories = self.histories;
+        self.state
+            .write(rest, histories.bounds(), |n| histories.has_room(n));
+        let appended = self.state.take_appended();
         drop(self.state);
         if let (Some(outbox), Some(outgoing)) = (&self.histories.outbox, self.outgoing.take()) {
             outbox.push(outgoing, false);
         }
-        self.histories.note(self.total);
+        self.histories.note(appended);
         self.history.wake_followers();
         if let Some(over) = self.histories.over_cap() {
             // Finished histories make room first; then this live one gives up its oldest.

@@ -60,7 +60,7 @@ use tokio::time::Instant;
 pub use self::store::{
     HistoryEvent, HistoryPage, HistoryStore, MemoryHistoryStore, StoredPosition, StreamEnd,
 };
-pub(crate) use self::stream::{Appended, Bounds, Found, State, StreamHistory};
+pub(crate) use self::stream::{Appended, Bounds, Found, HistoryGuard, State, StreamHistory};
 use crate::{
     SessionId, StreamKey,
     lru::LinkedSlab,
@@ -562,7 +562,16 @@ impl Histories {
 
     /// Accounts an append's change of size; counts evictions (in batches: in a full history
     /// every append evicts) and dropped events.
+    #[inline]
     pub(crate) fn note(&self, appended: Appended) {
+        if appended == Appended::default() {
+            return;
+        }
+        self.note_changes(appended);
+    }
+
+    #[cold]
+    fn note_changes(&self, appended: Appended) {
         if appended.delta > 0 {
             self.total
                 .fetch_add(appended.delta as usize, Ordering::Relaxed);

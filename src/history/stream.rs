@@ -1,16 +1,25 @@
 //! [`StreamHistory`]: one stream's retained events, as the exact bytes its clients received,
 //! bounded by event count and bytes.
 
-use std::{
-    collections::VecDeque,
-    sync::{Mutex, MutexGuard, PoisonError, atomic::AtomicU32},
-};
+use std::sync::atomic::AtomicU32;
 
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use tokio::{sync::Notify, time::Instant};
 
-use super::ring::ByteRing;
+use super::ring::{ByteRing, SeqRing};
+
+/// The lock around one stream's history. Its one writer (the response producing the stream)
+/// takes it once per chunk; readers (reconnects, followers, the store) come rarely and hold it
+/// for a copy of at most a page. Taking it is one compare-and-swap and giving it back a plain
+/// store, where a `std::sync::Mutex` swaps on release as well (to learn whether to wake a
+/// waiter): on the per-event path that second read-modify-write, with the store buffer it
+/// drains, cost as much as the rest of the append. A waiter yields its thread between tries.
+type HistoryLock<T> = spin::mutex::SpinMutex<T, spin::relax::Yield>;
+
+/// A held [`HistoryLock`] (a panic while it is held releases it, leaving the state as it was
+/// left, as a poisoned mutex taken anyway would).
+pub(crate) type HistoryGuard<'a, T> = spin::mutex::SpinMutexGuard<'a, T, spin::relax::Yield>;
 use crate::{SessionId, StreamKey};
 
 /// Evictions a history counts before it reports them.
@@ -19,17 +28,48 @@ const EVICTIONS_PER_REPORT: u64 = 256;
 /// Smallest ring a stream gets; rings double from there up to the stream's byte cap.
 const MIN_RING: usize = 256;
 
-/// One retained event.
+/// One retained event (16 bytes: one is written per event).
 #[derive(Debug, Clone, Copy)]
 struct Meta {
     /// Logical offset in the byte ring where the event's bytes end (they start where the
     /// previous event's end).
     end: u64,
-    /// Where its ID ends in the ID ring (IDs are stored only for events that set one).
-    id_end: u64,
+    /// Where its ID ends in the ID ring, as the low 32 bits of the logical offset (the ring
+    /// holds far less than 4 GiB, so the offset is found again from the ring's end).
+    id_end: u32,
+    /// Length of its ID; [`NO_ID`] when the event's block did not set one (IDs are stored only
+    /// for events that set one).
     id_len: u32,
-    /// The event's block had an `id` field.
-    sets_id: bool,
+}
+
+/// [`Meta::id_len`] of an event whose block had no `id` field.
+const NO_ID: u32 = u32::MAX;
+
+impl Default for Meta {
+    fn default() -> Self {
+        Self {
+            end: 0,
+            id_end: 0,
+            id_len: NO_ID,
+        }
+    }
+}
+
+impl Meta {
+    fn sets_id(&self) -> bool {
+        self.id_len != NO_ID
+    }
+
+    /// Logical end of its ID in `ids` (also for an event without one: where it would end).
+    fn id_end(&self, ids: &ByteRing) -> u64 {
+        ids.end() - u64::from((ids.end() as u32).wrapping_sub(self.id_end))
+    }
+
+    /// Logical range of its ID in `ids`, if its block set one.
+    fn id_range(&self, ids: &ByteRing) -> Option<(u64, u64)> {
+        let end = self.id_end(ids);
+        self.sets_id().then(|| (end - u64::from(self.id_len), end))
+    }
 }
 
 /// What a stream's history answers about an ID.
@@ -46,9 +86,8 @@ pub(crate) enum Found {
 pub(crate) struct State {
     bytes: ByteRing,
     ids: ByteRing,
-    events: VecDeque<Meta>,
-    /// Sequence number of `events[0]`.
-    first_seq: u64,
+    /// The retained events' records, by sequence number.
+    events: SeqRing<Meta>,
     /// Logical end of the committed bytes: what follows is the event being received.
     committed: u64,
     /// The event being received outgrew the stream's byte cap: it is not stored.
@@ -72,6 +111,8 @@ pub(crate) struct State {
     /// Events evicted and not yet reported (reported in batches: in a full history every
     /// append evicts one).
     unreported_evictions: u64,
+    /// An event was too large to keep, not yet reported.
+    unreported_oversized: bool,
     /// The history was dropped (expired, evicted, its session forgotten): nothing is stored
     /// any more, and followers stop.
     pub(crate) dropped: bool,
@@ -83,7 +124,7 @@ pub(crate) struct StreamHistory {
     pub(crate) key: StreamKey,
     /// The keyed hash of the credential the stream is bound to, if any.
     pub(crate) credential: Option<u64>,
-    state: Mutex<State>,
+    state: HistoryLock<State>,
     /// Wakes the responses that follow the live tail.
     pub(crate) appended: Notify,
     /// Responses following the live tail (the producer wakes them only if there are some).
@@ -120,14 +161,6 @@ pub(crate) struct Appended {
     pub(crate) dropped: bool,
 }
 
-impl Appended {
-    pub(crate) fn add(&mut self, other: Appended) {
-        self.delta += other.delta;
-        self.evicted += other.evicted;
-        self.dropped |= other.dropped;
-    }
-}
-
 impl StreamHistory {
     pub(crate) fn new(
         session: SessionId,
@@ -143,8 +176,7 @@ impl StreamHistory {
         let state = State {
             bytes: ByteRing::default(),
             ids: ByteRing::default(),
-            events: VecDeque::new(),
-            first_seq: 0,
+            events: SeqRing::default(),
             committed: 0,
             oversized: false,
             gap: false,
@@ -156,21 +188,22 @@ impl StreamHistory {
             fixed,
             stamp: 0,
             unreported_evictions: 0,
+            unreported_oversized: false,
             dropped: false,
         };
         Self {
             session,
             key,
             credential,
-            state: Mutex::new(state),
+            state: HistoryLock::new(state),
             appended: Notify::new(),
             followers: std::sync::atomic::AtomicIsize::new(0),
             lru: AtomicU32::new(u32::MAX),
         }
     }
 
-    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    pub(crate) fn lock(&self) -> HistoryGuard<'_, State> {
+        self.state.lock()
     }
 
     /// A response starts (`1`) or stops (`-1`) following the live tail.
@@ -190,11 +223,11 @@ impl StreamHistory {
 impl State {
     /// Sequence number the next committed event gets.
     pub(crate) fn next_seq(&self) -> u64 {
-        self.first_seq + self.events.len() as u64
+        self.events.end()
     }
 
     pub(crate) fn first_seq(&self) -> u64 {
-        self.first_seq
+        self.events.start()
     }
 
     /// Bytes retained in committed events.
@@ -218,27 +251,37 @@ impl State {
         delta
     }
 
-    /// Appends bytes of the event being received. `room` says whether the ring may grow
-    /// (the global cap may forbid it: then the oldest events make room). Hot path: a copy into
-    /// the ring, an allocation only when the ring grows.
-    pub(crate) fn write(&mut self, part: &[u8], bounds: Bounds, room: bool) -> Appended {
-        let mut out = Appended::default();
+    /// Appends bytes of the event being received. `room(n)` says whether the ring may grow by
+    /// `n` bytes (the global cap may forbid it: then the oldest events make room). Hot path: a copy into
+    /// the ring, an allocation only when the ring grows. What it did to the bytes accounted for
+    /// is collected by [`State::take_appended`].
+    #[inline]
+    pub(crate) fn write(&mut self, part: &[u8], bounds: Bounds, room: impl Fn(usize) -> bool) {
         if self.oversized || self.dropped || part.is_empty() {
-            return out;
+            return;
         }
+        if part.len() <= self.bytes.spare() && self.bytes.len() + part.len() <= bounds.max_bytes {
+            // Steady state: the ring has room.
+            self.bytes.push(part);
+        } else {
+            self.write_making_room(part, bounds, room);
+        }
+    }
+
+    #[cold]
+    fn write_making_room(&mut self, part: &[u8], bounds: Bounds, room: impl Fn(usize) -> bool) {
         let pending = (self.bytes.end() - self.committed) as usize;
         if pending + part.len() > bounds.max_bytes {
             // This event alone is over the cap: it is not stored, and the stream has a gap.
             self.bytes.truncate(self.committed);
             self.oversized = true;
             self.gap = true;
-            out.dropped = true;
-            return out;
+            self.unreported_oversized = true;
+            return;
         }
         // The byte cap: the oldest events make room.
         while self.bytes.len() + part.len() > bounds.max_bytes && !self.events.is_empty() {
             self.evict_front();
-            self.unreported_evictions += 1;
         }
         if self.bytes.spare() < part.len() {
             let needed = self.bytes.len() + part.len();
@@ -246,64 +289,71 @@ impl State {
                 .max(self.bytes.capacity() * 2)
                 .max(MIN_RING)
                 .min(bounds.max_bytes.max(needed));
-            if room || self.bytes.capacity() == 0 {
+            if self.bytes.capacity() == 0 || room(grown - self.bytes.capacity()) {
                 self.bytes.resize(grown);
             } else {
                 // No room to grow: the oldest events make room in the ring as it is.
                 while self.bytes.spare() < part.len() && !self.events.is_empty() {
                     self.evict_front();
-                    self.unreported_evictions += 1;
                 }
                 if self.bytes.spare() < part.len() {
                     self.bytes.resize(self.bytes.len() + part.len());
                 }
             }
         }
-        if self.unreported_evictions >= EVICTIONS_PER_REPORT {
-            out.evicted = std::mem::take(&mut self.unreported_evictions);
-        }
         self.bytes.push(part);
-        out.delta = self.account();
-        out
     }
 
     /// The event being received is complete: it is retained with its ID (`id_set`: its block
     /// set `id`). Evicts the oldest events beyond the bounds.
-    pub(crate) fn commit(&mut self, id: &str, id_set: bool, bounds: Bounds) -> Appended {
-        let mut out = Appended::default();
+    #[inline]
+    pub(crate) fn commit(&mut self, id: &str, id_set: bool, bounds: Bounds) {
         if self.dropped {
-            return out;
+            return;
         }
         if std::mem::take(&mut self.oversized) {
             self.committed = self.bytes.end();
-            return out;
+            return;
         }
+        // An ID of 4 GiB or more (a parser allowed it, and the byte cap too) is not kept.
+        let id_set = id_set && id.len() < NO_ID as usize;
         let id_len = if id_set { id.len() } else { 0 };
-        if self.ids.spare() < id_len {
-            let needed = self.ids.len() + id_len;
-            self.ids.resize(needed.max(self.ids.capacity() * 2).max(64));
-        }
         if id_set {
+            if self.ids.spare() < id_len {
+                let needed = self.ids.len() + id_len;
+                self.ids.resize(needed.max(self.ids.capacity() * 2).max(64));
+            }
             self.ids.push(id.as_bytes());
+        }
+        if self.events.len() >= bounds.max_events {
+            // A full history: the oldest makes room first, so the records never grow past
+            // the bound.
+            while self.events.len() >= bounds.max_events {
+                self.evict_front();
+            }
         }
         self.events.push_back(Meta {
             end: self.bytes.end(),
-            id_end: self.ids.end(),
-            id_len: id_len as u32,
-            sets_id: id_set,
+            id_end: self.ids.end() as u32,
+            id_len: if id_set { id_len as u32 } else { NO_ID },
         });
         self.committed = self.bytes.end();
-        if self.events.len() > bounds.max_events {
-            while self.events.len() > bounds.max_events {
-                self.evict_front();
-                self.unreported_evictions += 1;
-            }
-            if self.unreported_evictions >= EVICTIONS_PER_REPORT {
-                out.evicted = std::mem::take(&mut self.unreported_evictions);
-            }
+    }
+
+    /// What the appends since the last call did: the change of the bytes this history holds
+    /// (its rings and records grow rarely, so this is checked once per chunk, not per event),
+    /// evictions (in batches: in a full history every append evicts one), an event dropped.
+    pub(crate) fn take_appended(&mut self) -> Appended {
+        let evicted = if self.unreported_evictions >= EVICTIONS_PER_REPORT {
+            std::mem::take(&mut self.unreported_evictions)
+        } else {
+            0
+        };
+        Appended {
+            delta: self.account(),
+            evicted,
+            dropped: std::mem::take(&mut self.unreported_oversized),
         }
-        out.delta = self.account();
-        out
     }
 
     /// The newest committed event, for the history store: its bytes, the ID its block set, and
@@ -319,10 +369,8 @@ impl State {
         bytes.extend_from_slice(a);
         bytes.extend_from_slice(b);
         self.stamp = crate::clock::stamp(self.stamp);
-        let id = if meta.sets_id {
-            let (a, b) = self
-                .ids
-                .slices(meta.id_end - u64::from(meta.id_len), meta.id_end);
+        let id = if let Some((from, to)) = meta.id_range(&self.ids) {
+            let (a, b) = self.ids.slices(from, to);
             Some(std::sync::Arc::from(
                 String::from_utf8_lossy(&[a, b].concat()).as_ref(),
             ))
@@ -337,14 +385,15 @@ impl State {
         std::mem::take(&mut self.unreported_evictions)
     }
 
+    #[inline]
     fn evict_front(&mut self) {
         let Some(meta) = self.events.pop_front() else {
             return;
         };
-        self.first_seq += 1;
         self.bytes.pop_to(meta.end);
-        self.ids.pop_to(meta.id_end);
+        self.ids.pop_to(meta.id_end(&self.ids));
         self.gap = true;
+        self.unreported_evictions += 1;
     }
 
     /// Where the newest event that set `id` is, if retained. A scan from the newest event back
@@ -353,13 +402,12 @@ impl State {
     pub(crate) fn find(&self, id: &str) -> Found {
         let id = id.as_bytes();
         for (i, meta) in self.events.iter().enumerate().rev() {
-            if meta.sets_id
+            if meta.sets_id()
                 && meta.id_len as usize == id.len()
-                && self
-                    .ids
-                    .equals(meta.id_end - u64::from(meta.id_len), meta.id_end, id)
+                && let Some((from, to)) = meta.id_range(&self.ids)
+                && self.ids.equals(from, to, id)
             {
-                return Found::At(self.first_seq + i as u64);
+                return Found::At(self.first_seq() + i as u64);
             }
         }
         if self.gap {
@@ -372,10 +420,8 @@ impl State {
     /// Calls `f` with every ID the retained events set.
     pub(crate) fn for_each_id(&self, mut f: impl FnMut(&[u8])) {
         let mut joined = Vec::new();
-        for meta in self.events.iter().filter(|m| m.sets_id) {
-            let (a, b) = self
-                .ids
-                .slices(meta.id_end - u64::from(meta.id_len), meta.id_end);
+        for (from, to) in self.events.iter().filter_map(|m| m.id_range(&self.ids)) {
+            let (a, b) = self.ids.slices(from, to);
             if b.is_empty() {
                 f(a);
             } else {
@@ -390,16 +436,14 @@ impl State {
     /// The ID in effect after event `seq` (the newest set at or before it that is retained), if
     /// any.
     pub(crate) fn id_at(&self, seq: u64) -> Option<String> {
-        let upto = usize::try_from(seq.checked_sub(self.first_seq)?).ok()?;
+        let upto = usize::try_from(seq.checked_sub(self.first_seq())?).ok()?;
         let meta = self
             .events
             .iter()
             .take(upto + 1)
             .rev()
-            .find(|m| m.sets_id)?;
-        let (a, b) = self
-            .ids
-            .slices(meta.id_end - u64::from(meta.id_len), meta.id_end);
+            .find_map(|m| m.id_range(&self.ids))?;
+        let (a, b) = self.ids.slices(meta.0, meta.1);
         Some(String::from_utf8_lossy(&[a, b].concat()).into_owned())
     }
 
@@ -413,10 +457,10 @@ impl State {
         until: Option<u64>,
         limit: usize,
     ) -> Option<(Bytes, u64)> {
-        let first = after.map_or(self.first_seq, |a| a + 1);
-        let start_ix = usize::try_from(first.checked_sub(self.first_seq)?).ok()?;
+        let first = after.map_or(self.first_seq(), |a| a + 1);
+        let start_ix = usize::try_from(first.checked_sub(self.first_seq())?).ok()?;
         let end_ix = until.map_or(self.events.len(), |u| {
-            usize::try_from(u.saturating_sub(self.first_seq))
+            usize::try_from(u.saturating_sub(self.first_seq()))
                 .unwrap_or(usize::MAX)
                 .min(self.events.len())
         });
@@ -437,7 +481,7 @@ impl State {
         let mut out = BytesMut::with_capacity(a.len() + b.len());
         out.extend_from_slice(a);
         out.extend_from_slice(b);
-        Some((out.freeze(), self.first_seq + last as u64))
+        Some((out.freeze(), self.first_seq() + last as u64))
     }
 
     /// The global cap is passed by `over` bytes: the oldest events go (the newest stays, a
@@ -450,8 +494,8 @@ impl State {
             let start = self.bytes.start();
             self.evict_front();
             freed += (self.bytes.start() - start) as usize;
-            out.evicted += 1;
         }
+        out.evicted = std::mem::take(&mut self.unreported_evictions);
         let keep = self.bytes.len().max(MIN_RING.min(self.bytes.capacity()));
         if keep < self.bytes.capacity() {
             self.bytes.resize(keep);
@@ -470,7 +514,7 @@ impl State {
         self.dropped = true;
         self.bytes = ByteRing::default();
         self.ids = ByteRing::default();
-        self.events = VecDeque::new();
+        self.events.clear();
         self.committed = 0;
         std::mem::take(&mut self.accounted)
     }
@@ -504,8 +548,8 @@ mod tests {
         let bytes = format!("id: {id}\ndata: x\n\n");
         // In two parts, as frames would split it.
         let (a, b) = bytes.as_bytes().split_at(3);
-        st.write(a, BOUNDS, true);
-        st.write(b, BOUNDS, true);
+        st.write(a, BOUNDS, |_| true);
+        st.write(b, BOUNDS, |_| true);
         st.commit(id, true, BOUNDS);
     }
 
@@ -545,10 +589,11 @@ mod tests {
         let mut st = h.lock();
         event(&mut st, "1");
         let big = vec![b'x'; 100];
-        let out = st.write(b"data: ", BOUNDS, true);
-        assert!(!out.dropped);
-        assert!(st.write(&big, BOUNDS, true).dropped);
-        st.write(b"\n\n", BOUNDS, true);
+        st.write(b"data: ", BOUNDS, |_| true);
+        assert!(!st.take_appended().dropped);
+        st.write(&big, BOUNDS, |_| true);
+        assert!(st.take_appended().dropped);
+        st.write(b"\n\n", BOUNDS, |_| true);
         st.commit("1", false, BOUNDS);
         event(&mut st, "2");
         assert!(st.gap);
@@ -567,7 +612,7 @@ mod tests {
         let cap = st.bytes.capacity();
         for i in 3..20 {
             let bytes = format!("id: {i}\ndata: x\n\n");
-            st.write(bytes.as_bytes(), BOUNDS, false);
+            st.write(bytes.as_bytes(), BOUNDS, |_| false);
             st.commit(&i.to_string(), true, BOUNDS);
         }
         assert_eq!(st.bytes.capacity(), cap, "never grew");

@@ -118,6 +118,7 @@ impl Appending<'_> {
                 seq,
                 id,
                 bytes,
+                writer: self.history.writer(),
             }));
         }
     }

@@ -540,7 +540,13 @@ impl EventTrackingLayerBuilder {
         worker_config.labels = Labels::named(self.name);
         let replay = self
             .replay
-            .map(|replay| Arc::new(Histories::new(replay, worker_config.labels.clone())));
+            .map(|replay| {
+                Arc::new(Histories::new(
+                    replay,
+                    worker_config.labels.clone(),
+                    worker_config.flush_interval,
+                ))
+            });
         // The worker writes the history store's batches, if there is one.
         worker_config.history = replay.as_ref().and_then(|h| h.outbox.clone());
         let (worker, future) = WorkerHandle::pair(store, worker_config);

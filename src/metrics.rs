@@ -132,6 +132,9 @@ pub const HISTORY_STREAMS_DROPPED: &str = "sse_tracking_history_streams_dropped_
 pub const HISTORY_STORE_DROPPED: &str = "sse_tracking_history_store_dropped_total";
 /// Counter: history events written to the history store.
 pub const HISTORY_STORED: &str = "sse_tracking_history_stored_total";
+/// Counter: history events the history store refused because another writer had taken their
+/// stream over (this process's stream goes on for its client, without the store).
+pub const HISTORY_FENCED: &str = "sse_tracking_history_fenced_total";
 /// Gauge: bytes all stream histories hold.
 pub const HISTORY_BYTES: &str = "sse_tracking_history_bytes";
 /// Counter: requests with a `Last-Event-ID` looked up in the histories, by `outcome` label:
@@ -244,6 +247,11 @@ pub fn describe() {
         HISTORY_STORED,
         Unit::Count,
         "History events written to the history store"
+    );
+    describe_counter!(
+        HISTORY_FENCED,
+        Unit::Count,
+        "History events refused: another writer took their stream over"
     );
     describe_counter!(REPLAYS, Unit::Count, "Last-Event-ID lookups in histories");
     describe_counter!(DETACHED, Unit::Count, "Streams whose client went away");

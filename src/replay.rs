@@ -18,7 +18,7 @@ use crate::{
     SessionId, StreamKey,
     config::Config,
     history::{
-        Histories, HistoryEvent, HistoryPage, HistoryStore, Lookup, SSE_REPLAY, StreamEnd,
+        Histories, HistoryEvent, HistoryPage, HistoryStore, Lookup, SSE_REPLAY, StoredPosition, StreamEnd,
         StreamHistory, UnknownId,
     },
     metrics as m,
@@ -209,14 +209,7 @@ fn locate(
 ) -> Locate {
     let session = session.clone();
     Box::pin(async move {
-        let found = match store.locate(&session, &id).await {
-            Ok(found) => found,
-            Err(error) => {
-                tracing::warn!(%error, "history store lookup failed: answered as unknown");
-                None
-            }
-        };
-        let Some(found) = found else {
+        let Some(found) = locate_waiting(&*store, &histories, &session, &id).await else {
             return Located::NotFound;
         };
         let mut after = found.seq;
@@ -285,6 +278,39 @@ fn locate(
             }
         }
     })
+}
+
+/// Looks `id` up in the history store. Not there while a writer is producing one of the
+/// session's streams (on another replica, whose worker writes once per flush interval): looked
+/// up again for up to two flush intervals before it counts as unknown.
+async fn locate_waiting(
+    store: &dyn HistoryStore,
+    histories: &Histories,
+    session: &SessionId,
+    id: &str,
+) -> Option<StoredPosition> {
+    let deadline = tokio::time::Instant::now() + histories.flush_interval * 2;
+    let mut waited = false;
+    loop {
+        match store.locate(session, id).await {
+            Ok(Some(found)) => return Some(found),
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(%error, "history store lookup failed: answered as unknown");
+                return None;
+            }
+        }
+        if !waited && !store.is_producing(session).await.unwrap_or(false) {
+            return None;
+        }
+        waited = true;
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return None;
+        }
+        let step = (histories.flush_interval / 2).max(std::time::Duration::from_millis(1));
+        tokio::time::sleep(step.min(deadline - now)).await;
+    }
 }
 
 /// Appends the events' bytes to `bytes`; returns the IDs they set, in order.

@@ -58,7 +58,8 @@ use http::{HeaderMap, HeaderName, Method, StatusCode};
 use tokio::time::Instant;
 
 pub use self::store::{
-    HistoryEvent, HistoryPage, HistoryStore, MemoryHistoryStore, StoredPosition, StreamEnd,
+    AppendReport, DEFAULT_LEASE, HistoryEvent, HistoryPage, HistoryStore, MemoryHistoryStore,
+    StoredPosition, StreamEnd, WriterLease,
 };
 pub(crate) use self::stream::{Appended, Bounds, Found, HistoryGuard, State, StreamHistory};
 use crate::{
@@ -345,8 +346,8 @@ const OUTBOX_EVENTS: usize = 65_536;
 pub(crate) enum Outgoing {
     /// An event to append.
     Event(HistoryEvent),
-    /// A stream ended (after its last events).
-    Finish(SessionId, StreamKey, StreamEnd),
+    /// A stream ended (after its last events), by its writer.
+    Finish(WriterLease, StreamEnd),
 }
 
 /// Events on their way to the history store: pushed by producers, written by the persistence
@@ -354,6 +355,8 @@ pub(crate) enum Outgoing {
 pub(crate) struct Outbox {
     pub(crate) store: Arc<dyn HistoryStore>,
     items: Mutex<std::collections::VecDeque<Outgoing>>,
+    /// The streams being produced here, with their writers: their leases are renewed.
+    live: Mutex<HashMap<(SessionId, StreamKey), u64>>,
     labels: Labels,
 }
 
@@ -368,8 +371,31 @@ impl Outbox {
         Self {
             store,
             items: Mutex::default(),
+            live: Mutex::default(),
             labels,
         }
+    }
+
+    /// A stream starts (`Some(writer)`) or stops (`None`) being produced here.
+    pub(crate) fn set_live(&self, session: &SessionId, stream: &StreamKey, writer: Option<u64>) {
+        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (session.clone(), stream.clone());
+        match writer {
+            Some(writer) => live.insert(key, writer),
+            None => live.remove(&key),
+        };
+    }
+
+    /// The leases of the streams being produced here.
+    pub(crate) fn live(&self) -> Vec<WriterLease> {
+        let live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        live.iter()
+            .map(|((session, stream), &writer)| WriterLease {
+                session: session.clone(),
+                stream: stream.clone(),
+                writer,
+            })
+            .collect()
     }
 
     fn lock(&self) -> MutexGuard<'_, std::collections::VecDeque<Outgoing>> {
@@ -444,6 +470,9 @@ pub(crate) struct Histories {
     detached: AtomicUsize,
     /// Events on their way to the history store, if there is one.
     pub(crate) outbox: Option<Arc<Outbox>>,
+    /// The persistence worker's flush interval: how far behind its writer the history store
+    /// may be.
+    pub(crate) flush_interval: Duration,
 }
 
 impl std::fmt::Debug for Histories {
@@ -456,7 +485,7 @@ impl std::fmt::Debug for Histories {
 }
 
 impl Histories {
-    pub(crate) fn new(config: ReplayConfig, labels: Labels) -> Self {
+    pub(crate) fn new(config: ReplayConfig, labels: Labels, flush_interval: Duration) -> Self {
         let shards = std::thread::available_parallelism()
             .map_or(4, |n| n.get() * 4)
             .next_power_of_two()
@@ -472,6 +501,7 @@ impl Histories {
             router: foldhash::fast::RandomState::default(),
             hasher: foldhash::fast::RandomState::default(),
             credentials: std::hash::RandomState::new(),
+            flush_interval,
             total: AtomicUsize::new(0),
             finished: Mutex::default(),
             labels,
@@ -688,6 +718,13 @@ impl Histories {
         }
         drop(finished);
         let mut st = history.lock();
+        if st.producers == 0
+            && let Some(outbox) = &self.outbox
+        {
+            // A new writer for the history store: later than any before it.
+            history.new_writer();
+            outbox.set_live(&history.session, &history.key, Some(history.writer()));
+        }
         st.producers += 1;
         st.complete = false;
         st.finished_at = None;
@@ -706,6 +743,11 @@ impl Histories {
             }
             st.producers = st.producers.saturating_sub(1);
             st.abandon_pending();
+            if st.producers == 0
+                && let Some(outbox) = &self.outbox
+            {
+                outbox.set_live(&history.session, &history.key, None);
+            }
             // A dropped history (its session forgotten, or over the cap) is no longer listed
             // anywhere: it goes with its last holder.
             if st.producers > 0 || st.dropped {
@@ -720,7 +762,7 @@ impl Histories {
             } else {
                 StreamEnd::Cut
             };
-            let finish = Outgoing::Finish(history.session.clone(), history.key.clone(), end);
+            let finish = Outgoing::Finish(history.lease(), end);
             outbox.push(vec![finish], false);
         }
         // Wake the responses following the tail: nothing more comes from this producer.
@@ -883,6 +925,7 @@ mod tests {
         let histories = Histories::new(
             ReplayConfig::default().max_streams_per_session(2),
             Labels::default(),
+            Duration::from_millis(50),
         );
         let s = SessionId::new("s").unwrap();
         let head = HeaderMap::new();
@@ -910,6 +953,7 @@ mod tests {
         let tiny = Histories::new(
             ReplayConfig::default().max_total_bytes(0),
             Labels::default(),
+            Duration::from_millis(50),
         );
         tiny.total.store(1, Ordering::Relaxed); // over the cap
         assert!(tiny.produce(&other, &key("/a"), &head, None).is_none());
@@ -918,7 +962,11 @@ mod tests {
 
     #[test]
     fn a_history_dropped_while_live_is_not_listed_as_finished_afterwards() {
-        let histories = Histories::new(ReplayConfig::default(), Labels::default());
+        let histories = Histories::new(
+            ReplayConfig::default(),
+            Labels::default(),
+            Duration::from_millis(50),
+        );
         let s = SessionId::new("s").unwrap();
         let live = histories
             .produce(&s, &key("/a"), &HeaderMap::new(), None)

@@ -10,6 +10,7 @@ use std::{
 };
 
 use bytes::Bytes;
+use tokio::time::Instant;
 
 use crate::{SessionId, StreamKey, store::StoreFuture};
 
@@ -28,6 +29,43 @@ pub struct HistoryEvent {
     pub id: Option<Arc<str>>,
     /// The event's bytes, exactly as its client received them.
     pub bytes: Bytes,
+    /// The writer that kept it: when its producer started (nanoseconds of wall-clock time).
+    /// A stream has one writer at a time: the first write of a later writer takes it over, and
+    /// from then on the store refuses the earlier one's events (fencing, so that a replica
+    /// that lost a stream cannot append to it after another took it over).
+    pub writer: u64,
+}
+
+/// How long a stream's writer holds it without writing: a stream still open whose writer has
+/// neither appended nor [touched](HistoryStore::touch) it for this long reads as
+/// [`StreamEnd::Cut`] (its writer is taken to be gone). The layer touches the streams it is
+/// producing three times per lease.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
+/// What an append did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AppendReport {
+    /// Events refused: their writer no longer owns their stream (another took it over).
+    pub fenced: usize,
+}
+
+impl AppendReport {
+    /// A report of `fenced` refused events.
+    pub fn fenced(fenced: usize) -> Self {
+        Self { fenced }
+    }
+}
+
+/// A stream its writer is still producing (see [`HistoryStore::touch`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriterLease {
+    /// The session.
+    pub session: SessionId,
+    /// The session's stream.
+    pub stream: StreamKey,
+    /// Its writer (see [`HistoryEvent::writer`]).
+    pub writer: u64,
 }
 
 /// Whether a stream in a [`HistoryStore`] is still being produced.
@@ -66,23 +104,28 @@ pub struct HistoryPage {
 /// Where a session's stream histories are kept beyond this process's memory: durable across
 /// restarts, or shared by replicas.
 ///
-/// The layer appends in batches, from a task of its own, every event that its in-memory
+/// The layer appends in batches, from its persistence worker, every event that its in-memory
 /// histories keep, each stream's in `seq` order; it asks the store only when a reconnect's
 /// `Last-Event-ID` is not in its memory. A store must only ever answer for the session asked
-/// about, and keep itself bounded.
+/// about, keep itself bounded, and keep each stream to one writer (see
+/// [`HistoryEvent::writer`]): the conformance suite in `tests/history_conformance.rs` checks
+/// all of this for every store of the crate.
 ///
 /// The methods return boxed futures so that stores can be used behind `Arc<dyn HistoryStore>`.
 pub trait HistoryStore: Send + Sync + 'static {
-    /// Appends a batch of events (each stream's in `seq` order).
+    /// Appends a batch of events (each stream's in `seq` order). An event whose `seq` is not
+    /// past its stream's newest is already there (a retried batch) and is skipped; an event of
+    /// a writer older than its stream's is refused and counted in the report.
     ///
     /// # Errors
     ///
     /// A [`StoreError`](crate::store::StoreError) when the batch could not be written; the
     /// layer tries it again later (while its bounded outbox has room).
-    fn append<'a>(&'a self, batch: &'a [HistoryEvent]) -> StoreFuture<'a, ()>;
+    fn append<'a>(&'a self, batch: &'a [HistoryEvent]) -> StoreFuture<'a, AppendReport>;
 
-    /// Marks a stream as ended ([`StreamEnd::Complete`] or [`StreamEnd::Cut`]); appending to
-    /// it again opens it again. The layer marks a stream after its last events.
+    /// Marks a stream as ended ([`StreamEnd::Complete`] or [`StreamEnd::Cut`]) by its writer
+    /// (ignored if another writer took the stream over); appending to it again opens it again.
+    /// The layer marks a stream after its last events.
     ///
     /// # Errors
     ///
@@ -91,8 +134,23 @@ pub trait HistoryStore: Send + Sync + 'static {
         &'a self,
         session: &'a SessionId,
         stream: &'a StreamKey,
+        writer: u64,
         end: StreamEnd,
     ) -> StoreFuture<'a, ()>;
+
+    /// Renews the lease of writers still producing their streams (those of other writers are
+    /// left alone). See [`lease`](Self::lease).
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`](crate::store::StoreError) when the store cannot be written.
+    fn touch<'a>(&'a self, leases: &'a [WriterLease]) -> StoreFuture<'a, ()>;
+
+    /// How long a writer holds a stream without writing or touching it ([`DEFAULT_LEASE`]
+    /// unless the store says otherwise).
+    fn lease(&self) -> Duration {
+        DEFAULT_LEASE
+    }
 
     /// Where the newest event that set `id` is among the streams of `session`; `None` if in
     /// none.
@@ -105,6 +163,14 @@ pub trait HistoryStore: Send + Sync + 'static {
         session: &'a SessionId,
         id: &'a str,
     ) -> StoreFuture<'a, Option<StoredPosition>>;
+
+    /// Whether a writer is producing one of the session's streams now (an ID not found may
+    /// still be on its way to the store).
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`](crate::store::StoreError) when the store cannot be read.
+    fn is_producing<'a>(&'a self, session: &'a SessionId) -> StoreFuture<'a, bool>;
 
     /// The events of a stream after `after` (a `seq`), in order, at most `limit` bytes of them
     /// (but at least one, if there is one), and whether more may come.
@@ -144,7 +210,7 @@ pub trait HistoryStore: Send + Sync + 'static {
 }
 
 impl<S: HistoryStore + ?Sized> HistoryStore for Arc<S> {
-    fn append<'a>(&'a self, batch: &'a [HistoryEvent]) -> StoreFuture<'a, ()> {
+    fn append<'a>(&'a self, batch: &'a [HistoryEvent]) -> StoreFuture<'a, AppendReport> {
         (**self).append(batch)
     }
 
@@ -152,9 +218,18 @@ impl<S: HistoryStore + ?Sized> HistoryStore for Arc<S> {
         &'a self,
         session: &'a SessionId,
         stream: &'a StreamKey,
+        writer: u64,
         end: StreamEnd,
     ) -> StoreFuture<'a, ()> {
-        (**self).finish(session, stream, end)
+        (**self).finish(session, stream, writer, end)
+    }
+
+    fn touch<'a>(&'a self, leases: &'a [WriterLease]) -> StoreFuture<'a, ()> {
+        (**self).touch(leases)
+    }
+
+    fn lease(&self) -> Duration {
+        (**self).lease()
     }
 
     fn locate<'a>(
@@ -163,6 +238,10 @@ impl<S: HistoryStore + ?Sized> HistoryStore for Arc<S> {
         id: &'a str,
     ) -> StoreFuture<'a, Option<StoredPosition>> {
         (**self).locate(session, id)
+    }
+
+    fn is_producing<'a>(&'a self, session: &'a SessionId) -> StoreFuture<'a, bool> {
+        (**self).is_producing(session)
     }
 
     fn read_after<'a>(
@@ -211,6 +290,7 @@ struct Inner {
     max_events: usize,
     max_bytes: usize,
     max_streams: usize,
+    lease: Duration,
     state: Mutex<State>,
     /// Wakes the readers waiting for a stream's tail (any stream: they check their own).
     changed: tokio::sync::Notify,
@@ -223,18 +303,31 @@ struct State {
     streams: usize,
 }
 
-/// One stream's events, and whether it is still being produced.
+/// One stream's events, its writer, and whether it is still being produced.
 #[derive(Debug)]
 struct Stored {
     events: VecDeque<HistoryEvent>,
     end: StreamEnd,
+    writer: u64,
+    /// When its writer last appended or touched it.
+    touched: Instant,
 }
 
-impl Default for Stored {
-    fn default() -> Self {
+impl Stored {
+    fn new(writer: u64) -> Self {
         Self {
             events: VecDeque::new(),
             end: StreamEnd::Open,
+            writer,
+            touched: Instant::now(),
+        }
+    }
+
+    /// Its end as readers see it: open past the lease reads as cut (its writer is gone).
+    fn end(&self, lease: Duration) -> StreamEnd {
+        match self.end {
+            StreamEnd::Open if self.touched.elapsed() >= lease => StreamEnd::Cut,
+            end => end,
         }
     }
 }
@@ -255,10 +348,24 @@ impl MemoryHistoryStore {
                 max_events: max_events.max(1),
                 max_bytes,
                 max_streams: 100_000,
+                lease: DEFAULT_LEASE,
                 state: Mutex::default(),
                 changed: tokio::sync::Notify::new(),
             }),
         }
+    }
+
+    /// Sets how long a writer holds a stream without writing ([`DEFAULT_LEASE`]).
+    ///
+    /// # Panics
+    ///
+    /// If the store was cloned already (the setting is shared by its clones).
+    #[must_use]
+    pub fn lease(mut self, lease: Duration) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("set the lease before cloning the store")
+            .lease = lease;
+        self
     }
 
     /// Bytes of events held.
@@ -273,7 +380,8 @@ impl MemoryHistoryStore {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn apply(&self, batch: &[HistoryEvent]) {
+    fn apply(&self, batch: &[HistoryEvent]) -> AppendReport {
+        let mut report = AppendReport::default();
         let mut st = self.lock();
         for event in batch {
             let state = &mut *st;
@@ -292,7 +400,11 @@ impl MemoryHistoryStore {
                 .entry(event.session.clone())
                 .or_default()
                 .entry(event.stream.clone())
-                .or_default();
+                .or_insert_with(|| Stored::new(event.writer));
+            if event.writer < stored.writer {
+                report.fenced += 1;
+                continue;
+            }
             if stored
                 .events
                 .back()
@@ -300,7 +412,9 @@ impl MemoryHistoryStore {
             {
                 continue; // already there (a retried batch)
             }
+            stored.writer = event.writer;
             stored.end = StreamEnd::Open;
+            stored.touched = Instant::now();
             let events = &mut stored.events;
             state.bytes += event.bytes.len();
             events.push_back(event.clone());
@@ -314,6 +428,7 @@ impl MemoryHistoryStore {
         }
         drop(st);
         self.inner.changed.notify_waiters();
+        report
     }
 
     /// Whether a stream has events after `after`, or has ended.
@@ -323,23 +438,22 @@ impl MemoryHistoryStore {
             .get(session)
             .and_then(|s| s.get(stream))
             .is_none_or(|s| {
-                s.end != StreamEnd::Open || s.events.back().is_some_and(|e| e.seq > after)
+                s.end(self.inner.lease) != StreamEnd::Open
+                    || s.events.back().is_some_and(|e| e.seq > after)
             })
     }
 }
 
 impl HistoryStore for MemoryHistoryStore {
-    fn append<'a>(&'a self, batch: &'a [HistoryEvent]) -> StoreFuture<'a, ()> {
-        Box::pin(async move {
-            self.apply(batch);
-            Ok(())
-        })
+    fn append<'a>(&'a self, batch: &'a [HistoryEvent]) -> StoreFuture<'a, AppendReport> {
+        Box::pin(async move { Ok(self.apply(batch)) })
     }
 
     fn finish<'a>(
         &'a self,
         session: &'a SessionId,
         stream: &'a StreamKey,
+        writer: u64,
         end: StreamEnd,
     ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
@@ -348,12 +462,34 @@ impl HistoryStore for MemoryHistoryStore {
                 .sessions
                 .get_mut(session)
                 .and_then(|s| s.get_mut(stream))
+                .filter(|s| s.writer == writer)
             {
                 stored.end = end;
             }
             self.inner.changed.notify_waiters();
             Ok(())
         })
+    }
+
+    fn touch<'a>(&'a self, leases: &'a [WriterLease]) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut st = self.lock();
+            for lease in leases {
+                if let Some(stored) = st
+                    .sessions
+                    .get_mut(&lease.session)
+                    .and_then(|s| s.get_mut(&lease.stream))
+                    .filter(|s| s.writer == lease.writer)
+                {
+                    stored.touched = Instant::now();
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn lease(&self) -> Duration {
+        self.inner.lease
     }
 
     fn locate<'a>(
@@ -377,10 +513,21 @@ impl HistoryStore for MemoryHistoryStore {
                     Some(StoredPosition {
                         stream: stream.clone(),
                         seq: event.seq,
-                        end: stored.end,
+                        end: stored.end(self.inner.lease),
                     })
                 })
                 .max_by_key(|p| p.seq))
+        })
+    }
+
+    fn is_producing<'a>(&'a self, session: &'a SessionId) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let st = self.lock();
+            Ok(st.sessions.get(session).is_some_and(|streams| {
+                streams
+                    .values()
+                    .any(|s| s.end(self.inner.lease) == StreamEnd::Open)
+            }))
         })
     }
 
@@ -410,7 +557,7 @@ impl HistoryStore for MemoryHistoryStore {
             }
             Ok(HistoryPage {
                 events,
-                end: stored.end,
+                end: stored.end(self.inner.lease),
             })
         })
     }
@@ -460,6 +607,7 @@ mod tests {
             seq,
             id: id.map(Arc::from),
             bytes: Bytes::from(vec![b'x'; len]),
+            writer: 1,
         }
     }
 
@@ -500,7 +648,7 @@ mod tests {
         // A limit below one event still gives one.
         let page = block_on(store.read_after(&a, &key, 0, 1)).unwrap();
         assert_eq!(page.events.len(), 1);
-        block_on(store.finish(&a, &key, StreamEnd::Complete)).unwrap();
+        block_on(store.finish(&a, &key, 1, StreamEnd::Complete)).unwrap();
         assert_eq!(
             block_on(store.locate(&a, "3")).unwrap().unwrap().end,
             StreamEnd::Complete
@@ -550,7 +698,7 @@ mod tests {
             let waited = waiting.await.unwrap();
             assert!(waited >= Duration::from_secs(5) && waited < Duration::from_secs(60));
             // Ended: no wait at all.
-            store.finish(&a, &key, StreamEnd::Cut).await.unwrap();
+            store.finish(&a, &key, 1, StreamEnd::Cut).await.unwrap();
             let start = tokio::time::Instant::now();
             store
                 .wait_after(&a, &key, 2, Duration::from_secs(60))

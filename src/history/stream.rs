@@ -1,7 +1,7 @@
 //! [`StreamHistory`]: one stream's retained events, as the exact bytes its clients received,
 //! bounded by event count and bytes.
 
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
@@ -132,6 +132,9 @@ pub(crate) struct StreamHistory {
     /// Where the history sits on the list of finished streams (`u32::MAX`: not on it). Changed
     /// under that list's lock only.
     pub(crate) lru: AtomicU32,
+    /// Its writer in the history store, if there is one (see `HistoryEvent::writer`): set when
+    /// a producer starts with none before it.
+    writer: AtomicU64,
 }
 
 impl std::fmt::Debug for StreamHistory {
@@ -199,6 +202,7 @@ impl StreamHistory {
             appended: Notify::new(),
             followers: std::sync::atomic::AtomicIsize::new(0),
             lru: AtomicU32::new(u32::MAX),
+            writer: AtomicU64::new(0),
         }
     }
 
@@ -206,15 +210,36 @@ impl StreamHistory {
         self.state.lock()
     }
 
+    /// A new writer takes the stream over in the history store: the wall-clock time now, past
+    /// the previous writer's.
+    pub(crate) fn new_writer(&self) {
+        let previous = self.writer.load(Ordering::Relaxed);
+        self.writer
+            .store(crate::clock::stamp(previous), Ordering::Relaxed);
+    }
+
+    /// Its writer in the history store.
+    pub(crate) fn writer(&self) -> u64 {
+        self.writer.load(Ordering::Relaxed)
+    }
+
+    /// Its writer in the history store, with the stream's identity.
+    pub(crate) fn lease(&self) -> super::WriterLease {
+        super::WriterLease {
+            session: self.session.clone(),
+            stream: self.key.clone(),
+            writer: self.writer(),
+        }
+    }
+
     /// A response starts (`1`) or stops (`-1`) following the live tail.
     pub(crate) fn follow(&self, delta: isize) {
-        self.followers
-            .fetch_add(delta, std::sync::atomic::Ordering::SeqCst);
+        self.followers.fetch_add(delta, Ordering::SeqCst);
     }
 
     /// Wakes the followers, if there are any (called after appends).
     pub(crate) fn wake_followers(&self) {
-        if self.followers.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+        if self.followers.load(Ordering::SeqCst) > 0 {
             self.appended.notify_waiters();
         }
     }

@@ -43,6 +43,8 @@ pub(crate) struct Worker {
     /// Seeds the retry jitter.
     rand: foldhash::fast::RandomState,
     rand_counter: u64,
+    /// When the leases of the streams produced here were last renewed in the history store.
+    history_touched: Option<Instant>,
 }
 
 impl Worker {
@@ -65,6 +67,7 @@ impl Worker {
             breaker,
             rand: foldhash::fast::RandomState::default(),
             rand_counter: 0,
+            history_touched: None,
         }
     }
 
@@ -218,14 +221,37 @@ impl Worker {
     }
 
     /// Writes what waits for the history store (replay's second tier), if there is one:
-    /// events in batches, each stream's end after its events. What a failure leaves waits for
-    /// the next tick, first in line.
-    async fn write_history(&self) {
-        let Some(outbox) = &self.tracker.config.history else {
+    /// events in batches, each stream's end after its events, and, three times per lease, the
+    /// leases of the streams produced here. What a failure leaves waits for the next tick,
+    /// first in line.
+    async fn write_history(&mut self) {
+        let Some(outbox) = self.tracker.config.history.clone() else {
             return;
         };
-        let mut items = outbox.take().into_iter().peekable();
         let timeout = self.tracker.config.store_timeout;
+        let bounded = |what: &'static str, result: Result<Result<(), StoreError>, _>| {
+            result.unwrap_or_else(|_| {
+                Err(StoreError::transient(format!(
+                    "{what} took longer than {timeout:?}"
+                )))
+            })
+        };
+        let now = Instant::now();
+        if self
+            .history_touched
+            .is_none_or(|at| now.duration_since(at) >= outbox.store.lease() / 3)
+        {
+            self.history_touched = Some(now);
+            let live = outbox.live();
+            if !live.is_empty() {
+                let touched = tokio::time::timeout(timeout, outbox.store.touch(&live)).await;
+                if let Err(error) = bounded("touch", touched) {
+                    tracing::warn!(%error, "history store lease renewal failed: will retry");
+                    self.history_touched = None;
+                }
+            }
+        }
+        let mut items = outbox.take().into_iter().peekable();
         let mut events = Vec::new();
         while items.peek().is_some() || !events.is_empty() {
             let finish = match items.next() {
@@ -233,33 +259,40 @@ impl Worker {
                     events.push(event);
                     continue;
                 }
-                Some(Outgoing::Finish(session, stream, end)) => Some((session, stream, end)),
+                Some(Outgoing::Finish(lease, end)) => Some((lease, end)),
                 None => None,
             };
             let mut written = Ok(());
             if !events.is_empty() {
-                written = match tokio::time::timeout(timeout, outbox.store.append(&events)).await {
-                    Ok(result) => result,
+                let appended = tokio::time::timeout(timeout, outbox.store.append(&events)).await;
+                written = match appended {
+                    Ok(Ok(report)) => {
+                        if report.fenced > 0 {
+                            self.tracker
+                                .labels()
+                                .counter(m::HISTORY_FENCED)
+                                .increment(report.fenced as u64);
+                        }
+                        Ok(())
+                    }
+                    Ok(Err(error)) => Err(error),
                     Err(_) => Err(StoreError::transient(format!(
                         "append took longer than {timeout:?}"
                     ))),
                 };
             }
             if written.is_ok()
-                && let Some((session, stream, end)) = &finish
+                && let Some((lease, end)) = &finish
             {
-                let finished = outbox.store.finish(session, stream, *end);
-                written = match tokio::time::timeout(timeout, finished).await {
-                    Ok(result) => result,
-                    Err(_) => Err(StoreError::transient(format!(
-                        "finish took longer than {timeout:?}"
-                    ))),
-                };
+                let finished = outbox
+                    .store
+                    .finish(&lease.session, &lease.stream, lease.writer, *end);
+                written = bounded("finish", tokio::time::timeout(timeout, finished).await);
             }
             if let Err(error) = written {
                 tracing::warn!(%error, "history store write failed: will retry");
                 let mut left: Vec<Outgoing> = events.drain(..).map(Outgoing::Event).collect();
-                left.extend(finish.map(|(s, k, e)| Outgoing::Finish(s, k, e)));
+                left.extend(finish.map(|(lease, end)| Outgoing::Finish(lease, end)));
                 left.extend(items);
                 outbox.push(left, true);
                 return;

@@ -538,15 +538,13 @@ impl EventTrackingLayerBuilder {
         let store = self.store.unwrap_or_else(|| Arc::new(MemoryStore::new()));
         let mut worker_config = self.worker;
         worker_config.labels = Labels::named(self.name);
-        let replay = self
-            .replay
-            .map(|replay| {
-                Arc::new(Histories::new(
-                    replay,
-                    worker_config.labels.clone(),
-                    worker_config.flush_interval,
-                ))
-            });
+        let replay = self.replay.map(|replay| {
+            Arc::new(Histories::new(
+                replay,
+                worker_config.labels.clone(),
+                worker_config.flush_interval,
+            ))
+        });
         // The worker writes the history store's batches, if there is one.
         worker_config.history = replay.as_ref().and_then(|h| h.outbox.clone());
         let (worker, future) = WorkerHandle::pair(store, worker_config);

@@ -18,8 +18,8 @@ use crate::{
     SessionId, StreamKey,
     config::Config,
     history::{
-        Histories, HistoryEvent, HistoryPage, HistoryStore, Lookup, SSE_REPLAY, StoredPosition, StreamEnd,
-        StreamHistory, UnknownId,
+        Histories, HistoryEvent, HistoryPage, HistoryStore, Lookup, SSE_REPLAY, StoredPosition,
+        StreamEnd, StreamHistory, UnknownId,
     },
     metrics as m,
     parser::SseParser,

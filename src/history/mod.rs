@@ -58,8 +58,8 @@ use http::{HeaderMap, HeaderName, Method, StatusCode};
 use tokio::time::Instant;
 
 pub use self::store::{
-    AppendReport, DEFAULT_LEASE, HistoryEvent, HistoryPage, HistoryStore, MemoryHistoryStore,
-    StoredPosition, StreamEnd, WriterLease,
+    AppendReport, DEFAULT_HISTORY_TTL, DEFAULT_LEASE, HistoryEvent, HistoryPage, HistoryStore,
+    MemoryHistoryStore, StoredPosition, StreamEnd, WriterLease,
 };
 pub(crate) use self::stream::{Appended, Bounds, Found, HistoryGuard, State, StreamHistory};
 use crate::{

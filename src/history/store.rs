@@ -42,6 +42,12 @@ pub struct HistoryEvent {
 /// producing three times per lease.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
+/// How long the crate's stores keep a stream nobody writes to: a day.
+pub const DEFAULT_HISTORY_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Streams a [`MemoryHistoryStore`] checks for expiry per append.
+const EXPIRY_CHECKS: usize = 8;
+
 /// What an append did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -291,6 +297,7 @@ struct Inner {
     max_bytes: usize,
     max_streams: usize,
     lease: Duration,
+    idle_ttl: Duration,
     state: Mutex<State>,
     /// Wakes the readers waiting for a stream's tail (any stream: they check their own).
     changed: tokio::sync::Notify,
@@ -301,6 +308,45 @@ struct State {
     sessions: HashMap<SessionId, HashMap<StreamKey, Stored>>,
     bytes: usize,
     streams: usize,
+    /// Every stream, checked for expiry a few per append (in turn: a stream not expired goes to
+    /// the back).
+    expiry: VecDeque<(SessionId, StreamKey)>,
+}
+
+impl State {
+    /// Removes a stream; returns whether it was there.
+    fn remove(&mut self, session: &SessionId, stream: &StreamKey) -> bool {
+        let Some(streams) = self.sessions.get_mut(session) else {
+            return false;
+        };
+        let Some(stored) = streams.remove(stream) else {
+            return false;
+        };
+        if streams.is_empty() {
+            self.sessions.remove(session);
+        }
+        self.bytes -= stored.events.iter().map(|e| e.bytes.len()).sum::<usize>();
+        self.streams -= 1;
+        true
+    }
+
+    /// Checks a few streams for expiry, oldest checked first.
+    fn expire(&mut self, ttl: Duration) {
+        for _ in 0..EXPIRY_CHECKS.min(self.expiry.len()) {
+            let Some((session, stream)) = self.expiry.pop_front() else {
+                return;
+            };
+            let expired = match self.sessions.get(&session).and_then(|s| s.get(&stream)) {
+                None => continue,
+                Some(stored) => stored.touched.elapsed() >= ttl,
+            };
+            if expired {
+                self.remove(&session, &stream);
+            } else {
+                self.expiry.push_back((session, stream));
+            }
+        }
+    }
 }
 
 /// One stream's events, its writer, and whether it is still being produced.
@@ -349,6 +395,7 @@ impl MemoryHistoryStore {
                 max_bytes,
                 max_streams: 100_000,
                 lease: DEFAULT_LEASE,
+                idle_ttl: DEFAULT_HISTORY_TTL,
                 state: Mutex::default(),
                 changed: tokio::sync::Notify::new(),
             }),
@@ -368,6 +415,19 @@ impl MemoryHistoryStore {
         self
     }
 
+    /// Sets how long a stream nobody writes to is kept ([`DEFAULT_HISTORY_TTL`]).
+    ///
+    /// # Panics
+    ///
+    /// If the store was cloned already (the setting is shared by its clones).
+    #[must_use]
+    pub fn idle_ttl(mut self, ttl: Duration) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("set the TTL before cloning the store")
+            .idle_ttl = ttl;
+        self
+    }
+
     /// Bytes of events held.
     pub fn bytes(&self) -> usize {
         self.lock().bytes
@@ -380,20 +440,39 @@ impl MemoryHistoryStore {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// A stream, unless it expired (then it is removed).
+    fn stored<'s>(
+        &self,
+        st: &'s mut State,
+        session: &SessionId,
+        stream: &StreamKey,
+    ) -> Option<&'s mut Stored> {
+        let expired =
+            st.sessions.get(session)?.get(stream)?.touched.elapsed() >= self.inner.idle_ttl;
+        if expired {
+            st.remove(session, stream);
+            return None;
+        }
+        st.sessions.get_mut(session)?.get_mut(stream)
+    }
+
     fn apply(&self, batch: &[HistoryEvent]) -> AppendReport {
         let mut report = AppendReport::default();
         let mut st = self.lock();
+        st.expire(self.inner.idle_ttl);
         for event in batch {
+            let known = self
+                .stored(&mut st, &event.session, &event.stream)
+                .is_some();
             let state = &mut *st;
-            let known = state
-                .sessions
-                .get(&event.session)
-                .is_some_and(|s| s.contains_key(&event.stream));
             if !known {
                 if state.streams >= self.inner.max_streams {
                     continue;
                 }
                 state.streams += 1;
+                state
+                    .expiry
+                    .push_back((event.session.clone(), event.stream.clone()));
             }
             let stored = state
                 .sessions
@@ -433,14 +512,26 @@ impl MemoryHistoryStore {
 
     /// Whether a stream has events after `after`, or has ended.
     fn ready(&self, session: &SessionId, stream: &StreamKey, after: u64) -> bool {
-        let st = self.lock();
-        st.sessions
+        let mut st = self.lock();
+        self.stored(&mut st, session, stream).is_none_or(|s| {
+            s.end(self.inner.lease) != StreamEnd::Open
+                || s.events.back().is_some_and(|e| e.seq > after)
+        })
+    }
+
+    /// Removes the session's expired streams.
+    fn expire_session(&self, st: &mut State, session: &SessionId) {
+        let expired: Vec<StreamKey> = st
+            .sessions
             .get(session)
-            .and_then(|s| s.get(stream))
-            .is_none_or(|s| {
-                s.end(self.inner.lease) != StreamEnd::Open
-                    || s.events.back().is_some_and(|e| e.seq > after)
-            })
+            .into_iter()
+            .flatten()
+            .filter(|(_, s)| s.touched.elapsed() >= self.inner.idle_ttl)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for stream in expired {
+            st.remove(session, &stream);
+        }
     }
 }
 
@@ -457,15 +548,14 @@ impl HistoryStore for MemoryHistoryStore {
         end: StreamEnd,
     ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
+            let mut st = self.lock();
             if let Some(stored) = self
-                .lock()
-                .sessions
-                .get_mut(session)
-                .and_then(|s| s.get_mut(stream))
+                .stored(&mut st, session, stream)
                 .filter(|s| s.writer == writer)
             {
                 stored.end = end;
             }
+            drop(st);
             self.inner.changed.notify_waiters();
             Ok(())
         })
@@ -475,10 +565,8 @@ impl HistoryStore for MemoryHistoryStore {
         Box::pin(async move {
             let mut st = self.lock();
             for lease in leases {
-                if let Some(stored) = st
-                    .sessions
-                    .get_mut(&lease.session)
-                    .and_then(|s| s.get_mut(&lease.stream))
+                if let Some(stored) = self
+                    .stored(&mut st, &lease.session, &lease.stream)
                     .filter(|s| s.writer == lease.writer)
                 {
                     stored.touched = Instant::now();
@@ -498,7 +586,8 @@ impl HistoryStore for MemoryHistoryStore {
         id: &'a str,
     ) -> StoreFuture<'a, Option<StoredPosition>> {
         Box::pin(async move {
-            let st = self.lock();
+            let mut st = self.lock();
+            self.expire_session(&mut st, session);
             let Some(streams) = st.sessions.get(session) else {
                 return Ok(None);
             };
@@ -522,7 +611,8 @@ impl HistoryStore for MemoryHistoryStore {
 
     fn is_producing<'a>(&'a self, session: &'a SessionId) -> StoreFuture<'a, bool> {
         Box::pin(async move {
-            let st = self.lock();
+            let mut st = self.lock();
+            self.expire_session(&mut st, session);
             Ok(st.sessions.get(session).is_some_and(|streams| {
                 streams
                     .values()
@@ -539,8 +629,8 @@ impl HistoryStore for MemoryHistoryStore {
         limit: usize,
     ) -> StoreFuture<'a, HistoryPage> {
         Box::pin(async move {
-            let st = self.lock();
-            let Some(stored) = st.sessions.get(session).and_then(|s| s.get(stream)) else {
+            let mut st = self.lock();
+            let Some(stored) = self.stored(&mut st, session, stream) else {
                 return Ok(HistoryPage {
                     events: Vec::new(),
                     end: StreamEnd::Cut,
@@ -583,13 +673,13 @@ impl HistoryStore for MemoryHistoryStore {
     fn purge_session<'a>(&'a self, session: &'a SessionId) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             let mut st = self.lock();
-            if let Some(streams) = st.sessions.remove(session) {
-                let freed: usize = streams
-                    .values()
-                    .flat_map(|s| s.events.iter().map(|e| e.bytes.len()))
-                    .sum();
-                st.bytes -= freed;
-                st.streams -= streams.len();
+            let streams: Vec<StreamKey> = st
+                .sessions
+                .get(session)
+                .map(|s| s.keys().cloned().collect())
+                .unwrap_or_default();
+            for stream in streams {
+                st.remove(session, &stream);
             }
             Ok(())
         })

@@ -284,9 +284,10 @@ impl Worker {
             if written.is_ok()
                 && let Some((lease, end)) = &finish
             {
-                let finished = outbox
-                    .store
-                    .finish(&lease.session, &lease.stream, lease.writer, *end);
+                let finished =
+                    outbox
+                        .store
+                        .finish(&lease.session, &lease.stream, lease.writer, *end);
                 written = bounded("finish", tokio::time::timeout(timeout, finished).await);
             }
             if let Err(error) = written {

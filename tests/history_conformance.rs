@@ -16,7 +16,7 @@ use support::{sid, stream};
 use tower_sse_tracking::{
     SessionId, StreamKey,
     history::{
-        HistoryEvent, HistoryStore, MemoryHistoryStore, StreamEnd, StoredPosition, WriterLease,
+        HistoryEvent, HistoryStore, MemoryHistoryStore, StoredPosition, StreamEnd, WriterLease,
     },
 };
 
@@ -63,6 +63,33 @@ impl Fixture for Memory {
 
     fn store(&self) -> &MemoryHistoryStore {
         &self.0
+    }
+}
+
+#[cfg(feature = "redb")]
+struct Redb {
+    store: tower_sse_tracking::history::RedbHistory,
+    _dir: tempfile::TempDir,
+}
+
+#[cfg(feature = "redb")]
+impl Fixture for Redb {
+    type Store = tower_sse_tracking::history::RedbHistory;
+
+    async fn open(limits: Limits) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = tower_sse_tracking::history::RedbHistory::builder()
+            .max_events(limits.max_events)
+            .lease(limits.lease)
+            .idle_ttl(limits.idle_ttl)
+            .cleanup_interval(Duration::ZERO)
+            .open(dir.path().join("history.redb"))
+            .unwrap();
+        Self { store, _dir: dir }
+    }
+
+    fn store(&self) -> &Self::Store {
+        &self.store
     }
 }
 
@@ -137,6 +164,8 @@ macro_rules! conformance {
 }
 
 conformance!(memory_history, Memory);
+#[cfg(feature = "redb")]
+conformance!(redb_history, Redb);
 
 /// An event of `session`'s stream `key`, by writer 1.
 fn event(session: &str, key: &str, seq: u64, id: Option<&str>) -> HistoryEvent {
@@ -307,9 +336,12 @@ mod checks {
         let s = f.store();
         let (a, key) = (sid("a"), stream("/e"));
         // Writer 5 (replica A) writes; writer 9 (replica B) takes over.
-        s.append(&[by(5, "a", "/e", 1, Some("1")), by(5, "a", "/e", 2, Some("2"))])
-            .await
-            .unwrap();
+        s.append(&[
+            by(5, "a", "/e", 1, Some("1")),
+            by(5, "a", "/e", 2, Some("2")),
+        ])
+        .await
+        .unwrap();
         let report = s.append(&[by(9, "a", "/e", 3, Some("3"))]).await.unwrap();
         assert_eq!(report.fenced, 0);
         // A comes back: its events are refused, counted, and its end ignored.
@@ -319,7 +351,10 @@ mod checks {
             .unwrap();
         assert_eq!(report.fenced, 2);
         s.finish(&a, &key, 5, StreamEnd::Complete).await.unwrap();
-        assert_eq!(read_all(s, &a, &key, 0).await, (vec![1, 2, 3], StreamEnd::Open));
+        assert_eq!(
+            read_all(s, &a, &key, 0).await,
+            (vec![1, 2, 3], StreamEnd::Open)
+        );
         assert!(s.locate(&a, "4").await.unwrap().is_none());
         // Its lease is not renewed by the stale writer either (checked with the lease below);
         // the new writer ends the stream.
@@ -407,7 +442,12 @@ mod checks {
         s.purge_session(&sid("a")).await.unwrap();
         assert!(s.locate(&sid("a"), "1").await.unwrap().is_none());
         assert!(s.locate(&sid("a"), "2").await.unwrap().is_none());
-        assert!(read_all(s, &sid("a"), &stream("/two"), 0).await.0.is_empty());
+        assert!(
+            read_all(s, &sid("a"), &stream("/two"), 0)
+                .await
+                .0
+                .is_empty()
+        );
         assert!(s.locate(&sid("ab"), "1").await.unwrap().is_some());
         assert!(s.locate(&sid("b"), "1").await.unwrap().is_some());
         // Purging what is not there is fine.
@@ -520,5 +560,55 @@ mod checks {
             .await
             .unwrap();
         assert_eq!(page.events, [e]);
+    }
+}
+
+/// What only the redb store does: its histories and bounds outlive the process that wrote them,
+/// and it refuses files that are not its own.
+#[cfg(feature = "redb")]
+mod redb_only {
+    use super::*;
+    use tower_sse_tracking::history::RedbHistory;
+
+    #[tokio::test]
+    async fn histories_and_bounds_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.redb");
+        let open = || RedbHistory::builder().max_events(4).open(&path).unwrap();
+        {
+            let store = open();
+            let batch: Vec<_> = (1..=6)
+                .map(|i| event("a", "/e", i, Some(&i.to_string())))
+                .collect();
+            store.append(&batch).await.unwrap();
+            store
+                .finish(&sid("a"), &stream("/e"), 1, StreamEnd::Complete)
+                .await
+                .unwrap();
+        } // the process "restarts"
+        let store = open();
+        let (seqs, end) = read_all(&store, &sid("a"), &stream("/e"), 0).await;
+        assert_eq!((seqs, end), (vec![3, 4, 5, 6], StreamEnd::Complete));
+        let found = store.locate(&sid("a"), "5").await.unwrap().unwrap();
+        assert_eq!((found.seq, found.end), (5, StreamEnd::Complete));
+        // The bound holds across the restart.
+        store
+            .append(&[event("a", "/e", 7, Some("7"))])
+            .await
+            .unwrap();
+        assert_eq!(read_all(&store, &sid("a"), &stream("/e"), 0).await.0, [4, 5, 6, 7]);
+    }
+
+    #[tokio::test]
+    async fn foreign_and_session_store_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let sessions = dir.path().join("sessions.redb");
+        drop(tower_sse_tracking::store::RedbStore::open(&sessions).unwrap());
+        let err = RedbHistory::open(&sessions).unwrap_err();
+        assert!(!err.is_transient());
+        assert!(err.to_string().contains("another application"), "{err}");
+        let garbage = dir.path().join("garbage.redb");
+        std::fs::write(&garbage, b"not a database at all").unwrap();
+        assert!(RedbHistory::open(&garbage).is_err());
     }
 }

@@ -40,6 +40,8 @@
 //! # }
 //! ```
 
+#[cfg(feature = "redb")]
+mod redb;
 mod ring;
 mod store;
 mod stream;
@@ -57,6 +59,9 @@ use std::{
 use http::{HeaderMap, HeaderName, Method, StatusCode};
 use tokio::time::Instant;
 
+#[cfg(feature = "redb")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redb")))]
+pub use self::redb::{RedbHistory, RedbHistoryBuilder};
 pub use self::store::{
     AppendReport, DEFAULT_HISTORY_TTL, DEFAULT_LEASE, HistoryEvent, HistoryPage, HistoryStore,
     MemoryHistoryStore, StoredPosition, StreamEnd, WriterLease,

@@ -54,6 +54,12 @@ pub use self::redb::{RedbStore, RedbStoreBuilder};
 pub use self::redis::{RedisStore, RedisStoreBuilder};
 pub use self::{error::StoreError, memory::MemoryStore};
 
+/// What the redb history store shares with the redb session store.
+#[cfg(feature = "redb")]
+pub(crate) mod redb_support {
+    pub(crate) use super::redb::{blocking, permanent, transient};
+}
+
 use std::{future::Future, pin::Pin, sync::Arc, time::SystemTime};
 
 use crate::{SessionId, StreamKey};

@@ -332,7 +332,7 @@ impl SessionStore for RedbStore {
     }
 }
 
-async fn blocking<T, F>(f: F) -> Result<T, StoreError>
+pub(crate) async fn blocking<T, F>(f: F) -> Result<T, StoreError>
 where
     F: FnOnce() -> Result<T, StoreError> + Send + 'static,
     T: Send + 'static,
@@ -342,7 +342,7 @@ where
         .map_err(|e| StoreError::transient("redb task failed").with_source(e))?
 }
 
-fn transient(e: impl Into<redb::Error>) -> StoreError {
+pub(crate) fn transient(e: impl Into<redb::Error>) -> StoreError {
     let e: redb::Error = e.into();
     // Corruption is not cured by a retry; everything else (I/O, a busy lock) may be.
     let permanent = matches!(
@@ -357,7 +357,7 @@ fn transient(e: impl Into<redb::Error>) -> StoreError {
     error.with_source(e)
 }
 
-fn permanent(e: impl Into<redb::Error>) -> StoreError {
+pub(crate) fn permanent(e: impl Into<redb::Error>) -> StoreError {
     StoreError::permanent("redb operation failed").with_source(e.into())
 }
 

@@ -42,6 +42,8 @@
 
 #[cfg(feature = "redb")]
 mod redb;
+#[cfg(feature = "redis")]
+mod redis;
 mod ring;
 mod store;
 mod stream;
@@ -62,6 +64,9 @@ use tokio::time::Instant;
 #[cfg(feature = "redb")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redb")))]
 pub use self::redb::{RedbHistory, RedbHistoryBuilder};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::redis::{RedisHistory, RedisHistoryBuilder};
 pub use self::store::{
     AppendReport, DEFAULT_HISTORY_TTL, DEFAULT_LEASE, HistoryEvent, HistoryPage, HistoryStore,
     MemoryHistoryStore, StoredPosition, StreamEnd, WriterLease,

@@ -54,6 +54,12 @@ pub use self::redb::{RedbStore, RedbStoreBuilder};
 pub use self::redis::{RedisStore, RedisStoreBuilder};
 pub use self::{error::StoreError, memory::MemoryStore};
 
+/// What the Redis history store shares with the Redis session store.
+#[cfg(feature = "redis")]
+pub(crate) mod redis_support {
+    pub(crate) use super::redis::classify;
+}
+
 /// What the redb history store shares with the redb session store.
 #[cfg(feature = "redb")]
 pub(crate) mod redb_support {

@@ -337,7 +337,7 @@ fn millis(time: SystemTime) -> u64 {
 
 /// Transient when the client library says a retry may help, except cluster redirects: this
 /// store does not follow them, so a store pointed at the wrong node would retry forever.
-fn classify(e: redis::RedisError) -> StoreError {
+pub(crate) fn classify(e: redis::RedisError) -> StoreError {
     let redirect = matches!(
         e.retry_method(),
         RetryMethod::MovedRedirect | RetryMethod::AskRedirect

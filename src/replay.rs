@@ -282,36 +282,50 @@ fn locate(
 
 /// Looks `id` up in the history store. Not there while a writer is producing one of the
 /// session's streams (on another replica, whose worker writes once per flush interval): looked
-/// up again for up to two flush intervals before it counts as unknown.
+/// up again for up to two flush intervals before it counts as unknown. The store failing (Redis
+/// restarting, say): tried again for up to [`STORE_RETRY`], then unknown.
 async fn locate_waiting(
     store: &dyn HistoryStore,
     histories: &Histories,
     session: &SessionId,
     id: &str,
 ) -> Option<StoredPosition> {
-    let deadline = tokio::time::Instant::now() + histories.flush_interval * 2;
-    let mut waited = false;
+    let start = tokio::time::Instant::now();
+    let behind = start + histories.flush_interval * 2;
+    let failing = start + STORE_RETRY;
+    let step = (histories.flush_interval / 2).clamp(
+        std::time::Duration::from_millis(1),
+        std::time::Duration::from_millis(100),
+    );
+    let mut producing = None;
     loop {
-        match store.locate(session, id).await {
+        let deadline = match store.locate(session, id).await {
             Ok(Some(found)) => return Some(found),
-            Ok(None) => {}
-            Err(error) => {
-                tracing::warn!(%error, "history store lookup failed: answered as unknown");
-                return None;
+            Ok(None) => {
+                if producing.is_none() {
+                    producing = Some(store.is_producing(session).await.unwrap_or(false));
+                }
+                if producing == Some(false) {
+                    return None;
+                }
+                behind
             }
-        }
-        if !waited && !store.is_producing(session).await.unwrap_or(false) {
-            return None;
-        }
-        waited = true;
+            Err(error) => {
+                tracing::warn!(%error, "history store lookup failed: trying again");
+                failing
+            }
+        };
         let now = tokio::time::Instant::now();
         if now >= deadline {
+            tracing::warn!("history store lookup gave up: answered as unknown");
             return None;
         }
-        let step = (histories.flush_interval / 2).max(std::time::Duration::from_millis(1));
         tokio::time::sleep(step.min(deadline - now)).await;
     }
 }
+
+/// How long a failing history store is tried again for one lookup.
+const STORE_RETRY: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Appends the events' bytes to `bytes`; returns the IDs they set, in order.
 fn concat<'e>(events: &'e [HistoryEvent], bytes: &mut BytesMut) -> Vec<&'e str> {

@@ -355,7 +355,12 @@ mod checks {
         assert!(seqs.ends_with(&newest), "{seqs:?}");
         assert!(seqs.len() <= 5 + F::SLACK, "{} kept", seqs.len());
         assert!(s.locate(&sid("a"), "1").await.unwrap().is_none(), "evicted");
-        assert!(s.locate(&sid("a"), &total.to_string()).await.unwrap().is_some());
+        assert!(
+            s.locate(&sid("a"), &total.to_string())
+                .await
+                .unwrap()
+                .is_some()
+        );
         // Another stream is not trimmed by this one's bound.
         s.append(&[event("a", "/f", 1, None)]).await.unwrap();
         assert_eq!(read_all(s, &sid("a"), &stream("/f"), 0).await.0, [1]);

@@ -132,6 +132,9 @@ pub const HISTORY_STREAMS_DROPPED: &str = "sse_tracking_history_streams_dropped_
 pub const HISTORY_STORE_DROPPED: &str = "sse_tracking_history_store_dropped_total";
 /// Counter: history events written to the history store.
 pub const HISTORY_STORED: &str = "sse_tracking_history_stored_total";
+/// Gauge: the history store's circuit breaker: 0 closed, 1 open, 2 half-open (its writes follow
+/// the same rules as the session store's, with a breaker of their own).
+pub const HISTORY_CIRCUIT_STATE: &str = "sse_tracking_history_circuit_state";
 /// Counter: history events the history store refused because another writer had taken their
 /// stream over (this process's stream goes on for its client, without the store).
 pub const HISTORY_FENCED: &str = "sse_tracking_history_fenced_total";
@@ -247,6 +250,11 @@ pub fn describe() {
         HISTORY_STORED,
         Unit::Count,
         "History events written to the history store"
+    );
+    describe_gauge!(
+        HISTORY_CIRCUIT_STATE,
+        Unit::Count,
+        "History store circuit breaker: 0 closed, 1 open, 2 half-open"
     );
     describe_counter!(
         HISTORY_FENCED,

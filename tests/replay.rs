@@ -807,3 +807,145 @@ async fn at_least_once_resume_gets_the_events_in_flight_from_history() {
     let second = read_until(addr, request("/live", "c", None), "id: 13\n").await;
     assert_eq!(ids(&second), (6..=13).collect::<Vec<_>>(), "{second}");
 }
+
+/// A history store that fails while told to, counting the appends it was asked for.
+#[derive(Clone, Default)]
+struct Flaky {
+    inner: tower_sse_tracking::history::MemoryHistoryStore,
+    failing: Arc<std::sync::atomic::AtomicBool>,
+    appends: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl tower_sse_tracking::history::HistoryStore for Flaky {
+    fn append<'a>(
+        &'a self,
+        batch: &'a [tower_sse_tracking::history::HistoryEvent],
+    ) -> tower_sse_tracking::store::StoreFuture<'a, tower_sse_tracking::history::AppendReport> {
+        use std::sync::atomic::Ordering;
+        self.appends.fetch_add(1, Ordering::SeqCst);
+        if self.failing.load(Ordering::SeqCst) {
+            return Box::pin(async {
+                Err(tower_sse_tracking::store::StoreError::transient("down"))
+            });
+        }
+        self.inner.append(batch)
+    }
+
+    fn finish<'a>(
+        &'a self,
+        session: &'a tower_sse_tracking::SessionId,
+        stream: &'a tower_sse_tracking::StreamKey,
+        writer: u64,
+        end: tower_sse_tracking::history::StreamEnd,
+    ) -> tower_sse_tracking::store::StoreFuture<'a, ()> {
+        self.inner.finish(session, stream, writer, end)
+    }
+
+    fn touch<'a>(
+        &'a self,
+        leases: &'a [tower_sse_tracking::history::WriterLease],
+    ) -> tower_sse_tracking::store::StoreFuture<'a, ()> {
+        self.inner.touch(leases)
+    }
+
+    fn locate<'a>(
+        &'a self,
+        session: &'a tower_sse_tracking::SessionId,
+        id: &'a str,
+    ) -> tower_sse_tracking::store::StoreFuture<
+        'a,
+        Option<tower_sse_tracking::history::StoredPosition>,
+    > {
+        self.inner.locate(session, id)
+    }
+
+    fn is_producing<'a>(
+        &'a self,
+        session: &'a tower_sse_tracking::SessionId,
+    ) -> tower_sse_tracking::store::StoreFuture<'a, bool> {
+        self.inner.is_producing(session)
+    }
+
+    fn read_after<'a>(
+        &'a self,
+        session: &'a tower_sse_tracking::SessionId,
+        stream: &'a tower_sse_tracking::StreamKey,
+        after: u64,
+        limit: usize,
+    ) -> tower_sse_tracking::store::StoreFuture<'a, tower_sse_tracking::history::HistoryPage> {
+        self.inner.read_after(session, stream, after, limit)
+    }
+
+    fn wait_after<'a>(
+        &'a self,
+        session: &'a tower_sse_tracking::SessionId,
+        stream: &'a tower_sse_tracking::StreamKey,
+        after: u64,
+        timeout: Duration,
+    ) -> tower_sse_tracking::store::StoreFuture<'a, ()> {
+        self.inner.wait_after(session, stream, after, timeout)
+    }
+
+    fn purge_session<'a>(
+        &'a self,
+        session: &'a tower_sse_tracking::SessionId,
+    ) -> tower_sse_tracking::store::StoreFuture<'a, ()> {
+        self.inner.purge_session(session)
+    }
+}
+
+/// History writes follow the worker's breaker rules: after the threshold of failures the store
+/// is left alone for the cool-down (the events wait in the bounded outbox), then one probe, and
+/// everything that waited is written, in order, once.
+#[tokio::test]
+async fn a_failing_history_store_trips_its_own_breaker_and_loses_nothing() {
+    use std::sync::atomic::Ordering;
+    let flaky = Flaky::default();
+    flaky.failing.store(true, Ordering::SeqCst);
+    let tracking = EventTrackingLayer::builder()
+        .session_cookie("sid")
+        .replay(ReplayConfig::default().store(flaky.clone()))
+        .worker(
+            tower_sse_tracking::worker::WorkerConfig::default()
+                .flush_interval(Duration::from_millis(10))
+                .breaker_threshold(2)
+                .breaker_cooldown(Duration::from_millis(800)),
+        )
+        .build();
+    let calls = Calls::default();
+    let app = Router::new()
+        .route("/feed", get(feed))
+        .with_state(calls)
+        .layer(tracking.clone());
+    let addr = serve(app).await;
+    let first = read_until(addr, request("/feed", "s", None), "id: 5\n").await;
+    assert_eq!(ids(&first), [1, 2, 3, 4, 5]);
+    // 300 ms of 10 ms ticks: two failed attempts, then the breaker keeps the store alone.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        flaky.appends.load(Ordering::SeqCst),
+        2,
+        "open after two failures"
+    );
+    flaky.failing.store(false, Ordering::SeqCst);
+    wait_until("the probe after the cool-down wrote everything", || {
+        flaky.inner.bytes() > 0
+    })
+    .await;
+    let page = tower_sse_tracking::history::HistoryStore::read_after(
+        &flaky.inner,
+        &support::sid("s"),
+        &support::stream("/feed"),
+        0,
+        1 << 20,
+    )
+    .await
+    .unwrap();
+    let got: Vec<&str> = page.events.iter().filter_map(|e| e.id.as_deref()).collect();
+    assert_eq!(got, ["1", "2", "3", "4", "5"]);
+    assert_eq!(
+        flaky.appends.load(Ordering::SeqCst),
+        3,
+        "one probe, which succeeded"
+    );
+}

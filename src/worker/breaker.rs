@@ -22,15 +22,28 @@ pub(crate) struct Breaker {
     threshold: u32,
     cooldown: Duration,
     labels: Labels,
+    /// The gauge of its state.
+    gauge: &'static str,
 }
 
 impl Breaker {
     pub(crate) fn new(threshold: u32, cooldown: Duration, labels: Labels) -> Self {
+        Self::reporting(threshold, cooldown, labels, m::CIRCUIT_STATE)
+    }
+
+    /// A breaker whose state is the gauge `gauge` (the history store's has its own).
+    pub(crate) fn reporting(
+        threshold: u32,
+        cooldown: Duration,
+        labels: Labels,
+        gauge: &'static str,
+    ) -> Self {
         Self {
             state: State::Closed { failures: 0 },
             threshold,
             cooldown,
             labels,
+            gauge,
         }
     }
 
@@ -86,7 +99,7 @@ impl Breaker {
             State::Open { .. } => 1.0,
             State::HalfOpen => 2.0,
         };
-        self.labels.gauge(m::CIRCUIT_STATE).set(value);
+        self.labels.gauge(self.gauge).set(value);
     }
 }
 

@@ -45,6 +45,8 @@ pub(crate) struct Worker {
     rand_counter: u64,
     /// When the leases of the streams produced here were last renewed in the history store.
     history_touched: Option<Instant>,
+    /// The history store's breaker: its writes follow the session store's rules.
+    history_breaker: Breaker,
 }
 
 impl Worker {
@@ -58,6 +60,12 @@ impl Worker {
             tracker.config.breaker_cooldown,
             tracker.config.labels.clone(),
         );
+        let history_breaker = Breaker::reporting(
+            tracker.config.breaker_threshold,
+            tracker.config.breaker_cooldown,
+            tracker.config.labels.clone(),
+            m::HISTORY_CIRCUIT_STATE,
+        );
         Self {
             tracker,
             rx,
@@ -68,6 +76,7 @@ impl Worker {
             rand: foldhash::fast::RandomState::default(),
             rand_counter: 0,
             history_touched: None,
+            history_breaker,
         }
     }
 
@@ -237,6 +246,9 @@ impl Worker {
             })
         };
         let now = Instant::now();
+        if !self.history_breaker.allows(now) {
+            return; // what waits stays in the outbox (bounded) until the cool-down is over
+        }
         if self
             .history_touched
             .is_none_or(|at| now.duration_since(at) >= outbox.store.lease() / 3)
@@ -248,6 +260,8 @@ impl Worker {
                 if let Err(error) = bounded("touch", touched) {
                     tracing::warn!(%error, "history store lease renewal failed: will retry");
                     self.history_touched = None;
+                    self.history_breaker.failed(now, &error);
+                    return;
                 }
             }
         }
@@ -292,12 +306,14 @@ impl Worker {
             }
             if let Err(error) = written {
                 tracing::warn!(%error, "history store write failed: will retry");
+                self.history_breaker.failed(Instant::now(), &error);
                 let mut left: Vec<Outgoing> = events.drain(..).map(Outgoing::Event).collect();
                 left.extend(finish.map(|(lease, end)| Outgoing::Finish(lease, end)));
                 left.extend(items);
                 outbox.push(left, true);
                 return;
             }
+            self.history_breaker.succeeded();
             self.tracker
                 .labels()
                 .counter(m::HISTORY_STORED)

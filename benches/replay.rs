@@ -12,8 +12,15 @@
 //!   from history (no service call): the body drained, in bytes per second. This includes the
 //!   layer's parse of the replayed bytes (it records the position of the reconnected client).
 //!
+//! - history stores (the second tier, written by the persistence worker): per store compiled in
+//!   (memory; redb with `--features redb`, in a temporary directory; Redis with
+//!   `--features redis`, a `redis-server` this bench starts on a free loopback port), events
+//!   of ~60 bytes appended in batches of 100 as the worker hands them over, beside one append
+//!   call per event, and a stream of 1,000 events read back (replay from the store) in pages
+//!   of up to 1 MiB.
+//!
 //! A summary from interleaved runs prints both sides of every ratio. Run with
-//! `cargo bench --bench replay`.
+//! `cargo bench --bench replay --all-features`.
 
 mod common;
 
@@ -201,5 +208,114 @@ impl Rounds {
     }
 }
 
-criterion_group!(benches, replay);
+#[cfg(feature = "redis")]
+#[path = "../tests/support/redis.rs"]
+mod redis_server;
+
+/// One history event of ~60 bytes.
+fn history_event(stream: &str, seq: u64) -> tower_sse_tracking::history::HistoryEvent {
+    let id = format!("{seq:08}");
+    tower_sse_tracking::history::HistoryEvent {
+        session: tower_sse_tracking::SessionId::new("bench").unwrap(),
+        stream: tower_sse_tracking::StreamKey::new(stream).unwrap(),
+        seq,
+        bytes: Bytes::from(format!(
+            "id: {id}\ndata: {{\"token\":\"lorem ipsum dolor\"}}\n\n"
+        )),
+        id: Some(id.into()),
+        writer: 1,
+    }
+}
+
+/// Per store: ns per event appended in batches of 100, ns per event appended one call each, and
+/// MiB/s read back (medians of `ROUNDS` rounds, the two ways of appending alternated).
+async fn store_figures<S: tower_sse_tracking::history::HistoryStore>(store: &S) -> [f64; 3] {
+    const ROUNDS: usize = 7;
+    const BATCHED: u64 = 1000;
+    const SINGLE: u64 = 200;
+    let (mut batched, mut single, mut read) = (vec![], vec![], vec![]);
+    for round in 0..ROUNDS {
+        let key = format!("/batched/{round}");
+        let events: Vec<_> = (1..=BATCHED).map(|i| history_event(&key, i)).collect();
+        let start = Instant::now();
+        for batch in events.chunks(100) {
+            store.append(batch).await.unwrap();
+        }
+        batched.push(start.elapsed().as_nanos() as f64 / BATCHED as f64);
+
+        let key = format!("/single/{round}");
+        let events: Vec<_> = (1..=SINGLE).map(|i| history_event(&key, i)).collect();
+        let start = Instant::now();
+        for event in &events {
+            store.append(std::slice::from_ref(event)).await.unwrap();
+        }
+        single.push(start.elapsed().as_nanos() as f64 / SINGLE as f64);
+
+        let (session, stream) = (
+            tower_sse_tracking::SessionId::new("bench").unwrap(),
+            tower_sse_tracking::StreamKey::new(&format!("/batched/{round}")).unwrap(),
+        );
+        let start = Instant::now();
+        let (mut after, mut bytes) = (0, 0);
+        loop {
+            let page = store
+                .read_after(&session, &stream, after, 1 << 20)
+                .await
+                .unwrap();
+            let Some(last) = page.events.last() else {
+                break;
+            };
+            after = last.seq;
+            bytes += page.events.iter().map(|e| e.bytes.len()).sum::<usize>();
+        }
+        read.push(bytes as f64 / start.elapsed().as_secs_f64() / f64::from(1 << 20));
+    }
+    [median(batched), median(single), median(read)]
+}
+
+/// The history stores compiled in, measured one after the other.
+fn stores(_: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut rows = Vec::new();
+    rows.push((
+        "memory",
+        rt.block_on(store_figures(
+            &tower_sse_tracking::history::MemoryHistoryStore::default(),
+        )),
+    ));
+    #[cfg(feature = "redb")]
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let store = tower_sse_tracking::history::RedbHistory::open(dir.path().join("history.redb"))
+            .unwrap();
+        rows.push(("redb", rt.block_on(store_figures(&store))));
+    }
+    #[cfg(feature = "redis")]
+    {
+        let server = redis_server::RedisServer::start();
+        let figures = rt.block_on(async {
+            let store = tower_sse_tracking::history::RedisHistory::connect(&server.url())
+                .await
+                .unwrap();
+            store_figures(&store).await
+        });
+        rows.push(("redis", figures));
+    }
+    println!(
+        "replay: history stores, ~60-byte events (medians of 7 rounds): \
+         store | batched append (100 per call) ns/event | one call per event ns/event | \
+         one call / batched | read back MiB/s"
+    );
+    for (name, [batched, single, read]) in rows {
+        println!(
+            "replay: {name} | {batched:.0} | {single:.0} | {:.1}x | {read:.0}",
+            single / batched
+        );
+    }
+}
+
+criterion_group!(benches, replay, stores);
 criterion_main!(benches);

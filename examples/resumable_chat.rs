@@ -127,7 +127,21 @@ async fn replay(store: &Store) -> Result<ReplayConfig, Error> {
     Ok(match store {
         Store::Memory => config,
         #[cfg(feature = "redb")]
-        Store::Redb(path) => config.store(tower_sse_tracking::history::RedbHistory::open(path)?),
+        Store::Redb(path) => {
+            // The process before may still be letting go of the file: give it a moment.
+            let mut tries = 0;
+            let history = loop {
+                match tower_sse_tracking::history::RedbHistory::open(path) {
+                    Ok(history) => break history,
+                    Err(e) if tries < 50 && format!("{e:?}").contains("DatabaseAlreadyOpen") => {
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            config.store(history)
+        }
         #[cfg(feature = "redis")]
         Store::Redis { url, prefix } => config.store(
             tower_sse_tracking::history::RedisHistory::builder()
@@ -361,7 +375,7 @@ async fn demo(store: Store) -> Result<(), Error> {
         }
         (Store::Redb(_), _) => {
             // This server reads the answer on into its history, then stops for good.
-            while !ANSWERED.load(Ordering::SeqCst) {
+            while !ANSWERED.load(Ordering::SeqCst) || tracking.detached_streams() > 0 {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             tracking.shutdown(Duration::from_secs(5)).await?;

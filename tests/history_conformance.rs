@@ -111,7 +111,7 @@ impl Fixture for Redis {
     async fn open(limits: Limits) -> Self {
         let server = support::redis::RedisServer::shared();
         let store = tower_sse_tracking::history::RedisHistory::builder()
-            .prefix(fresh_prefix("history"))
+            .prefix(support::redis::fresh_prefix("history"))
             .max_events(limits.max_events)
             .lease(limits.lease)
             .idle_ttl(limits.idle_ttl)
@@ -127,15 +127,6 @@ impl Fixture for Redis {
     fn store(&self) -> &Self::Store {
         &self.store
     }
-}
-
-/// A key prefix no other test of this process uses.
-#[cfg(feature = "redis")]
-fn fresh_prefix(name: &str) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!("test:{}:{name}:{n}:", std::process::id())
 }
 
 /// Runs every check against one fixture, as one `#[tokio::test]` per check.

@@ -95,8 +95,8 @@ impl Fixture for Redis {
 
     async fn open(idle_ttl: Option<Duration>) -> Self {
         let server = support::redis::RedisServer::shared();
-        let mut builder =
-            tower_sse_tracking::store::RedisStore::builder().prefix(fresh_prefix("conformance"));
+        let mut builder = tower_sse_tracking::store::RedisStore::builder()
+            .prefix(support::redis::fresh_prefix("conformance"));
         if let Some(ttl) = idle_ttl {
             builder = builder.idle_ttl(ttl);
         }
@@ -110,15 +110,6 @@ impl Fixture for Redis {
     fn store(&self) -> &Self::Store {
         &self.store
     }
-}
-
-/// A key prefix no other test of this process uses.
-#[cfg(feature = "redis")]
-fn fresh_prefix(name: &str) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!("test:{}:{name}:{n}:", std::process::id())
 }
 
 /// Runs every check against one fixture, as one `#[tokio::test]` per check.
@@ -943,7 +934,10 @@ mod redis_keys {
     #[tokio::test]
     async fn stores_with_different_prefixes_do_not_see_each_other() {
         let server = support::redis::RedisServer::shared();
-        let (pa, pb) = (fresh_prefix("a"), fresh_prefix("b"));
+        let (pa, pb) = (
+            support::redis::fresh_prefix("a"),
+            support::redis::fresh_prefix("b"),
+        );
         let a = RedisStore::builder()
             .prefix(pa.clone())
             .connect(&server.url())

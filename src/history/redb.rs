@@ -9,7 +9,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::store::{
     AppendReport, DEFAULT_HISTORY_TTL, DEFAULT_LEASE, HistoryEvent, HistoryPage, HistoryStore,
@@ -19,7 +19,7 @@ use crate::{
     SessionId, StreamKey,
     store::{
         StoreError, StoreFuture,
-        redb_support::{blocking, permanent, transient},
+        redb_support::{blocking, check_file, permanent, transient},
     },
 };
 
@@ -34,7 +34,6 @@ const STREAMS: TableDefinition<'_, (&str, &str), &[u8]> =
 const IDS: TableDefinition<'_, (&str, &str, &str), u64> = TableDefinition::new("sse_history_ids");
 /// Marks a file as ours.
 const META: TableDefinition<'_, &str, &str> = TableDefinition::new("sse_history_meta");
-const FORMAT_KEY: &str = "format";
 const FORMAT: &str = "tower-sse-tracking-history/1";
 /// An event's value: format byte, ID length (`u32::MAX`: none), ID, bytes.
 const EVENT_V1: u8 = 1;
@@ -167,42 +166,12 @@ impl RedbHistoryBuilder {
 
 /// Refuses redb files that belong to someone else; marks new ones as ours.
 fn check_format(db: &Database, path: &Path) -> Result<(), StoreError> {
-    let txn = db.begin_write().map_err(permanent)?;
-    {
-        let tables: Vec<String> = txn
-            .list_tables()
-            .map_err(permanent)?
-            .map(|t| t.name().to_owned())
-            .collect();
-        if !tables.iter().any(|t| t == META.name()) && !tables.is_empty() {
-            return Err(StoreError::permanent(format!(
-                "{} is a redb file of another application (tables: {})",
-                path.display(),
-                tables.join(", ")
-            )));
-        }
-        let mut meta = txn.open_table(META).map_err(permanent)?;
-        let format = meta
-            .get(FORMAT_KEY)
-            .map_err(permanent)?
-            .map(|v| v.value().to_owned());
-        match format {
-            Some(format) if format == FORMAT => {}
-            Some(other) => {
-                return Err(StoreError::permanent(format!(
-                    "{} holds format {other:?}, expected {FORMAT:?}",
-                    path.display()
-                )));
-            }
-            None => {
-                meta.insert(FORMAT_KEY, FORMAT).map_err(permanent)?;
-            }
-        }
+    check_file(db, path, META, FORMAT, |txn| {
         txn.open_table(EVENTS).map_err(permanent)?;
         txn.open_table(STREAMS).map_err(permanent)?;
         txn.open_table(IDS).map_err(permanent)?;
-    }
-    txn.commit().map_err(permanent)
+        Ok(())
+    })
 }
 
 /// A stream's state.

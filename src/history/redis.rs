@@ -9,7 +9,7 @@ use std::{
 use bytes::Bytes;
 use redis::{
     AsyncConnectionConfig, Client, Script, Value,
-    aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection},
+    aio::{ConnectionManager, MultiplexedConnection},
 };
 
 use super::store::{
@@ -18,7 +18,10 @@ use super::store::{
 };
 use crate::{
     SessionId, StreamKey,
-    store::{StoreError, StoreFuture, redis_support::classify},
+    store::{
+        StoreError, StoreFuture,
+        redis_support::{classify, connect},
+    },
 };
 
 /// Appends one session's events, on the server, in one script run.
@@ -271,17 +274,8 @@ impl RedisHistoryBuilder {
     /// A permanent [`StoreError`] for a malformed URL, a transient one if Redis cannot be
     /// reached.
     pub async fn connect(self, url: &str) -> Result<RedisHistory, StoreError> {
-        let client = Client::open(url).map_err(|e| {
-            StoreError::permanent(format!("invalid redis url {url:?}")).with_source(e)
-        })?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(self.response_timeout))
-            .set_connection_timeout(Some(self.connection_timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1));
-        let connection = ConnectionManager::new_with_config(client.clone(), config)
-            .await
-            .map_err(classify)?;
+        let (client, connection) =
+            connect(url, self.response_timeout, self.connection_timeout).await?;
         Ok(RedisHistory {
             inner: Arc::new(Inner {
                 client,

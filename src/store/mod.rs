@@ -57,13 +57,13 @@ pub use self::{error::StoreError, memory::MemoryStore};
 /// What the Redis history store shares with the Redis session store.
 #[cfg(feature = "redis")]
 pub(crate) mod redis_support {
-    pub(crate) use super::redis::classify;
+    pub(crate) use super::redis::{classify, connect};
 }
 
 /// What the redb history store shares with the redb session store.
 #[cfg(feature = "redb")]
 pub(crate) mod redb_support {
-    pub(crate) use super::redb::{blocking, permanent, transient};
+    pub(crate) use super::redb::{blocking, check_file, permanent, transient};
 }
 
 use std::{future::Future, pin::Pin, sync::Arc, time::SystemTime};

@@ -127,6 +127,21 @@ impl RedbStoreBuilder {
 
 /// Refuses redb files that belong to someone else; marks new ones as ours.
 fn check_format(db: &Database, path: &Path) -> Result<(), StoreError> {
+    check_file(db, path, META, FORMAT, |txn| {
+        txn.open_table(POSITIONS).map_err(permanent)?;
+        Ok(())
+    })
+}
+
+/// Refuses redb files that belong to someone else (tables but no `meta` table) or hold another
+/// `format`; marks new ones with `format` and creates their tables (`create`).
+pub(crate) fn check_file(
+    db: &Database,
+    path: &Path,
+    meta: TableDefinition<'_, &str, &str>,
+    format: &str,
+    create: impl FnOnce(&redb::WriteTransaction) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     let txn = db.begin_write().map_err(permanent)?;
     {
         let tables: Vec<String> = txn
@@ -134,7 +149,7 @@ fn check_format(db: &Database, path: &Path) -> Result<(), StoreError> {
             .map_err(permanent)?
             .map(|t| t.name().to_owned())
             .collect();
-        let ours = tables.iter().any(|t| t == META.name());
+        let ours = tables.iter().any(|t| t == meta.name());
         if !ours && !tables.is_empty() {
             return Err(StoreError::permanent(format!(
                 "{} is a redb file of another application (tables: {})",
@@ -142,25 +157,25 @@ fn check_format(db: &Database, path: &Path) -> Result<(), StoreError> {
                 tables.join(", ")
             )));
         }
-        let mut meta = txn.open_table(META).map_err(permanent)?;
-        let format = meta
+        let mut table = txn.open_table(meta).map_err(permanent)?;
+        let found = table
             .get(FORMAT_KEY)
             .map_err(permanent)?
             .map(|v| v.value().to_owned());
-        match format {
-            Some(format) if format == FORMAT => {}
+        match found {
+            Some(found) if found == format => {}
             Some(other) => {
                 return Err(StoreError::permanent(format!(
-                    "{} holds format {other:?}, expected {FORMAT:?}; it is not migrated: \
+                    "{} holds format {other:?}, expected {format:?}; it is not migrated: \
                      remove the file, or open another",
                     path.display()
                 )));
             }
             None => {
-                meta.insert(FORMAT_KEY, FORMAT).map_err(permanent)?;
+                table.insert(FORMAT_KEY, format).map_err(permanent)?;
             }
         }
-        txn.open_table(POSITIONS).map_err(permanent)?;
+        create(&txn)?;
     }
     txn.commit().map_err(permanent)
 }

@@ -172,17 +172,7 @@ impl RedisStoreBuilder {
     /// A permanent [`StoreError`] for a malformed URL, a transient one if Redis cannot be
     /// reached.
     pub async fn connect(self, url: &str) -> Result<RedisStore, StoreError> {
-        let client = Client::open(url).map_err(|e| {
-            StoreError::permanent(format!("invalid redis url {url:?}")).with_source(e)
-        })?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(self.response_timeout))
-            .set_connection_timeout(Some(self.connection_timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1));
-        let connection = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(classify)?;
+        let (_, connection) = connect(url, self.response_timeout, self.connection_timeout).await?;
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 connection,
@@ -333,6 +323,25 @@ impl SessionStore for RedisStore {
 fn millis(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A client for `url`, and a connection manager on it that reconnects by itself.
+pub(crate) async fn connect(
+    url: &str,
+    response_timeout: Duration,
+    connection_timeout: Duration,
+) -> Result<(Client, ConnectionManager), StoreError> {
+    let client = Client::open(url)
+        .map_err(|e| StoreError::permanent(format!("invalid redis url {url:?}")).with_source(e))?;
+    let config = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(response_timeout))
+        .set_connection_timeout(Some(connection_timeout))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(1));
+    let connection = ConnectionManager::new_with_config(client.clone(), config)
+        .await
+        .map_err(classify)?;
+    Ok((client, connection))
 }
 
 /// Transient when the client library says a retry may help, except cluster redirects: this

@@ -300,3 +300,11 @@ fn answering_pid(port: u16) -> Option<u32> {
         .find_map(|l| l.strip_prefix("process_id:"))
         .and_then(|pid| pid.trim().parse().ok())
 }
+
+/// A key prefix no other test of this process uses.
+pub fn fresh_prefix(name: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("test:{}:{name}:{n}:", std::process::id())
+}

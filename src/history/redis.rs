@@ -584,15 +584,14 @@ impl RedisHistory {
         after: u64,
         limit: usize,
     ) -> Result<HistoryPage, StoreError> {
-        let (meta, now) = self.meta(session, stream).await?;
-        let Some(meta) = meta else {
-            return Ok(HistoryPage {
-                events: Vec::new(),
-                end: StreamEnd::Cut,
-            });
-        };
+        // One round trip: the stream's state, the server's time, the page.
         let mut connection = self.inner.connection.clone();
-        let entries: Vec<Entry> = redis::cmd("XRANGE")
+        let (value, time, entries): (Option<String>, (String, String), Vec<Entry>) = redis::pipe()
+            .cmd("HGET")
+            .arg(self.state_key(session))
+            .arg(stream.as_str())
+            .cmd("TIME")
+            .cmd("XRANGE")
             .arg(self.events_key(session, stream))
             .arg(format!("(0-{after}"))
             .arg("+")
@@ -601,6 +600,17 @@ impl RedisHistory {
             .query_async(&mut connection)
             .await
             .map_err(classify)?;
+        let now = server_ms(&time);
+        let Some(meta) = value
+            .as_deref()
+            .and_then(Meta::parse)
+            .filter(|m| !self.expired(m, now))
+        else {
+            return Ok(HistoryPage {
+                events: Vec::new(),
+                end: StreamEnd::Cut,
+            });
+        };
         let mut events = Vec::new();
         let mut bytes = 0;
         for entry in entries {

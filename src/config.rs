@@ -34,6 +34,8 @@ pub(crate) struct Config {
     pub(crate) resume_methods: Vec<Method>,
     /// The methods whose successful requests end their session (none, by default).
     pub(crate) forget_methods: Vec<Method>,
+    /// A request whose `Last-Event-ID` is a stream's position continues that stream.
+    pub(crate) follow_last_event_id: bool,
     /// A content-encoded event stream was seen (and logged once).
     pub(crate) warned_encoded: AtomicBool,
 }

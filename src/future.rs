@@ -58,6 +58,8 @@ impl RequestInfo {
         stated: Option<Box<str>>,
         forget: bool,
     ) -> Option<Self> {
+        // A request that named no session still goes on: if its response is an event stream,
+        // it is counted as untracked (`no_session`).
         if matches!(session, RequestSession::Untracked) && config.heartbeat.is_none() {
             return None;
         }
@@ -407,14 +409,26 @@ where
         }
         Trackable::No => return response.map(TrackingBody::passthrough),
     }
-    let session = match &info.session {
-        RequestSession::Known(session) => Some(session.clone()),
+    let named = match &info.session {
         RequestSession::InResponse => {
             config
                 .source
                 .of_response(response.headers(), config.max_key_len, config.labels())
         }
-        RequestSession::Untracked => None,
+        other => other.clone(),
+    };
+    let session = match named {
+        RequestSession::Known(session) => Some(session),
+        RequestSession::Absent => {
+            // An event stream of no session (MCP's session-less revision, say): untracked,
+            // and counted as such.
+            config
+                .labels()
+                .counter_with(m::UNTRACKED, "reason", "no_session")
+                .increment(1);
+            None
+        }
+        RequestSession::InResponse | RequestSession::Untracked => None,
     };
     let attachment = attach(&config, session.as_ref(), &info);
     // Injected bytes would break a declared length.

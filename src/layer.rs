@@ -158,6 +158,7 @@ pub struct EventTrackingLayerBuilder {
     settle: Option<Duration>,
     resume_methods: Vec<Method>,
     forget_methods: Vec<Method>,
+    follow_last_event_id: bool,
     worker: WorkerConfig,
 }
 
@@ -178,6 +179,7 @@ impl Default for EventTrackingLayerBuilder {
             settle: None,
             resume_methods: vec![Method::GET],
             forget_methods: Vec::new(),
+            follow_last_event_id: false,
             worker: WorkerConfig::default(),
         }
     }
@@ -199,6 +201,7 @@ impl fmt::Debug for EventTrackingLayerBuilder {
             .field("replay", &self.replay)
             .field("resume_methods", &self.resume_methods)
             .field("forget_methods", &self.forget_methods)
+            .field("follow_last_event_id", &self.follow_last_event_id)
             .field("worker", &self.worker)
             .finish_non_exhaustive()
     }
@@ -329,6 +332,64 @@ impl EventTrackingLayerBuilder {
     pub fn one_position_per_session(mut self) -> Self {
         self.streams = StreamSource::WholeSession;
         self
+    }
+
+    /// A request whose `Last-Event-ID` is the position of one of its session's streams
+    /// continues that stream, whatever key [`stream_key`](Self::stream_key) gives it. For
+    /// protocols where the event ID says which stream a reconnect resumes, as MCP's does
+    /// ("the server MAY replay messages ... on the stream that was disconnected"), so that the
+    /// resumed stream's events update its own position, not the position of the stream the
+    /// request would otherwise be keyed to. The IDs are only compared, never parsed.
+    ///
+    /// Defaults to off (see [`mcp`](Self::mcp)).
+    pub fn follow_last_event_id(mut self) -> Self {
+        self.follow_last_event_id = true;
+        self
+    }
+
+    /// Settings for an MCP server on the streamable HTTP transport (protocol revisions
+    /// 2025-03-26 to 2025-11-25; the session-less 2026-07-28 revision is passed through,
+    /// untracked, and counted as `sse_tracking_untracked_total{reason="no_session"}`):
+    ///
+    /// - the session key from the `mcp-session-id` header (of the request, or of the
+    ///   `initialize` response that assigns it);
+    /// - positions the way MCP defines streams: the standalone stream a client opens with a GET
+    ///   (`"GET <path>"`), the streams of POST responses (`"POST <path>"`, one position for
+    ///   all of them, as their IDs carry the request they answer), a GET whose `Last-Event-ID`
+    ///   is the position of one of these continuing it ([`follow_last_event_id`]), and any
+    ///   other GET with a `Last-Event-ID` apart (`"GET <path> resumed"`), so that each stored
+    ///   ID stays one of its own stream's;
+    /// - [`resume`](Self::resume), if turned on, only for GET (the default), so a client that
+    ///   lost its `Last-Event-ID` gets the standalone stream's own, never a POST stream's;
+    /// - the session forgotten on `DELETE` ([`forget_on`](Self::forget_on)), with its history.
+    ///
+    /// [`follow_last_event_id`]: Self::follow_last_event_id
+    ///
+    /// ```
+    /// use tower_sse_tracking::EventTrackingLayer;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// // In front of rmcp's `StreamableHttpService` (nested at "/mcp" in an axum Router).
+    /// let tracking = EventTrackingLayer::builder().mcp().resume(true).build();
+    /// # let _ = tracking;
+    /// # }
+    /// ```
+    pub fn mcp(self) -> Self {
+        self.session_header(HeaderName::from_static("mcp-session-id"))
+            .stream_key(|parts| {
+                let path = parts.uri.path();
+                let method = &parts.method;
+                if method == Method::GET && parts.headers.contains_key("last-event-id") {
+                    Some(format!("GET {path} resumed"))
+                } else {
+                    // GET, POST, and DELETE (it ends the session: keyed so that it is seen).
+                    Some(format!("{method} {path}"))
+                }
+            })
+            .follow_last_event_id()
+            .resume_methods([Method::GET])
+            .forget_on([Method::DELETE])
     }
 
     /// Longest accepted stream key, in bytes. Longer keys, and keys with control characters,
@@ -562,6 +623,7 @@ impl EventTrackingLayerBuilder {
             replay,
             resume_methods: self.resume_methods,
             forget_methods: self.forget_methods,
+            follow_last_event_id: self.follow_last_event_id,
             warned_encoded: AtomicBool::new(false),
         };
         (

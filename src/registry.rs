@@ -340,6 +340,17 @@ impl Registry {
         Err(Full::Registry)
     }
 
+    /// The stream of `session` whose position is `id`, if one is.
+    pub(crate) fn stream_at(&self, session: &SessionId, id: &str) -> Option<StreamKey> {
+        let shard = self.lock(self.shard_of(session.as_str()));
+        shard
+            .chain(session.as_str())
+            .into_iter()
+            .filter_map(|ix| shard.nodes.get(ix))
+            .find(|node| node.slot.last_event_id().as_deref() == Some(id))
+            .map(|node| node.slot.stream().clone())
+    }
+
     /// Forgets every position of `session` (a session that ended): each slot forgets its ID
     /// and what it had left to write, and the positions nothing holds leave the registry. Those
     /// with a live stream stay (their later events start afresh). Returns how many positions

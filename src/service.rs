@@ -108,6 +108,15 @@ where
             session = RequestSession::Untracked;
         }
         let stated = resume::stated(&req, config.max_id_len);
+        // A reconnect that names a stream's position continues that stream.
+        let stream = match (&session, &stated, stream) {
+            (RequestSession::Known(id), Some(last), Some(stream))
+                if config.follow_last_event_id =>
+            {
+                Some(config.worker.stream_at(id, last).unwrap_or(stream))
+            }
+            (_, _, stream) => stream,
+        };
         let load = match (&session, &stream) {
             (RequestSession::Known(id), Some(stream)) if config.resumes(req.method()) => {
                 resume::start(config, id, stream, &mut req)

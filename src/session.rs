@@ -352,15 +352,19 @@ impl StreamSource {
 }
 
 /// The session a request belongs to, as far as the request tells.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum RequestSession {
     /// The request named a valid session.
     Known(SessionId),
     /// The request named none, and the session header may name it on the response (servers
     /// such as MCP ones assign the session there).
     InResponse,
-    /// No session: none named, or an invalid key (counted). Not tracked.
+    /// No session: an invalid key (counted). Not tracked.
     Untracked,
+    /// No session named, and none can come with the response (a session-less protocol, or a
+    /// client that sent no key): not tracked, and counted as `no_session` if the response is
+    /// an event stream.
+    Absent,
 }
 
 impl SessionSource {
@@ -387,7 +391,7 @@ impl SessionSource {
                         percent_decode(value.as_bytes(), false)
                             .and_then(|key| SessionId::from_bytes(&key, max_len)),
                     ),
-                    None => RequestSession::Untracked,
+                    None => RequestSession::Absent,
                 };
                 (req, session)
             }
@@ -396,7 +400,7 @@ impl SessionSource {
                     Some(value) => {
                         valid(value.and_then(|key| SessionId::from_bytes(&key, max_len)))
                     }
-                    None => RequestSession::Untracked,
+                    None => RequestSession::Absent,
                 };
                 (req, session)
             }
@@ -404,29 +408,27 @@ impl SessionSource {
                 let (parts, body) = req.into_parts();
                 let session = match f(&parts) {
                     Some(key) => valid(SessionId::with_max_len(&key, max_len)),
-                    None => RequestSession::Untracked,
+                    None => RequestSession::Absent,
                 };
                 (Request::from_parts(parts, body), session)
             }
         }
     }
 
-    /// The session named by a response's headers (header source only).
+    /// The session named by a response's headers (header source only): known, absent, or an
+    /// invalid key (counted).
     pub(crate) fn of_response(
         &self,
         headers: &HeaderMap,
         max_len: usize,
         labels: &Labels,
-    ) -> Option<SessionId> {
+    ) -> RequestSession {
         let Self::Header(name) = self else {
-            return None;
+            return RequestSession::Absent;
         };
-        match valid(
-            SessionId::from_bytes(headers.get(name)?.as_bytes(), max_len),
-            labels,
-        ) {
-            RequestSession::Known(session) => Some(session),
-            _ => None,
+        match headers.get(name) {
+            Some(value) => valid(SessionId::from_bytes(value.as_bytes(), max_len), labels),
+            None => RequestSession::Absent,
         }
     }
 }

@@ -167,6 +167,11 @@ impl WorkerHandle {
     }
 
     /// Attaches a response to a session's stream, admitting it into the registry if needed.
+    /// The stream of `session` whose position (in memory) is `id`, if one is.
+    pub(crate) fn stream_at(&self, session: &SessionId, id: &str) -> Option<StreamKey> {
+        self.tracker.registry.stream_at(session, id)
+    }
+
     pub(crate) fn attach(
         &self,
         session: &SessionId,

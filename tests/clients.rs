@@ -163,22 +163,7 @@ fn a_compressed_event_stream_is_counted_as_untracked() {
             );
         });
     });
-    let untracked: u64 = snapshotter
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .filter(|(key, ..)| {
-            key.key().name() == m::UNTRACKED
-                && key
-                    .key()
-                    .labels()
-                    .any(|l| l.key() == "reason" && l.value() == "content_encoding")
-        })
-        .map(|(.., value)| match value {
-            DebugValue::Counter(n) => n,
-            _ => 0,
-        })
-        .sum();
+    let untracked = support::counted(&snapshotter, m::UNTRACKED, "reason", "content_encoding");
     assert_eq!(untracked, 2);
 }
 

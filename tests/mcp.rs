@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use metrics_util::debugging::DebuggingRecorder;
 use rmcp::{
     ClientHandler, ClientLifecycleMode, ClientServiceExt, ErrorData, RoleClient, RoleServer,
     ServerHandler, ServiceExt,
@@ -426,21 +426,6 @@ fn the_session_less_revision_passes_through_counted_as_untracked() {
             drop(client);
         });
     });
-    let no_session: u64 = snapshotter
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .filter(|(key, ..)| {
-            key.key().name() == m::UNTRACKED
-                && key
-                    .key()
-                    .labels()
-                    .any(|l| l.key() == "reason" && l.value() == "no_session")
-        })
-        .map(|(.., value)| match value {
-            DebugValue::Counter(n) => n,
-            _ => 0,
-        })
-        .sum();
+    let no_session = support::counted(&snapshotter, m::UNTRACKED, "reason", "no_session");
     assert!(no_session >= 1, "counted: {no_session}");
 }

@@ -94,3 +94,29 @@ pub async fn read_until(
     }
     read
 }
+
+/// The sum of the counter `name` over the series whose label `label` is `value`, in what a
+/// debugging recorder captured.
+pub fn counted(
+    snapshotter: &metrics_util::debugging::Snapshotter,
+    name: &str,
+    label: &str,
+    value: &str,
+) -> u64 {
+    snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| {
+            key.key().name() == name
+                && key
+                    .key()
+                    .labels()
+                    .any(|l| l.key() == label && l.value() == value)
+        })
+        .map(|(.., value)| match value {
+            metrics_util::debugging::DebugValue::Counter(n) => n,
+            _ => 0,
+        })
+        .sum()
+}

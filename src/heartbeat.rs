@@ -23,8 +23,13 @@ const COMMENT: &[u8] = b":\n";
 /// upstream speaks, [`poll`](Self::poll) while it is idle.
 pub(crate) struct Heartbeat {
     every: Duration,
-    /// The next heartbeat; created the first time it is needed.
+    /// The next time to look whether the upstream has been idle for `every`; created the first
+    /// time it is needed.
     timer: Option<Pin<Box<Sleep>>>,
+    /// When the upstream last spoke. The timer is not moved on every frame (that costs more
+    /// than the frame's tracking): when it fires, it is moved to `last + every` if the
+    /// upstream spoke since, so heartbeats still go out exactly `every` after the last byte.
+    last: Option<Instant>,
     /// A heartbeat went out before the first upstream byte: a byte order mark starting the
     /// upstream would now land mid-stream for the client, so it is dropped from what is
     /// forwarded (the parser still sees it). `Some(n)`: `n` bytes of it dropped so far.
@@ -36,17 +41,15 @@ impl Heartbeat {
         Self {
             every,
             timer: None,
+            last: None,
             strip_bom: None,
         }
     }
 
     /// The upstream spoke: the idle time starts again.
+    #[inline]
     pub(crate) fn reset(&mut self) {
-        let deadline = Instant::now() + self.every;
-        match &mut self.timer {
-            Some(sleep) => sleep.as_mut().reset(deadline),
-            None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
-        }
+        self.last = Some(Instant::now());
     }
 
     /// The upstream is idle: the comment line once it has been idle long enough and the stream
@@ -58,11 +61,20 @@ impl Heartbeat {
         labels: &Labels,
     ) -> Poll<Bytes> {
         let every = self.every;
-        let sleep = self
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(every)));
-        if sleep.as_mut().poll(cx).is_pending() {
-            return Poll::Pending;
+        let last = self.last;
+        let sleep = self.timer.get_or_insert_with(|| {
+            let since = last.unwrap_or_else(Instant::now);
+            Box::pin(tokio::time::sleep_until(since + every))
+        });
+        loop {
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            // The upstream spoke after this deadline was set: idle only `every` after that.
+            match last.map(|at| at + every) {
+                Some(due) if due > sleep.deadline() => sleep.as_mut().reset(due),
+                _ => break,
+            }
         }
         sleep.as_mut().reset(Instant::now() + every);
         // Register the new deadline with the waker.

@@ -9,7 +9,6 @@
 
 use std::{
     hash::BuildHasher,
-    sync::{Mutex, MutexGuard, PoisonError},
     time::SystemTime,
 };
 
@@ -30,6 +29,13 @@ pub(crate) struct Recorded {
     pub(crate) enqueue: bool,
 }
 
+/// The lock of a slot: taken once per event by the stream that records it, and briefly by the
+/// worker (a snapshot, marking what was written). Taking it is one compare-and-swap, giving it
+/// back a plain store (a `std::sync::Mutex` swaps on release too, to learn whether to wake a
+/// waiter: on the per-event path, that second read-modify-write cost as much as the rest of
+/// the record). A waiter yields its thread between tries.
+type SlotLock<T> = spin::mutex::SpinMutex<T, spin::relax::Yield>;
+
 /// One session's tracked state. Tracker by the streams of the session, the registry and (while it
 /// has something to write) the persistence worker.
 pub(crate) struct Slot {
@@ -38,7 +44,7 @@ pub(crate) struct Slot {
     /// Where the registry keeps the slot: its shard and its index there (fixed).
     shard: u32,
     node: u32,
-    state: Mutex<SlotState>,
+    state: SlotLock<SlotState>,
 }
 
 struct SlotState {
@@ -108,7 +114,7 @@ impl Slot {
             stream,
             shard,
             node,
-            state: Mutex::new(SlotState {
+            state: SlotLock::new(SlotState {
                 id: String::new(),
                 id_known: false,
                 seq: 0,
@@ -138,9 +144,11 @@ impl Slot {
         self.node
     }
 
-    fn lock(&self) -> MutexGuard<'_, SlotState> {
-        // Every critical section leaves the state consistent, even if interrupted by a panic.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    #[inline]
+    fn lock(&self) -> spin::mutex::SpinMutexGuard<'_, SlotState, spin::relax::Yield> {
+        // Every critical section leaves the state consistent, even if interrupted by a panic
+        // (which releases the lock).
+        self.state.lock()
     }
 
     /// Records one event. `id` is the event's `id` field when it had one (`""` clears), `hash`

@@ -118,7 +118,7 @@ impl Worker {
                     self.collect_overflow();
                     self.collect_due_retries(Instant::now());
                     self.flush(FlushMode::Paced, None).await;
-                    self.write_history().await;
+                    self.write_history(FlushMode::Paced).await;
                     // Bounded work: the fronts of the idle lists, a few hundred per shard at most.
                     self.tracker.registry.expire(EXPIRE_PER_SHARD_PER_TICK);
                     self.gauges();
@@ -224,7 +224,7 @@ impl Worker {
             self.pending.push((retry.slot, retry.attempts));
         }
         let report = self.flush(FlushMode::Forced, None).await;
-        self.write_history().await;
+        self.write_history(FlushMode::Forced).await;
         self.gauges();
         report
     }
@@ -232,8 +232,9 @@ impl Worker {
     /// Writes what waits for the history store (replay's second tier), if there is one:
     /// events in batches, each stream's end after its events, and, three times per lease, the
     /// leases of the streams produced here. What a failure leaves waits for the next tick,
-    /// first in line.
-    async fn write_history(&mut self) {
+    /// first in line. Paced writes respect the history store's breaker; an explicit flush and
+    /// the shutdown try anyway, as they do for sessions.
+    async fn write_history(&mut self, mode: FlushMode) {
         let Some(outbox) = self.tracker.config.history.clone() else {
             return;
         };
@@ -246,7 +247,7 @@ impl Worker {
             })
         };
         let now = Instant::now();
-        if !self.history_breaker.allows(now) {
+        if mode == FlushMode::Paced && !self.history_breaker.allows(now) {
             return; // what waits stays in the outbox (bounded) until the cool-down is over
         }
         if self
@@ -506,7 +507,7 @@ impl Worker {
             while let Some(retry) = self.retries.pop() {
                 self.pending.push((retry.slot, retry.attempts));
             }
-            self.write_history().await;
+            self.write_history(FlushMode::Forced).await;
             let mut persisted = 0;
             loop {
                 let remaining = deadline.saturating_duration_since(Instant::now());

@@ -50,8 +50,10 @@
 //!
 //! # Feature flags
 //!
-//! - `redb`: [`RedbStore`](store::RedbStore), a durable embedded store.
-//! - `redis`: [`RedisStore`](store::RedisStore), a store shared by several replicas.
+//! - `redb`: [`RedbStore`](store::RedbStore), a durable embedded store, and `RedbHistory`,
+//!   replay histories that survive a restart.
+//! - `redis`: [`RedisStore`](store::RedisStore), a store shared by several replicas, and
+//!   `RedisHistory`, replay histories they share.
 
 #![warn(missing_docs, rust_2018_idioms, missing_debug_implementations)]
 #![deny(unreachable_pub, unsafe_code)]

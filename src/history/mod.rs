@@ -12,7 +12,10 @@
 //! Beyond this process's memory, a [`HistoryStore`] ([`ReplayConfig::store`]) is a second tier:
 //! the persistence worker appends every kept event to it, and a reconnect whose ID this process
 //! does not hold (after a restart, on another replica) is answered from it.
-//! [`MemoryHistoryStore`] is the reference implementation.
+//! [`MemoryHistoryStore`] is the reference implementation; `RedbHistory` (feature `redb`) keeps
+//! histories across restarts in one file, and `RedisHistory` (feature `redis`) shares them
+//! between replicas as Redis Streams. A stream has one writer at a time (a later writer fences
+//! an earlier one off), and a writer that stops renewing its lease lets go of its stream.
 //!
 //! ```
 //! use std::time::Duration;

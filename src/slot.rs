@@ -7,10 +7,7 @@
 //! queue. Coalescing thus happens at the source, and queue traffic is bounded by the number of
 //! sessions per flush interval rather than by events.
 
-use std::{
-    hash::BuildHasher,
-    time::SystemTime,
-};
+use std::{hash::BuildHasher, time::SystemTime};
 
 use crate::{
     SessionId, StreamKey, clock,

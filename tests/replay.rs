@@ -930,7 +930,10 @@ async fn a_failing_history_store_trips_its_own_breaker_and_loses_nothing() {
     flaky.failing.store(false, Ordering::SeqCst);
     // An explicit flush (as at shutdown) tries anyway, breaker open or not.
     tracking.flush().await.unwrap();
-    assert!(flaky.inner.bytes() > 0, "written by the flush, before the cool-down");
+    assert!(
+        flaky.inner.bytes() > 0,
+        "written by the flush, before the cool-down"
+    );
     let page = tower_sse_tracking::history::HistoryStore::read_after(
         &flaky.inner,
         &support::sid("s"),

@@ -71,3 +71,49 @@ async fn hostile_keys_from_a_session_fn_pass_through_untracked() {
         .await;
     }
 }
+
+/// With `follow_last_event_id`, a reconnect whose `Last-Event-ID` is the position of one of its
+/// session's streams continues that stream (its events move that position), whatever key the
+/// stream key function gives the request; without it, the reconnect's own key takes them.
+#[tokio::test]
+async fn a_reconnect_naming_a_stream_s_position_continues_that_stream() {
+    for follow in [true, false] {
+        let store = MemoryStore::new();
+        let mut builder = layer_builder(&store)
+            .stream_key(|parts| Some(format!("{} {}", parts.method, parts.uri.path())));
+        if follow {
+            builder = builder.follow_last_event_id();
+        }
+        let layer = builder.build();
+        let post = Request::post("/events")
+            .header(SESSION_HEADER, "s")
+            .body(())
+            .unwrap();
+        // A POST stream sends p1, p2; a GET stream sends g1.
+        fetch(&layer, sse_service(&[b"id: p1\n\n", b"id: p2\n\n"]), post).await;
+        let get = |last: Option<&str>| {
+            let mut req = Request::get("/events").header(SESSION_HEADER, "s");
+            if let Some(id) = last {
+                req = req.header("last-event-id", id);
+            }
+            req.body(()).unwrap()
+        };
+        fetch(&layer, sse_service(&[b"id: g1\n\n"]), get(None)).await;
+        // A GET that resumes the POST stream after p2: its events are the POST stream's.
+        fetch(&layer, sse_service(&[b"id: p3\n\n"]), get(Some("p2"))).await;
+        // A GET naming an ID that is no stream's position keeps its own key.
+        fetch(&layer, sse_service(&[b"id: g2\n\n"]), get(Some("zzz"))).await;
+        let position = |key: &str| {
+            layer
+                .worker()
+                .last_event_id(&sid("s"), &StreamKey::new(key).unwrap())
+        };
+        if follow {
+            assert_eq!(position("POST /events").as_deref(), Some("p3"));
+            assert_eq!(position("GET /events").as_deref(), Some("g2"));
+        } else {
+            assert_eq!(position("POST /events").as_deref(), Some("p2"));
+            assert_eq!(position("GET /events").as_deref(), Some("g2"));
+        }
+    }
+}

@@ -105,7 +105,7 @@ impl Appending<'_> {
     fn event(&mut self, part: &[u8], d: &Dispatch<'_>) {
         let bounds = self.histories.bounds();
         let histories = self.histories;
-        self.state.write(part, bounds, |n| histories.has_room(n));
+        self.state.write(part, bounds, |n| histories.may_grow(n));
         let before = self.state.next_seq();
         self.state.commit(d.last_event_id(), d.id_set(), bounds);
         if let Some(outgoing) = &mut self.outgoing
@@ -127,7 +127,7 @@ impl Appending<'_> {
     fn end(mut self, rest: &[u8]) {
         let histories = self.histories;
         self.state
-            .write(rest, histories.bounds(), |n| histories.has_room(n));
+            .write(rest, histories.bounds(), |n| histories.may_grow(n));
         let appended = self.state.take_appended();
         drop(self.state);
         if let (Some(outbox), Some(outgoing)) = (&self.histories.outbox, self.outgoing.take()) {
@@ -136,8 +136,10 @@ impl Appending<'_> {
         self.histories.note(appended);
         self.history.wake_followers();
         if let Some(over) = self.histories.over_cap() {
-            // Finished histories make room first; then this live one gives up its oldest.
+            // Finished histories make room first, then the largest detached streams; then this
+            // one gives up its oldest.
             self.histories.enforce_cap();
+            self.histories.trim_detached();
             if let Some(over) = self.histories.over_cap().map(|o| o.min(over)) {
                 let trimmed = self.history.lock().trim(over);
                 self.histories.note(trimmed);
@@ -461,6 +463,11 @@ pub(crate) fn spawn_producer<B>(
     B::Error: Send,
 {
     let grace = histories.config.detach_grace;
+    let history = state
+        .replay
+        .as_ref()
+        .and_then(|r| r.producer.as_ref())
+        .map(|p| p.history.clone());
     tokio::spawn(async move {
         let mut body = std::pin::pin!(body);
         let mut seam = seam;
@@ -475,7 +482,7 @@ pub(crate) fn spawn_producer<B>(
                         polled = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)) => polled,
                         () = tx.closed() => {
                             relay = None;
-                            if !histories.try_detach() {
+                            if !histories.try_detach(history.as_ref()) {
                                 break;
                             }
                             deadline = Some(Instant::now() + grace);
@@ -536,7 +543,7 @@ pub(crate) fn spawn_producer<B>(
                 let bytes = data.copy_to_bytes(data.remaining());
                 if tx.send(bytes).await.is_err() {
                     relay = None;
-                    if !histories.try_detach() {
+                    if !histories.try_detach(history.as_ref()) {
                         break;
                     }
                     deadline = Some(Instant::now() + grace);
@@ -544,7 +551,7 @@ pub(crate) fn spawn_producer<B>(
             }
         }
         if deadline.is_some() {
-            histories.end_detached(expired);
+            histories.end_detached(expired, history.as_ref());
         }
         // Dropping the state releases the history (complete or not) and the position.
         drop(state);

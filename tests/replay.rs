@@ -951,3 +951,93 @@ async fn a_failing_history_store_trips_its_own_breaker_and_loses_nothing() {
         "one probe, which succeeded"
     );
 }
+
+/// Over the global cap, a stream whose client went away (read on for its detach grace) gives
+/// up its oldest events before a stream with a live client does.
+#[tokio::test]
+async fn over_the_cap_detached_streams_give_way_to_live_ones() {
+    let pad = "x".repeat(180);
+    let tracking = EventTrackingLayer::builder()
+        .session_cookie("sid")
+        .replay(
+            ReplayConfig::default()
+                .max_total_bytes(48 * 1024)
+                .detach_grace(Duration::from_secs(10))
+                .detach_if(|method, _| method == http::Method::POST),
+        )
+        .build();
+    // D: a POST generating 400 events of ~200 bytes, 5 ms apart (2 s).
+    let chat = {
+        let pad = pad.clone();
+        move || {
+            let pad = pad.clone();
+            let events = stream::iter(1..=400u32).then(move |i| {
+                let pad = pad.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    Ok::<_, Infallible>(Event::default().id(i.to_string()).data(pad))
+                }
+            });
+            std::future::ready(Sse::new(events))
+        }
+    };
+    // L: a live feed of ~200-byte events, sent on a channel.
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<u32>();
+    let rx = Arc::new(tokio::sync::Mutex::new(Some(rx)));
+    let live = {
+        let pad = pad.clone();
+        move || {
+            let (rx, pad) = (rx.clone(), pad.clone());
+            async move {
+                let rx = rx.lock().await.take().expect("called once");
+                Sse::new(tokio_stream_from(rx).map(move |i| {
+                    Ok::<_, Infallible>(Event::default().id(i.to_string()).data(pad.clone()))
+                }))
+            }
+        }
+    };
+    let app = Router::new()
+        .route("/chat", axum::routing::post(chat))
+        .route("/live", get(live))
+        .layer(tracking.clone());
+    let addr = serve(app).await;
+    let post = Request::post("/chat")
+        .header(header::COOKIE, "sid=d")
+        .body(Empty::new())
+        .unwrap();
+    read_until(addr, post, "id: 1\n").await; // D's client goes away at once
+    wait_until("D is read on without its client", || {
+        tracking.detached_streams() == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // D keeps ~100 events (~20 KB)
+    // L's client stays while L writes 150 events (~30 KB): together over the 48 KiB cap.
+    let on_l = tokio::spawn(read_until(addr, request("/live", "l", None), "id: 151\n"));
+    for i in 1..=150 {
+        tx.send(i).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        tracking.history_bytes() <= 48 * 1024,
+        "{}",
+        tracking.history_bytes()
+    );
+    // L kept every event: while its client is still there, a second client of the session gets
+    // all after the first event, from history.
+    let again = read_until(addr, request("/live", "l", Some("1")), "id: 150\n").await;
+    assert_eq!(ids(&again), (2..=150).collect::<Vec<_>>());
+    tx.send(151).unwrap();
+    assert_eq!(ids(&on_l.await.unwrap()), (1..=151).collect::<Vec<_>>());
+    // D gave up its oldest: a reconnect from its first event finds it too old.
+    let (parts, _) = fetch_head(
+        addr,
+        Request::post("/chat")
+            .header(header::COOKIE, "sid=d")
+            .header("last-event-id", "1")
+            .body(Empty::new())
+            .unwrap(),
+    )
+    .await;
+    assert_ne!(parts.headers["sse-replay"], "replayed");
+    drop(tx);
+}

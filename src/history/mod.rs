@@ -481,6 +481,9 @@ pub(crate) struct Histories {
     pub(crate) labels: Labels,
     /// Streams being read on after their client went away.
     detached: AtomicUsize,
+    /// The histories of the streams being read on without their client: over the global cap,
+    /// the largest of them give up their oldest events before a live stream does.
+    detached_streams: Mutex<Vec<Arc<StreamHistory>>>,
     /// Events on their way to the history store, if there is one.
     pub(crate) outbox: Option<Arc<Outbox>>,
     /// The persistence worker's flush interval: how far behind its writer the history store
@@ -519,6 +522,7 @@ impl Histories {
             finished: Mutex::default(),
             labels,
             detached: AtomicUsize::new(0),
+            detached_streams: Mutex::default(),
             outbox,
         }
     }
@@ -542,23 +546,60 @@ impl Histories {
         self.total_bytes() + more <= self.config.max_total_bytes
     }
 
+    /// Whether a history may grow its ring by `more` bytes: within the global cap, or past it
+    /// while detached streams hold bytes they can give up (the growing stream's chunk is then
+    /// followed by [`trim_detached`](Self::trim_detached), before it trims itself).
+    pub(crate) fn may_grow(&self, more: usize) -> bool {
+        self.has_room(more) || self.detached.load(Ordering::Relaxed) > 0
+    }
+
     /// A stream's client went away: whether the stream may be read on (under the cap of
     /// detached streams). Counted either way.
-    pub(crate) fn try_detach(&self) -> bool {
+    pub(crate) fn try_detach(&self, history: Option<&Arc<StreamHistory>>) -> bool {
         let taken = self
             .detached
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
                 (n < self.config.max_detached).then_some(n + 1)
             })
             .is_ok();
+        if taken && let Some(history) = history {
+            self.detached_list().push(history.clone());
+        }
         self.note_detached(if taken { "detached" } else { "refused" });
         taken
     }
 
     /// A detached stream ended (`expired`: its grace ran out before its upstream ended).
-    pub(crate) fn end_detached(&self, expired: bool) {
+    pub(crate) fn end_detached(&self, expired: bool, history: Option<&Arc<StreamHistory>>) {
+        if let Some(history) = history {
+            self.detached_list().retain(|h| !Arc::ptr_eq(h, history));
+        }
         self.detached.fetch_sub(1, Ordering::Relaxed);
         self.note_detached(if expired { "expired" } else { "completed" });
+    }
+
+    fn detached_list(&self) -> MutexGuard<'_, Vec<Arc<StreamHistory>>> {
+        self.detached_streams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Over the global cap: the detached streams give up their oldest events (down to their
+    /// newest), largest first, before a stream with a live client has to.
+    pub(crate) fn trim_detached(&self) {
+        let mut by_size: Vec<(usize, Arc<StreamHistory>)> = self
+            .detached_list()
+            .iter()
+            .map(|h| (h.lock().accounted, h.clone()))
+            .collect();
+        by_size.sort_unstable_by_key(|(size, _)| std::cmp::Reverse(*size));
+        for (_, history) in by_size {
+            let Some(over) = self.over_cap() else {
+                return;
+            };
+            let trimmed = history.lock().trim(over);
+            self.note(trimmed);
+        }
     }
 
     fn note_detached(&self, outcome: &'static str) {

@@ -514,14 +514,18 @@ impl State {
     pub(crate) fn trim(&mut self, over: usize) -> Appended {
         let mut out = Appended::default();
         let before = self.accounted;
-        let mut freed = 0;
-        while freed < over && self.events.len() > 1 {
-            let start = self.bytes.start();
+        // The byte ring's capacity is a power of two: it gives memory back only once it can
+        // halve. The oldest events go until it can shrink by `over` (or to its smallest).
+        let capacity = self.bytes.capacity();
+        let mut target = capacity;
+        while capacity - target < over && target > MIN_RING {
+            target /= 2;
+        }
+        while self.bytes.len() > target && self.events.len() > 1 {
             self.evict_front();
-            freed += (self.bytes.start() - start) as usize;
         }
         out.evicted = std::mem::take(&mut self.unreported_evictions);
-        let keep = self.bytes.len().max(MIN_RING.min(self.bytes.capacity()));
+        let keep = self.bytes.len().max(MIN_RING.min(capacity));
         if keep < self.bytes.capacity() {
             self.bytes.resize(keep);
         }

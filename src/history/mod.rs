@@ -213,9 +213,12 @@ impl ReplayConfig {
     }
 
     /// Most bytes all histories hold together (rings and records, as allocated). At the cap,
-    /// finished streams go first, least recently used first; then live streams give up their
-    /// oldest events, down to their newest one (a floor of a few hundred bytes each); while live
-    /// streams at that floor fill the cap, a new stream gets no history (counted as
+    /// finished streams go first, least recently used first; then streams read on without their
+    /// client (see [`detach_grace`](Self::detach_grace)) give up their oldest events, largest
+    /// first; then the stream being appended to gives up its oldest, down to its newest one (a
+    /// floor of a few hundred bytes each). While detached streams can give bytes up, a live
+    /// stream's ring may grow past the cap for the chunk it is appending. While live streams at
+    /// their floor fill the cap, a new stream gets no history (counted as
     /// `sse_tracking_history_streams_dropped_total{reason="refused"}`).
     ///
     /// Defaults to 64 MiB.

@@ -19,7 +19,7 @@ use crate::{
     SessionId, StreamKey,
     store::{
         StoreError, StoreFuture,
-        redb_support::{blocking, check_file, permanent, transient},
+        redb_support::{blocking, open_file, permanent, transient},
     },
 };
 
@@ -147,12 +147,12 @@ impl RedbHistoryBuilder {
     /// is a redb file of another application (a `RedbStore`'s file included: keep sessions and
     /// histories in two files), or is open elsewhere.
     pub fn open(self, path: impl AsRef<Path>) -> Result<RedbHistory, StoreError> {
-        let path = path.as_ref();
-        let db = Database::create(path).map_err(|e| {
-            StoreError::permanent(format!("cannot open redb file {}", path.display()))
-                .with_source(redb::Error::from(e))
+        let db = open_file(path.as_ref(), META, FORMAT, |txn| {
+            txn.open_table(EVENTS).map_err(permanent)?;
+            txn.open_table(STREAMS).map_err(permanent)?;
+            txn.open_table(IDS).map_err(permanent)?;
+            Ok(())
         })?;
-        check_format(&db, path)?;
         Ok(RedbHistory {
             inner: Arc::new(Inner {
                 db,
@@ -162,16 +162,6 @@ impl RedbHistoryBuilder {
             }),
         })
     }
-}
-
-/// Refuses redb files that belong to someone else; marks new ones as ours.
-fn check_format(db: &Database, path: &Path) -> Result<(), StoreError> {
-    check_file(db, path, META, FORMAT, |txn| {
-        txn.open_table(EVENTS).map_err(permanent)?;
-        txn.open_table(STREAMS).map_err(permanent)?;
-        txn.open_table(IDS).map_err(permanent)?;
-        Ok(())
-    })
 }
 
 /// A stream's state.

@@ -63,7 +63,7 @@ pub(crate) mod redis_support {
 /// What the redb history store shares with the redb session store.
 #[cfg(feature = "redb")]
 pub(crate) mod redb_support {
-    pub(crate) use super::redb::{blocking, check_file, permanent, transient};
+    pub(crate) use super::redb::{blocking, open_file, permanent, transient};
 }
 
 use std::{future::Future, pin::Pin, sync::Arc, time::SystemTime};

@@ -108,12 +108,10 @@ impl RedbStoreBuilder {
     /// A permanent [`StoreError`] if the file cannot be opened or created, is not a redb file
     /// (corrupt or foreign), is a redb file of another application, or is open elsewhere.
     pub fn open(self, path: impl AsRef<Path>) -> Result<RedbStore, StoreError> {
-        let path = path.as_ref();
-        let db = Database::create(path).map_err(|e| {
-            StoreError::permanent(format!("cannot open redb file {}", path.display()))
-                .with_source(redb::Error::from(e))
+        let db = open_file(path.as_ref(), META, FORMAT, |txn| {
+            txn.open_table(POSITIONS).map_err(permanent)?;
+            Ok(())
         })?;
-        check_format(&db, path)?;
         Ok(RedbStore {
             inner: Arc::new(Inner {
                 db,
@@ -125,23 +123,19 @@ impl RedbStoreBuilder {
     }
 }
 
-/// Refuses redb files that belong to someone else; marks new ones as ours.
-fn check_format(db: &Database, path: &Path) -> Result<(), StoreError> {
-    check_file(db, path, META, FORMAT, |txn| {
-        txn.open_table(POSITIONS).map_err(permanent)?;
-        Ok(())
-    })
-}
-
-/// Refuses redb files that belong to someone else (tables but no `meta` table) or hold another
-/// `format`; marks new ones with `format` and creates their tables (`create`).
-pub(crate) fn check_file(
-    db: &Database,
+/// Opens (or creates) the redb file at `path`. Refuses files that belong to someone else
+/// (tables but no `meta` table) or hold another `format`; marks new ones with `format` and
+/// creates their tables (`create`).
+pub(crate) fn open_file(
     path: &Path,
     meta: TableDefinition<'_, &str, &str>,
     format: &str,
     create: impl FnOnce(&redb::WriteTransaction) -> Result<(), StoreError>,
-) -> Result<(), StoreError> {
+) -> Result<Database, StoreError> {
+    let db = Database::create(path).map_err(|e| {
+        StoreError::permanent(format!("cannot open redb file {}", path.display()))
+            .with_source(redb::Error::from(e))
+    })?;
     let txn = db.begin_write().map_err(permanent)?;
     {
         let tables: Vec<String> = txn
@@ -177,7 +171,8 @@ pub(crate) fn check_file(
         }
         create(&txn)?;
     }
-    txn.commit().map_err(permanent)
+    txn.commit().map_err(permanent)?;
+    Ok(db)
 }
 
 impl RedbStore {

@@ -76,6 +76,56 @@ impl SlotState {
         self.version = clock::stamp(self.version);
     }
 
+    /// Records an event's `id` field; `true` if it is a duplicate (the newest ID is left as it
+    /// was).
+    #[inline]
+    fn record_id(&mut self, id: &str, hasher: &IdHasher) -> bool {
+        if id.is_empty() {
+            if !self.id_known || !self.id.is_empty() {
+                self.set_id("");
+            }
+            self.dedup.clear();
+            return false;
+        }
+        let repeats_newest = self.id_known && self.id == id;
+        match self.dedup.state() {
+            Armed::Off => {
+                if !repeats_newest {
+                    self.set_id(id);
+                }
+                false
+            }
+            Armed::Idle => {
+                if repeats_newest {
+                    // A repeat: a seam the stream did not announce. Watch for more.
+                    self.dedup.arm(Some(hasher.hash(id)));
+                    self.dedup.saw_duplicate();
+                    true
+                } else {
+                    self.set_id(id);
+                    false
+                }
+            }
+            Armed::On => {
+                let hash = hasher.hash(id);
+                if self.dedup.contains(hash) {
+                    self.dedup.saw_duplicate();
+                    return true;
+                }
+                self.dedup.insert(hash);
+                if !repeats_newest {
+                    self.set_id(id);
+                }
+                false
+            }
+        }
+    }
+
+    /// The newest ID's fingerprint, if there is a (non-empty) newest ID.
+    fn newest_hash(&self, hasher: &IdHasher) -> Option<u64> {
+        (self.id_known && !self.id.is_empty()).then(|| hasher.hash(&self.id))
+    }
+
     /// Marks the slot as with the worker; `true` if it just turned so (the caller queues it).
     fn turn_dirty(&mut self) -> bool {
         let enqueue = !self.queued;
@@ -148,28 +198,18 @@ impl Slot {
         self.state.lock()
     }
 
-    /// Records one event. `id` is the event's `id` field when it had one (`""` clears), `hash`
-    /// that ID's fingerprint for the duplicate window.
+    /// Records one event. `id` is the event's `id` field when it had one (`""` clears); `hasher`
+    /// fingerprints it for the duplicate window, only while the window is armed.
     ///
-    /// Hot path: no allocation unless the ID outgrows the slot's buffer, one short lock.
-    pub(crate) fn record(&self, id: Option<(&str, u64)>) -> Recorded {
+    /// Hot path: no allocation unless the ID outgrows the slot's buffer (or an armed window
+    /// grows), one short lock.
+    #[inline]
+    pub(crate) fn record(&self, id: Option<&str>, hasher: &IdHasher) -> Recorded {
         let mut st = self.lock();
         st.seq += 1;
         let mut duplicate = false;
-        if let Some((id, hash)) = id {
-            if id.is_empty() {
-                if !st.id_known || !st.id.is_empty() {
-                    st.set_id("");
-                }
-                st.dedup.clear();
-            } else if st.dedup.contains(hash) {
-                duplicate = true;
-            } else {
-                st.dedup.insert(hash);
-                if !st.id_known || st.id != id {
-                    st.set_id(id);
-                }
-            }
+        if let Some(id) = id {
+            duplicate = st.record_id(id, hasher);
         }
         Recorded {
             duplicate,
@@ -177,17 +217,22 @@ impl Slot {
         }
     }
 
+    /// A new stream or handle attached to the slot: a seam where the events of two sources may
+    /// meet, so the duplicate window is armed (again), holding the newest ID.
+    pub(crate) fn arm_window(&self, hasher: &IdHasher) {
+        let mut st = self.lock();
+        let newest = st.newest_hash(hasher);
+        st.dedup.arm(newest);
+    }
+
     /// A client reconnected stating `id` as its `Last-Event-ID`: its position is authoritative.
     /// The slot's ID becomes `id` (with a new version, so that it wins over what was stored),
     /// and the duplicate window starts again from it, so that the events the stream sends after
     /// it count as new. Counts as one recorded change.
-    pub(crate) fn resume_from(&self, id: &str, hash: u64) -> Recorded {
+    pub(crate) fn resume_from(&self, id: &str, hasher: &IdHasher) -> Recorded {
         let mut st = self.lock();
         st.seq += 1;
-        st.dedup.clear();
-        if !id.is_empty() {
-            st.dedup.insert(hash);
-        }
+        st.dedup.restart((!id.is_empty()).then(|| hasher.hash(id)));
         st.set_id(id);
         Recorded {
             duplicate: false,
@@ -199,7 +244,7 @@ impl Slot {
     /// not moved since by another stream), its position goes back to `settled` (with a new
     /// version, so that it wins in the store), and the duplicate window starts again from it, so
     /// that the events the client gets again count as new. Counts as one recorded change.
-    pub(crate) fn settle(&self, newest: &str, settled: &str, hash: u64) -> Recorded {
+    pub(crate) fn settle(&self, newest: &str, settled: &str, hasher: &IdHasher) -> Recorded {
         let mut st = self.lock();
         if !st.id_known || st.id != newest || newest == settled {
             return Recorded {
@@ -208,10 +253,8 @@ impl Slot {
             };
         }
         st.seq += 1;
-        st.dedup.clear();
-        if !settled.is_empty() {
-            st.dedup.insert(hash);
-        }
+        st.dedup
+            .restart((!settled.is_empty()).then(|| hasher.hash(settled)));
         st.set_id(settled);
         Recorded {
             duplicate: false,
@@ -226,7 +269,7 @@ impl Slot {
         let mut st = self.lock();
         st.id.clear();
         st.id_known = false;
-        st.dedup.clear();
+        st.dedup.restart(None);
         st.persisted_seq = st.seq;
         st.snap_seq = st.seq;
     }
@@ -303,14 +346,45 @@ pub(crate) struct Snapshot {
     pub(crate) events: u64,
 }
 
+/// Distinct IDs in a row, none of them a duplicate, after which an armed window is freed.
+pub(crate) const WINDOW_QUIET: u32 = 16;
+
+/// Whether a duplicate window is in use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Armed {
+    /// Turned off (a window of 0): no event is a duplicate.
+    Off,
+    /// Freed after a quiet run: only a repeat of the newest ID is a duplicate (and arms it).
+    Idle,
+    /// Remembering the newest distinct IDs.
+    On,
+}
+
 /// The fingerprints of the last `N` distinct event IDs of a session, in a ring that grows with
 /// use (4, 8, 16, ... up to `N` entries), so that a session with few events costs little.
+///
+/// Duplicates come from seams: a reconnect (whose service may replay what the client had), a
+/// second stream or handle feeding the same position, a settled position. The window is armed
+/// when the slot is created and at each seam, and freed (its memory given back) once
+/// [`WINDOW_QUIET`] distinct IDs in a row were new: a stream that does not repeat itself then
+/// costs neither the memory nor the fingerprint per event. While freed, a repeat of the newest
+/// ID still counts as a duplicate, and arms the window again.
 ///
 /// Fingerprints are 64-bit keyed hashes ([`foldhash`] with a per-process random seed, so IDs
 /// cannot be crafted to collide): a false duplicate needs a collision among at most `N` values,
 /// about `N / 2^64` per event. (Thirty-two bits were tried: at 64 / 2^32 a false duplicate came
 /// once in 67 million events, often enough to show up in a test of a million.)
 struct DedupWindow {
+    /// The fingerprints, while the window is armed and has seen an ID (boxed: a slot whose
+    /// window is freed keeps only the pointer).
+    entries: Option<Box<Entries>>,
+    capacity: u32,
+    /// New IDs in a row since the window was armed or last saw a duplicate.
+    quiet: u32,
+    armed: bool,
+}
+
+struct Entries {
     ring: Vec<u64>,
     /// One byte per entry (the fingerprint's top byte), scanned first with `memchr`: a lookup
     /// reads one cache line of tags, and a full fingerprint only where a tag matches, instead of
@@ -318,16 +392,26 @@ struct DedupWindow {
     tags: Vec<u8>,
     /// The next entry to overwrite once the ring is full.
     next: u32,
-    capacity: u32,
 }
 
 impl DedupWindow {
     fn new(capacity: usize) -> Self {
         Self {
-            ring: Vec::new(),
-            tags: Vec::new(),
-            next: 0,
+            entries: None,
             capacity: u32::try_from(capacity).unwrap_or(u32::MAX),
+            quiet: 0,
+            armed: capacity > 0,
+        }
+    }
+
+    #[inline]
+    fn state(&self) -> Armed {
+        if self.armed {
+            Armed::On
+        } else if self.capacity == 0 {
+            Armed::Off
+        } else {
+            Armed::Idle
         }
     }
 
@@ -335,38 +419,103 @@ impl DedupWindow {
         (hash >> 56) as u8
     }
 
-    fn contains(&self, hash: u64) -> bool {
-        memchr::memchr_iter(Self::tag(hash), &self.tags).any(|i| self.ring[i] == hash)
+    /// Entries allocated (for tests).
+    #[cfg(test)]
+    fn allocated(&self) -> usize {
+        self.entries.as_ref().map_or(0, |e| e.ring.capacity())
     }
 
+    fn contains(&self, hash: u64) -> bool {
+        self.entries.as_ref().is_some_and(|e| {
+            memchr::memchr_iter(Self::tag(hash), &e.tags).any(|i| e.ring[i] == hash)
+        })
+    }
+
+    /// Adds a new ID's fingerprint; after [`WINDOW_QUIET`] new ones in a row, frees the window.
     fn insert(&mut self, hash: u64) {
-        let len = self.ring.len();
-        if len < self.capacity as usize {
-            if len == self.ring.capacity() {
-                let more = (len * 2).clamp(4, self.capacity as usize) - len;
-                self.ring.reserve_exact(more);
-                self.tags.reserve_exact(more);
+        self.quiet += 1;
+        if self.quiet >= WINDOW_QUIET {
+            self.free();
+            return;
+        }
+        self.push(hash);
+    }
+
+    fn push(&mut self, hash: u64) {
+        if self.capacity == 0 {
+            return;
+        }
+        let capacity = self.capacity as usize;
+        let e = self.entries.get_or_insert_with(|| {
+            Box::new(Entries {
+                ring: Vec::new(),
+                tags: Vec::new(),
+                next: 0,
+            })
+        });
+        let len = e.ring.len();
+        if len < capacity {
+            if len == e.ring.capacity() {
+                let more = (len * 2).clamp(4, capacity) - len;
+                e.ring.reserve_exact(more);
+                e.tags.reserve_exact(more);
             }
-            self.ring.push(hash);
-            self.tags.push(Self::tag(hash));
+            e.ring.push(hash);
+            e.tags.push(Self::tag(hash));
         } else if let (Some(slot), Some(tag)) = (
-            self.ring.get_mut(self.next as usize),
-            self.tags.get_mut(self.next as usize),
+            e.ring.get_mut(e.next as usize),
+            e.tags.get_mut(e.next as usize),
         ) {
             *slot = hash;
             *tag = Self::tag(hash);
             // A compare, not a division: this runs for every new ID.
-            self.next += 1;
-            if self.next == self.capacity {
-                self.next = 0;
+            e.next += 1;
+            if e.next == self.capacity {
+                e.next = 0;
             }
         }
     }
 
+    fn saw_duplicate(&mut self) {
+        self.quiet = 0;
+    }
+
+    /// Arms the window (a seam), keeping what it holds if it is armed already; `newest` is the
+    /// newest ID's fingerprint, which a freed window starts from.
+    fn arm(&mut self, newest: Option<u64>) {
+        if self.capacity == 0 {
+            return;
+        }
+        self.quiet = 0;
+        if !self.armed {
+            self.armed = true;
+            if let Some(hash) = newest {
+                self.push(hash);
+            }
+        }
+    }
+
+    /// Starts the window again from `newest` alone (an authoritative new position), armed.
+    fn restart(&mut self, newest: Option<u64>) {
+        self.clear();
+        self.armed = false;
+        self.arm(newest);
+    }
+
+    /// Forgets every ID (the stream cleared its ID), armed or not.
     fn clear(&mut self) {
-        self.ring.clear();
-        self.tags.clear();
-        self.next = 0;
+        if let Some(e) = &mut self.entries {
+            e.ring.clear();
+            e.tags.clear();
+            e.next = 0;
+        }
+    }
+
+    /// Gives the window's memory back (a quiet run).
+    fn free(&mut self) {
+        self.entries = None;
+        self.quiet = 0;
+        self.armed = false;
     }
 }
 
@@ -395,7 +544,7 @@ mod tests {
     }
 
     fn rec(slot: &Slot, hasher: &IdHasher, id: &str) -> Recorded {
-        slot.record(Some((id, hasher.hash(id))))
+        slot.record(Some(id), hasher)
     }
 
     #[test]
@@ -452,7 +601,7 @@ mod tests {
         rec(&s, &h, "1");
         let a = s.snapshot(SystemTime::now()).unwrap();
         s.mark_persisted(a.seq);
-        s.record(None); // an event without id: activity only
+        s.record(None, &h); // an event without id: activity only
         let b = s.snapshot(SystemTime::now()).unwrap();
         assert_eq!(a.update.version, b.update.version);
         assert!(b.seq > a.seq);
@@ -500,29 +649,70 @@ mod tests {
     #[test]
     fn window_grows_with_use_up_to_its_capacity_then_rings() {
         let mut w = DedupWindow::new(64);
-        assert_eq!(
-            w.ring.capacity(),
-            0,
-            "nothing allocated before the first id"
-        );
-        w.insert(1);
-        assert_eq!(w.ring.capacity(), 4);
+        assert_eq!(w.allocated(), 0, "nothing allocated before the first id");
+        w.push(1);
+        assert_eq!(w.allocated(), 4);
         for h in 2..=5 {
-            w.insert(h);
+            w.push(h);
         }
-        assert_eq!(w.ring.capacity(), 8);
+        assert_eq!(w.allocated(), 8);
         for h in 6..=100 {
-            w.insert(h);
+            w.push(h);
         }
-        assert_eq!(w.ring.capacity(), 64, "never past the window");
+        assert_eq!(w.allocated(), 64, "never past the window");
         assert!(!w.contains(36), "fell out after 64 newer entries");
         assert!(w.contains(37) && w.contains(100));
         let mut off = DedupWindow::new(0);
         off.insert(1);
+        off.arm(Some(1));
         assert!(
-            !off.contains(1) && off.ring.capacity() == 0,
+            !off.contains(1) && off.allocated() == 0 && off.state() == Armed::Off,
             "0 turns it off"
         );
+    }
+
+    #[test]
+    fn a_quiet_window_is_freed_and_a_repeat_of_the_newest_arms_it_again() {
+        let h = IdHasher::default();
+        let s = Slot::new(
+            SessionId::new("s").unwrap(),
+            crate::StreamKey::whole_session(),
+            0,
+            0,
+            64,
+        );
+        let window = |s: &Slot| {
+            let st = s.lock();
+            (st.dedup.state(), st.dedup.allocated())
+        };
+        for i in 0..WINDOW_QUIET - 1 {
+            assert!(!rec(&s, &h, &i.to_string()).duplicate);
+        }
+        assert_eq!(window(&s), (Armed::On, 16), "armed from the start");
+        assert!(rec(&s, &h, "3").duplicate, "an older repeat, while armed");
+        for i in 100..100 + WINDOW_QUIET {
+            assert!(!rec(&s, &h, &i.to_string()).duplicate);
+        }
+        assert_eq!(window(&s), (Armed::Idle, 0), "freed after a quiet run");
+        // Freed: an older repeat moves the position (as with the window off) ...
+        assert!(!rec(&s, &h, "105").duplicate);
+        assert_eq!(s.last_event_id().as_deref(), Some("105"));
+        // ... a repeat of the newest is a duplicate, and arms the window.
+        assert!(rec(&s, &h, "105").duplicate);
+        assert_eq!(window(&s).0, Armed::On);
+        assert!(!rec(&s, &h, "106").duplicate);
+        assert!(rec(&s, &h, "105").duplicate, "remembered since the arming");
+        assert_eq!(s.last_event_id().as_deref(), Some("106"));
+
+        // A new stream attaching is a seam: armed, starting from the newest ID.
+        for i in 200..200 + WINDOW_QUIET {
+            rec(&s, &h, &i.to_string());
+        }
+        assert_eq!(window(&s), (Armed::Idle, 0));
+        s.arm_window(&h);
+        assert_eq!(window(&s).0, Armed::On);
+        let newest = (200 + WINDOW_QUIET - 1).to_string();
+        assert!(rec(&s, &h, &newest).duplicate);
     }
 
     #[test]
@@ -540,7 +730,7 @@ mod tests {
     fn activity_without_any_id_has_version_zero() {
         let h = IdHasher::default();
         let s = slot();
-        s.record(None);
+        s.record(None, &h);
         let a = s.snapshot(SystemTime::now()).unwrap();
         assert_eq!(a.update.version, 0, "must not override a stored id");
         assert_eq!(s.last_event_id(), None);

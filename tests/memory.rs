@@ -21,6 +21,7 @@ use tower::{Layer, ServiceExt, service_fn};
 use tower_sse_tracking::{
     EventTrackingLayer, SessionId, StreamKey,
     store::{MemoryStore, SessionRecord, SessionStore, SessionUpdate, StoreFuture},
+    worker::RecordOutcome,
 };
 
 /// Counts the bytes currently allocated (requested sizes).
@@ -99,16 +100,28 @@ impl SessionStore for Discard {
 }
 
 /// Bytes allocated per session by `setup`, which tracks `sessions` sessions, each after
-/// recording the given IDs; measured after everything is written (the sessions are idle).
-async fn per_session(layer: &EventTrackingLayer, prefix: &str, sessions: usize, ids: usize) -> f64 {
+/// recording `ids` IDs (with `repeat`, every eighth ID repeats an earlier one, so that the
+/// duplicate window stays armed); measured after everything is written (the sessions are idle).
+async fn per_session(
+    layer: &EventTrackingLayer,
+    prefix: &str,
+    sessions: usize,
+    ids: usize,
+    repeat: bool,
+) -> f64 {
     let before = live();
     for i in 0..sessions {
         let session = SessionId::new(&format!("{prefix}-{i:08}")).unwrap();
         for k in 0..ids {
-            let id = format!("{:016}", i * ids + k); // 16-byte event IDs
+            let (n, expect) = if repeat && k % 8 == 7 {
+                (i * ids + k - 4, RecordOutcome::Duplicate)
+            } else {
+                (i * ids + k, RecordOutcome::Recorded)
+            };
+            let id = format!("{n:016}"); // 16-byte event IDs
             assert_eq!(
                 layer.worker().record(&session, &events(), Some(&id)),
-                tower_sse_tracking::worker::RecordOutcome::Recorded
+                expect
             );
         }
     }
@@ -211,22 +224,31 @@ fn an_idle_tracked_session_costs_less_than_512_bytes() {
         // Let the worker start (its first tick allocates its buffers).
         layer.flush().await.unwrap();
 
-        let one = per_session(&layer, "one", SESSIONS, 1).await;
+        let one = per_session(&layer, "one", SESSIONS, 1, false).await;
         assert_eq!(layer.worker().tracked_sessions(), SESSIONS);
         println!(
             "memory per idle tracked session, one event (16-byte id, 12-byte key): {one:.0} bytes"
         );
         assert!(one < 512.0, "{one:.0} bytes per idle tracked session");
 
-        // A long-lived session: more distinct IDs than the duplicate window holds.
-        let full = per_session(&layer, "full", SESSIONS, DEFAULT_DEDUP_WINDOW + 8).await;
-        assert_eq!(layer.worker().tracked_sessions(), 2 * SESSIONS);
+        // A long-lived session whose IDs never repeat: its duplicate window was freed after a
+        // quiet run.
+        let quiet = per_session(&layer, "quiet", SESSIONS, DEFAULT_DEDUP_WINDOW + 8, false).await;
+        println!(
+            "memory per idle tracked session, {} distinct IDs: {quiet:.0} bytes",
+            DEFAULT_DEDUP_WINDOW + 8
+        );
+        assert!(quiet < 512.0, "{quiet:.0} bytes per session, window freed");
+
+        // One that keeps repeating IDs: its window stays armed, and full.
+        let full = per_session(&layer, "full", SESSIONS, DEFAULT_DEDUP_WINDOW + 8, true).await;
+        assert_eq!(layer.worker().tracked_sessions(), 3 * SESSIONS);
         println!(
             "memory per idle tracked session, full duplicate window of {DEFAULT_DEDUP_WINDOW}: \
              {full:.0} bytes"
         );
         assert!(
-            full < 1024.0,
+            full < 1024.0 && full > quiet + 8.0 * DEFAULT_DEDUP_WINDOW as f64,
             "{full:.0} bytes per session with a full window"
         );
 

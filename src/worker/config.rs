@@ -196,8 +196,17 @@ impl WorkerConfig {
     }
 
     /// How many recent event IDs per session are remembered to spot duplicates (0 turns the
-    /// check off). Each costs 8 bytes per session (a 64-bit keyed fingerprint), allocated as the
-    /// session sees new IDs.
+    /// check off). A duplicate is counted (`sse_tracking_duplicate_events_total`) and leaves the
+    /// position where it was.
+    ///
+    /// Duplicates come from seams: a reconnect (whose service may send again what the client
+    /// had), a second stream or handle on the same position, a settled position. The window is
+    /// armed when a position is created and at each of those seams, and each ID costs 9 bytes
+    /// in it (a 64-bit keyed fingerprint and a tag byte), allocated as IDs come. Once 16
+    /// distinct IDs in a row were new, the window is freed: a stream that does not repeat
+    /// itself then costs neither the memory nor a fingerprint per event. While freed, a repeat
+    /// of the newest ID still counts as a duplicate (and arms the window again); an older one
+    /// moves the position, as with the window off.
     ///
     /// Defaults to 64.
     pub fn dedup_window(mut self, n: usize) -> Self {

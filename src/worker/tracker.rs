@@ -134,7 +134,7 @@ impl Tracker {
     /// Inlined into the callers of other modules, like the per-event paths below.
     #[inline]
     fn note(&self, slot: &Slot, id: Option<&str>) -> Recorded {
-        let recorded = slot.record(id.map(|id| (id, self.hasher.hash(id))));
+        let recorded = slot.record(id, &self.hasher);
         if recorded.duplicate {
             self.labels().counter(m::DUPLICATE_EVENTS).increment(1);
         }
@@ -217,6 +217,7 @@ impl Attachment {
         stream: &StreamKey,
     ) -> Result<Self, Full> {
         let slot = tracker.registry.attach(session, stream)?;
+        slot.arm_window(&tracker.hasher);
         Ok(Self {
             slot,
             tracker: tracker.clone(),
@@ -253,7 +254,7 @@ impl Attachment {
     /// The client stated `id` as its `Last-Event-ID`: the session's position moves there (see
     /// `Slot::resume_from`), and is written like any change.
     pub(crate) fn resume_from(&self, id: &str) {
-        let recorded = self.slot.resume_from(id, self.tracker.hasher.hash(id));
+        let recorded = self.slot.resume_from(id, &self.tracker.hasher);
         if recorded.enqueue {
             self.enqueue_or_park();
         }
@@ -262,9 +263,7 @@ impl Attachment {
     /// An at-least-once stream ended: its position goes back to `settled` if it still holds
     /// `newest` (see `Slot::settle`), and is written like any change.
     pub(crate) fn settle(&self, newest: &str, settled: &str) {
-        let recorded = self
-            .slot
-            .settle(newest, settled, self.tracker.hasher.hash(settled));
+        let recorded = self.slot.settle(newest, settled, &self.tracker.hasher);
         if recorded.enqueue {
             self.enqueue_or_park();
         }
@@ -300,6 +299,7 @@ impl Attachment {
 impl Clone for Attachment {
     fn clone(&self) -> Self {
         self.tracker.registry.attach_again(&self.slot);
+        self.slot.arm_window(&self.tracker.hasher);
         Self {
             slot: self.slot.clone(),
             tracker: self.tracker.clone(),

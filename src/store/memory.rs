@@ -5,7 +5,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use super::{SessionRecord, SessionStore, SessionUpdate, StoreFuture};
+use super::{LastEventId, SessionRecord, SessionStore, SessionUpdate, StoreFuture};
 use crate::{SessionId, StreamKey, lru::LinkedSlab};
 
 /// The default store: a bounded map in this process's memory.
@@ -13,7 +13,8 @@ use crate::{SessionId, StreamKey, lru::LinkedSlab};
 /// Cloning is cheap and clones share the same map. It forgets everything when the process ends
 /// and cannot be shared by several replicas; it is meant for single-process deployments, tests
 /// and examples. It holds one record per (session, stream). It is bounded, and every operation
-/// costs O(1) whatever it holds (deleting a session: O(its streams)): a record idle for longer
+/// costs O(1) whatever it holds (times the session's streams, which the layer bounds: see
+/// [`max_streams_per_session`](crate::worker::WorkerConfig::max_streams_per_session)): a record idle for longer
 /// than the TTL reads as absent and is removed (a few at every write, oldest first), and when
 /// the map is full the least recently written record is evicted to make room (counted by
 /// [`evictions`](Self::evictions)).
@@ -42,8 +43,9 @@ type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 #[derive(Default)]
 struct State {
-    /// Each session's streams, and where their records are.
-    map: Map<SessionId, Map<StreamKey, u32>>,
+    /// Each session's first record; the others are chained from it (a session has few streams:
+    /// a map per session would cost more memory than the records themselves).
+    map: Map<SessionId, u32>,
     /// The records, all linked, least recently written first.
     records: LinkedSlab<Entry>,
     len: usize,
@@ -53,12 +55,82 @@ struct State {
 struct Entry {
     session: SessionId,
     stream: StreamKey,
-    record: SessionRecord,
+    record: Stored,
+    /// The session's next record, or `NIL`.
+    next: u32,
+}
+
+/// No record.
+const NIL: u32 = u32::MAX;
+
+/// A record as the map holds it: the ID in a buffer of its own that later writes reuse, so that
+/// a write allocates nothing in steady state (an `Arc` per write, freed by whichever thread
+/// writes next, left the allocator's arenas fragmented under load).
+struct Stored {
+    /// The ID; empty when cleared.
+    id: String,
+    version: u64,
+    last_activity: SystemTime,
+}
+
+impl Stored {
+    fn new(update: &SessionUpdate) -> Self {
+        let mut stored = Self {
+            id: String::new(),
+            version: 0,
+            last_activity: update.last_activity,
+        };
+        stored.set(update);
+        stored
+    }
+
+    fn set(&mut self, update: &SessionUpdate) {
+        self.version = update.version;
+        self.id.clear();
+        self.id
+            .push_str(update.last_event_id.as_str().unwrap_or(""));
+    }
+
+    /// [`SessionRecord::apply`], in place.
+    fn apply(&mut self, update: &SessionUpdate) {
+        if update.version > self.version {
+            self.set(update);
+        }
+        if update.last_activity > self.last_activity {
+            self.last_activity = update.last_activity;
+        }
+    }
+
+    fn record(&self) -> SessionRecord {
+        SessionRecord {
+            last_event_id: LastEventId::from(self.id.as_str()),
+            version: self.version,
+            last_activity: self.last_activity,
+        }
+    }
 }
 
 impl State {
     fn find(&self, session: &str, stream: &str) -> Option<u32> {
-        self.map.get(session)?.get(stream).copied()
+        let mut ix = self.map.get(session).copied().unwrap_or(NIL);
+        while let Some(entry) = self.records.get(ix) {
+            if entry.stream.as_str() == stream {
+                return Some(ix);
+            }
+            ix = entry.next;
+        }
+        None
+    }
+
+    /// The records of a session, first to last.
+    fn chain(&self, session: &str) -> impl Iterator<Item = u32> + '_ {
+        let mut ix = self.map.get(session).copied().unwrap_or(NIL);
+        std::iter::from_fn(move || {
+            let entry = self.records.get(ix)?;
+            let here = ix;
+            ix = entry.next;
+            Some(here)
+        })
     }
 
     fn remove(&mut self, ix: u32) {
@@ -66,11 +138,26 @@ impl State {
             return;
         };
         self.len -= 1;
-        if let Some(streams) = self.map.get_mut(entry.session.as_str()) {
-            streams.remove(entry.stream.as_str());
-            if streams.is_empty() {
-                self.map.remove(entry.session.as_str());
+        let session = entry.session.as_str();
+        match self.map.get(session).copied() {
+            Some(head) if head == ix => {
+                if entry.next == NIL {
+                    self.map.remove(session);
+                } else if let Some(head) = self.map.get_mut(session) {
+                    *head = entry.next;
+                }
             }
+            Some(head) => {
+                let mut prev = head;
+                while let Some(e) = self.records.get_mut(prev) {
+                    if e.next == ix {
+                        e.next = entry.next;
+                        break;
+                    }
+                    prev = e.next;
+                }
+            }
+            None => {}
         }
     }
 }
@@ -141,11 +228,11 @@ impl MemoryStore {
         let state = self.lock();
         let mut all: Vec<_> = state
             .map
-            .values()
-            .flat_map(|streams| streams.values())
-            .filter_map(|&ix| state.records.get(ix))
+            .keys()
+            .flat_map(|session| state.chain(session.as_str()))
+            .filter_map(|ix| state.records.get(ix))
             .filter(|e| !self.expired(&e.record, now))
-            .map(|e| (e.session.clone(), e.stream.clone(), e.record.clone()))
+            .map(|e| (e.session.clone(), e.stream.clone(), e.record.record()))
             .collect();
         all.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         all
@@ -161,7 +248,7 @@ impl MemoryStore {
             state.remove(ix);
             return None;
         }
-        Some(entry.record.clone())
+        Some(entry.record.record())
     }
 
     /// The stream's last event ID: `None` when the store holds none for it (or a cleared one).
@@ -184,15 +271,16 @@ impl MemoryStore {
     /// Returns how many records it had.
     pub fn delete(&self, session: &SessionId) -> usize {
         let mut state = self.lock();
-        let Some(streams) = state.map.remove(session.as_str()) else {
+        let Some(mut ix) = state.map.remove(session.as_str()) else {
             return 0;
         };
-        for &ix in streams.values() {
-            if state.records.remove(ix).is_some() {
-                state.len -= 1;
-            }
+        let mut removed = 0;
+        while let Some(entry) = state.records.remove(ix) {
+            state.len -= 1;
+            removed += 1;
+            ix = entry.next;
         }
-        streams.len()
+        removed
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -203,7 +291,7 @@ impl MemoryStore {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn expired(&self, record: &SessionRecord, now: SystemTime) -> bool {
+    fn expired(&self, record: &Stored, now: SystemTime) -> bool {
         now.duration_since(record.last_activity)
             .is_ok_and(|idle| idle > self.inner.idle_ttl)
     }
@@ -218,7 +306,7 @@ impl MemoryStore {
                 && let Some(entry) = state.records.get_mut(ix)
             {
                 if self.expired(&entry.record, now) {
-                    entry.record = SessionRecord::from(update);
+                    entry.record = Stored::new(update);
                 } else {
                     entry.record.apply(update);
                 }
@@ -233,18 +321,20 @@ impl MemoryStore {
                     tracing::trace!("memory store full: evicted the least recently written record");
                 }
             }
+            let next = state
+                .map
+                .get(update.session.as_str())
+                .copied()
+                .unwrap_or(NIL);
             let ix = state.records.insert(Entry {
                 session: update.session.clone(),
                 stream: update.stream.clone(),
-                record: SessionRecord::from(update),
+                record: Stored::new(update),
+                next,
             });
             state.records.push_back(ix);
             state.len += 1;
-            state
-                .map
-                .entry(update.session.clone())
-                .or_default()
-                .insert(update.stream.clone(), ix);
+            state.map.insert(update.session.clone(), ix);
         }
     }
 

@@ -169,7 +169,8 @@ pub(crate) struct StreamState {
     /// The stream's hold on its session; `None` for an event stream that only gets heartbeats
     /// (no valid session, or the registry was full).
     session: Option<Attachment>,
-    heartbeat: Option<Heartbeat>,
+    /// Boxed: most streams have none, and every stream's state is kept per connection.
+    heartbeat: Option<Box<Heartbeat>>,
     /// The labels of this layer's metrics.
     labels: Labels,
     /// With at-least-once resume: the stream's recent IDs, to leave a settled position behind.
@@ -215,7 +216,7 @@ impl StreamState {
         Self {
             parser: SseParser::new().max_id_len(max_id_len),
             session,
-            heartbeat: heartbeat.map(Heartbeat::new),
+            heartbeat: heartbeat.map(|every| Box::new(Heartbeat::new(every))),
             labels,
             checkpoints,
             replay: None,

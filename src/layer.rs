@@ -168,7 +168,7 @@ impl Default for EventTrackingLayerBuilder {
             name: None,
             store: None,
             source: SessionSource::Header(HeaderName::from_static("mcp-session-id")),
-            streams: StreamSource::Path,
+            streams: StreamSource::path(),
             max_key_len: DEFAULT_MAX_SESSION_KEY_LEN,
             max_stream_key_len: DEFAULT_MAX_STREAM_KEY_LEN,
             max_id_len: DEFAULT_MAX_ID_LEN,

@@ -178,7 +178,8 @@ impl StreamKey {
 
     /// The empty key: one position for all of a session's streams.
     pub fn whole_session() -> Self {
-        Self(Arc::from(""))
+        static WHOLE: std::sync::OnceLock<StreamKey> = std::sync::OnceLock::new();
+        WHOLE.get_or_init(|| Self(Arc::from(""))).clone()
     }
 
     /// Whether this is the [whole session's](Self::whole_session) key.
@@ -289,14 +290,38 @@ impl fmt::Debug for SessionSource {
     }
 }
 
+/// The stream keys of the most recent paths, one per bucket (picked by the path's length and
+/// last byte), so that the streams of one endpoint share one key instead of holding a copy each.
+/// Bounded; paths are client input, and one that misses only costs the allocation it would
+/// have cost anyway.
+#[derive(Default)]
+pub(crate) struct KeyCache([spin::mutex::SpinMutex<Option<StreamKey>, spin::relax::Yield>; 8]);
+
+impl KeyCache {
+    fn key(&self, path: &str, max_len: usize) -> Result<StreamKey, InvalidKey> {
+        let bucket = (path.len() ^ usize::from(path.as_bytes().last().copied().unwrap_or(0))) % 8;
+        let mut cached = self.0[bucket].lock();
+        // (Checked against `max_len` too: clones of a builder share the cache.)
+        if let Some(key) = cached
+            .as_ref()
+            .filter(|key| key.as_str() == path && path.len() <= max_len)
+        {
+            return Ok(key.clone());
+        }
+        let key = StreamKey::with_max_len(path, max_len)?;
+        *cached = Some(key.clone());
+        Ok(key)
+    }
+}
+
 /// A function of the request head that names its stream.
 pub(crate) type StreamFn = dyn Fn(&Parts) -> Option<String> + Send + Sync;
 
 /// Where a request's stream key comes from.
 #[derive(Clone)]
 pub(crate) enum StreamSource {
-    /// The request's path.
-    Path,
+    /// The request's path, with the keys of recent paths to share.
+    Path(Arc<KeyCache>),
     /// One position per session: the empty key.
     WholeSession,
     /// A function of the request head.
@@ -306,7 +331,7 @@ pub(crate) enum StreamSource {
 impl fmt::Debug for StreamSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Path => f.write_str("Path"),
+            Self::Path(_) => f.write_str("Path"),
             Self::WholeSession => f.write_str("WholeSession"),
             Self::Fn(_) => f.write_str("Fn(..)"),
         }
@@ -314,6 +339,11 @@ impl fmt::Debug for StreamSource {
 }
 
 impl StreamSource {
+    /// Keys from the request's path.
+    pub(crate) fn path() -> Self {
+        Self::Path(Arc::default())
+    }
+
     /// The stream key of a request; `None` (not tracked) when the function names none, or when
     /// the key is invalid (counted and logged: keys are client input).
     pub(crate) fn of_request<B>(
@@ -323,8 +353,8 @@ impl StreamSource {
         labels: &Labels,
     ) -> (Request<B>, Option<StreamKey>) {
         let (req, key) = match self {
-            Self::Path => {
-                let key = StreamKey::with_max_len(req.uri().path(), max_len);
+            Self::Path(cache) => {
+                let key = cache.key(req.uri().path(), max_len);
                 (req, key)
             }
             Self::WholeSession => return (req, Some(StreamKey::whole_session())),

@@ -426,8 +426,22 @@ impl SseParser {
     /// A complete, non-empty line (without its line break).
     #[inline]
     fn field_line(&mut self, line: &[u8]) {
-        if line[0] == b':' {
-            return; // A comment.
+        // The lines servers write most, each told apart by their first bytes alone.
+        match line {
+            [b'd', b'a', b't', b'a', b':', ..] => {
+                self.has_data = true;
+                return;
+            }
+            [b'i', b'd', b':', value @ ..] => {
+                self.set_id(value.strip_prefix(b" ").unwrap_or(value));
+                return;
+            }
+            [b'e', b'v', b'e', b'n', b't', b':', value @ ..] => {
+                self.set_event_type(value.strip_prefix(b" ").unwrap_or(value));
+                return;
+            }
+            [b':', ..] => return, // A comment.
+            _ => {}
         }
         // The fields we act on have names of at most five bytes: a colon further on (or none in
         // a longer line) means a field we ignore.

@@ -4,11 +4,13 @@
 //! ```text
 //! cargo run --release --example e2e                       # C = 1000, 5000, 10000; A B A B
 //! cargo run --release --example e2e -- --connections 1000 --seconds 10 --rate 20000
+//! cargo run --release --example e2e -- --connections 100 --rate 0   # a burst
 //! ```
 //!
 //! For each connection count it runs the bare server (A) and the tracked one (B) alternately,
 //! `--rounds` times each, for `--seconds` of measurement after a warm-up, at a total of `--rate`
-//! events per second spread over the connections, and prints per run: events/s received, server
+//! events per second spread over the connections (`--rate 0`: a burst, every connection taking
+//! events as fast as it reads them), and prints per run: events/s received, server
 //! CPU time per event (user + system, from /proc), client-measured event latency p50/p99/p999,
 //! server resident memory per connection, store writes, events per write and persistence lag
 //! (event emitted -> ID persisted) p50/p99. `--flush-ms` sets the worker's flush interval (default
@@ -156,15 +158,19 @@ const LAG_SAMPLES: usize = 250_000;
 
 static EVENTS_SENT: AtomicU64 = AtomicU64::new(0);
 
-/// A stream of events at `rate` per second: `id: seq-micros`, data padded to ~60 bytes.
+/// A stream of events at `rate` per second (as fast as the connection takes them when `rate` is
+/// 0: a burst): `id: seq-micros`, data padded to ~60 bytes.
 fn events_stream(rate: f64) -> impl Stream<Item = Result<Event, Infallible>> {
-    let period = Duration::from_secs_f64(1.0 / rate.max(0.001));
-    // Spread connections' first events over one period.
-    let offset = Duration::from_micros(now_micros() % period.as_micros().max(1) as u64);
-    let start = tokio::time::Instant::now() + offset;
-    let interval = tokio::time::interval_at(start, period);
+    let interval = (rate > 0.0).then(|| {
+        let period = Duration::from_secs_f64(1.0 / rate);
+        // Spread connections' first events over one period.
+        let offset = Duration::from_micros(now_micros() % period.as_micros().max(1) as u64);
+        tokio::time::interval_at(tokio::time::Instant::now() + offset, period)
+    });
     stream::unfold((interval, 0u64), |(mut interval, seq)| async move {
-        interval.tick().await;
+        if let Some(interval) = &mut interval {
+            interval.tick().await;
+        }
         let t = now_micros();
         EVENTS_SENT.fetch_add(1, Ordering::Relaxed);
         let event = Event::default()
@@ -491,9 +497,14 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    let rate = if args.rate == 0 {
+        "a burst (as many events as the connections take)".to_owned()
+    } else {
+        format!("{} events/s in total", args.rate)
+    };
     println!(
-        "e2e: {} events/s in total, {} s measured after {} s warm-up, {} rounds A (bare) B (tracked), flush interval {} ms; {} cores",
-        args.rate,
+        "e2e: {}, {} s measured after {} s warm-up, {} rounds A (bare) B (tracked), flush interval {} ms; {} cores",
+        rate,
         args.seconds,
         args.warmup,
         args.rounds,

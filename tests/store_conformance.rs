@@ -112,6 +112,41 @@ impl Fixture for Redis {
     }
 }
 
+/// `RedisStore` on a real three-node Redis Cluster (each session's key tagged to its own slot).
+#[cfg(feature = "redis")]
+struct RedisCluster {
+    store: tower_sse_tracking::store::RedisStore,
+    _cluster: std::sync::Arc<support::redis::RedisCluster>,
+}
+
+#[cfg(feature = "redis")]
+impl Fixture for RedisCluster {
+    type Store = tower_sse_tracking::store::RedisStore;
+    const ACTIVITY_PRECISION: Duration = Duration::from_millis(1);
+    const TTL_FROM_ACTIVITY: bool = false;
+
+    async fn open(idle_ttl: Option<Duration>) -> Self {
+        // Started on a blocking thread: forming a cluster takes a moment.
+        let cluster = tokio::task::spawn_blocking(support::redis::RedisCluster::shared)
+            .await
+            .unwrap();
+        let mut builder = tower_sse_tracking::store::RedisStore::builder()
+            .prefix(support::redis::fresh_prefix("conformance"));
+        if let Some(ttl) = idle_ttl {
+            builder = builder.idle_ttl(ttl);
+        }
+        let store = builder.connect_cluster(cluster.urls()).await.unwrap();
+        Self {
+            store,
+            _cluster: cluster,
+        }
+    }
+
+    fn store(&self) -> &Self::Store {
+        &self.store
+    }
+}
+
 /// Runs every check against one fixture, as one `#[tokio::test]` per check.
 macro_rules! conformance {
     ($module:ident, $fixture:ty) => {
@@ -182,6 +217,8 @@ conformance!(memory_store, Memory);
 conformance!(redb_store, Redb);
 #[cfg(feature = "redis")]
 conformance!(redis_store, Redis);
+#[cfg(feature = "redis")]
+conformance!(redis_cluster_store, RedisCluster);
 
 fn update(session: &str, id: &str, version: u64, at: SystemTime) -> SessionUpdate {
     on(session, "/events", id, version, at)

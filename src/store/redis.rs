@@ -1,13 +1,17 @@
 //! [`RedisStore`]: a store that several replicas share, on Redis.
 
 use std::{
+    collections::HashMap,
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use redis::{
-    Client, RetryMethod, Script,
-    aio::{ConnectionManager, ConnectionManagerConfig},
+    Client, Cmd, Pipeline, RedisFuture, RetryMethod, Script, Value,
+    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
+    cluster::ClusterClientBuilder,
+    cluster_async::ClusterConnection,
+    cluster_routing::Slot,
 };
 
 use super::{LastEventId, SessionRecord, SessionStore, SessionUpdate, StoreError, StoreFuture};
@@ -70,11 +74,17 @@ return #KEYS
 ///
 /// # Redis Cluster
 ///
-/// A script may only touch keys of one hash slot, and the keys of one batch would span slots.
-/// Use a prefix with a hash tag (for example `{sse-tracking}:`), so that every key lands in the
-/// same slot; this keeps batches atomic per chunk but puts all sessions on one shard. Connecting
-/// through a cluster client is not supported: point the store at the node that owns that slot
-/// (or at a non-cluster Redis).
+/// [`RedisStoreBuilder::connect_cluster`] connects through redis-rs's cluster client, which
+/// follows `MOVED` and `ASK` redirections and a failover by itself. Each session's hash is then
+/// at `prefix{session key}`: the hash tag puts it in the session's own slot, so sessions spread
+/// over the shards. A batch is split by slot, one script run per slot (per 512 updates), all
+/// sent at once over the client's connections (one per node, pipelined): about one round trip
+/// per batch. The script is idempotent (applying an update twice changes nothing), so a batch
+/// that failed on one shard is simply written again. The prefix may not hold a brace there.
+///
+/// A single-node connection ([`connect`](RedisStoreBuilder::connect)) to one node of a cluster
+/// works only with a prefix that is itself a hash tag (for example `{sse-tracking}:`), which
+/// puts every session on one shard.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -94,10 +104,11 @@ pub struct RedisStore {
 }
 
 struct Inner {
-    connection: ConnectionManager,
+    connection: Connection,
     script: Script,
     prefix: String,
     idle_ttl: Duration,
+    wait_for_replicas: Option<(u32, Duration)>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -105,6 +116,7 @@ impl std::fmt::Debug for RedisStore {
         f.debug_struct("RedisStore")
             .field("prefix", &self.inner.prefix)
             .field("idle_ttl", &self.inner.idle_ttl)
+            .field("wait_for_replicas", &self.inner.wait_for_replicas)
             .finish_non_exhaustive()
     }
 }
@@ -116,6 +128,7 @@ pub struct RedisStoreBuilder {
     idle_ttl: Duration,
     response_timeout: Duration,
     connection_timeout: Duration,
+    wait_for_replicas: Option<(u32, Duration)>,
 }
 
 /// Default time a session is kept after its last write: 7 days.
@@ -128,6 +141,7 @@ impl Default for RedisStoreBuilder {
             idle_ttl: DEFAULT_IDLE_TTL,
             response_timeout: Duration::from_secs(2),
             connection_timeout: Duration::from_secs(2),
+            wait_for_replicas: None,
         }
     }
 }
@@ -157,6 +171,28 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// Acknowledges a batch only once `replicas` replicas of every primary have it (Redis
+    /// `WAIT`, at most `timeout`): a batch written but not replicated in time fails as a
+    /// transient error, and the worker writes it again (applying it twice changes nothing).
+    ///
+    /// Redis replicates asynchronously: without this, a write acknowledged just before its
+    /// primary dies can be missing on the replica that takes over, and the session's position
+    /// goes back to the one before it after the failover. With it, an acknowledged write is on
+    /// `replicas` replicas, and so survives the loss of a primary whenever a replica that has it
+    /// is promoted (Redis promotes the most up-to-date one). In a cluster, every primary must
+    /// have that many replicas confirming: while one shard has fewer (after a failover, until
+    /// the failed node is back as a replica), no batch is acknowledged, and the worker keeps
+    /// them to write again.
+    ///
+    /// Defaults to off (no wait).
+    ///
+    /// `timeout` must be shorter than the [response timeout](Self::response_timeout), which
+    /// bounds the whole request: connecting fails otherwise.
+    pub fn wait_for_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.wait_for_replicas = (replicas > 0).then_some((replicas, timeout));
+        self
+    }
+
     /// Time limit of one connection attempt.
     ///
     /// Defaults to 2 s.
@@ -165,20 +201,80 @@ impl RedisStoreBuilder {
         self
     }
 
+    fn check(&self) -> Result<(), StoreError> {
+        match self.wait_for_replicas {
+            Some((_, wait)) if wait >= self.response_timeout => {
+                Err(StoreError::permanent(format!(
+                    "the replicas' wait ({wait:?}) must be shorter than the response timeout ({:?})",
+                    self.response_timeout
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Connects to Redis at `url` (`redis://host:port/db`).
     ///
     /// # Errors
     ///
-    /// A permanent [`StoreError`] for a malformed URL, a transient one if Redis cannot be
-    /// reached.
+    /// A permanent [`StoreError`] for a malformed URL or a [replicas' wait](Self::wait_for_replicas)
+    /// not shorter than the response timeout, a transient one if Redis cannot be reached.
     pub async fn connect(self, url: &str) -> Result<RedisStore, StoreError> {
+        self.check()?;
         let (_, connection) = connect(url, self.response_timeout, self.connection_timeout).await?;
         Ok(RedisStore {
             inner: Arc::new(Inner {
-                connection,
+                connection: Connection::Single(connection),
                 script: Script::new(APPLY),
                 prefix: self.prefix,
                 idle_ttl: self.idle_ttl,
+                wait_for_replicas: self.wait_for_replicas,
+            }),
+        })
+    }
+
+    /// Connects to a Redis Cluster through any of its nodes (`redis://host:port` each; the
+    /// others are discovered). Each session's hash is at `prefix{session key}`, in the
+    /// session's own slot (see [Redis Cluster](RedisStore#redis-cluster)).
+    ///
+    /// # Errors
+    ///
+    /// A permanent [`StoreError`] for a malformed URL, no node given, a prefix holding `{` or
+    /// `}` (it would change the hash tag) or a replicas' wait not shorter than the response
+    /// timeout, a transient one if no node can be reached.
+    ///
+    /// ```no_run
+    /// use tower_sse_tracking::store::RedisStore;
+    ///
+    /// # async fn run() -> Result<(), tower_sse_tracking::store::StoreError> {
+    /// let store = RedisStore::builder()
+    ///     .prefix("myapp:sse:")
+    ///     .connect_cluster(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"])
+    ///     .await?;
+    /// // A session's key: myapp:sse:{<session key>}
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect_cluster<I, U>(self, nodes: I) -> Result<RedisStore, StoreError>
+    where
+        I: IntoIterator<Item = U>,
+        U: AsRef<str>,
+    {
+        self.check()?;
+        if self.prefix.contains(['{', '}']) {
+            return Err(StoreError::permanent(format!(
+                "prefix {:?} holds a brace: in a cluster the store tags each session's key itself",
+                self.prefix
+            )));
+        }
+        let connection =
+            connect_cluster(nodes, self.response_timeout, self.connection_timeout).await?;
+        Ok(RedisStore {
+            inner: Arc::new(Inner {
+                connection: Connection::Cluster(connection),
+                script: Script::new(APPLY),
+                prefix: self.prefix,
+                idle_ttl: self.idle_ttl,
+                wait_for_replicas: self.wait_for_replicas,
             }),
         })
     }
@@ -199,38 +295,79 @@ impl RedisStore {
         RedisStoreBuilder::default()
     }
 
-    /// The Redis key of a session: a hash with one field per stream.
+    /// The Redis key of a session: a hash with one field per stream. In a cluster,
+    /// `prefix{session key}`; otherwise `prefix` and the session key.
     pub fn key(&self, session: &SessionId) -> String {
-        format!("{}{}", self.inner.prefix, session.as_str())
+        match self.inner.connection {
+            Connection::Single(_) => format!("{}{}", self.inner.prefix, session.as_str()),
+            Connection::Cluster(_) => format!("{}{{{}}}", self.inner.prefix, session.as_str()),
+        }
+    }
+
+    /// Classifies an error of this store's connection.
+    fn classify(&self, e: redis::RedisError) -> StoreError {
+        match self.inner.connection {
+            Connection::Single(_) => classify(e),
+            Connection::Cluster(_) => classify_cluster(e),
+        }
+    }
+
+    /// One script run applying `updates` (whose keys share a slot in a cluster).
+    fn apply_cmd(&self, updates: &[&SessionUpdate], ttl_ms: u64) -> Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.inner.script.get_hash()).arg(updates.len());
+        for update in updates {
+            cmd.arg(self.key(&update.session));
+        }
+        cmd.arg(ttl_ms);
+        for update in updates {
+            let (cleared, id) = match &update.last_event_id {
+                LastEventId::Set(id) => ("0", id.as_ref()),
+                LastEventId::Cleared => ("1", ""),
+            };
+            cmd.arg(update.stream.as_str())
+                .arg(format!("{:020}", update.version))
+                .arg(millis(update.last_activity))
+                .arg(cleared)
+                .arg(id);
+        }
+        cmd
     }
 
     async fn save(&self, batch: &[SessionUpdate]) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
         }
+        self.write(batch).await?;
+        match self.inner.wait_for_replicas {
+            Some((replicas, timeout)) => self.wait(replicas, timeout).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until `replicas` replicas have what this store's connection wrote so far (`WAIT`).
+    /// In a cluster the client sends it to every primary, once each (each node's connection
+    /// carried this batch's runs for that node's slots), and answers with the smallest count.
+    /// (A `WAIT` per script run would queue behind each other on a node's connection, each
+    /// taking the whole timeout while a shard lacks a replica.)
+    async fn wait(&self, replicas: u32, timeout: Duration) -> Result<(), StoreError> {
+        let mut connection = self.inner.connection.clone();
+        let acked: u32 = wait_cmd(replicas, timeout)
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| self.classify(e))?;
+        replicated(acked, replicas, timeout)
+    }
+
+    async fn write(&self, batch: &[SessionUpdate]) -> Result<(), StoreError> {
         let ttl_ms = u64::try_from(self.inner.idle_ttl.as_millis()).unwrap_or(u64::MAX);
+        if let Connection::Cluster(cluster) = &self.inner.connection {
+            return self.save_to_cluster(cluster, batch, ttl_ms).await;
+        }
         let mut pipe = redis::pipe();
-        for chunk in batch.chunks(CHUNK) {
-            let cmd = pipe
-                .cmd("EVALSHA")
-                .arg(self.inner.script.get_hash())
-                .arg(chunk.len());
-            for update in chunk {
-                cmd.arg(self.key(&update.session));
-            }
-            cmd.arg(ttl_ms);
-            for update in chunk {
-                let (cleared, id) = match &update.last_event_id {
-                    LastEventId::Set(id) => ("0", id.as_ref()),
-                    LastEventId::Cleared => ("1", ""),
-                };
-                cmd.arg(update.stream.as_str())
-                    .arg(format!("{:020}", update.version))
-                    .arg(millis(update.last_activity))
-                    .arg(cleared)
-                    .arg(id);
-            }
-            cmd.ignore();
+        let all: Vec<&SessionUpdate> = batch.iter().collect();
+        for chunk in all.chunks(CHUNK) {
+            pipe.add_command(self.apply_cmd(chunk, ttl_ms)).ignore();
         }
         let mut connection = self.inner.connection.clone();
         match pipe.query_async::<()>(&mut connection).await {
@@ -251,6 +388,62 @@ impl RedisStore {
         }
     }
 
+    /// A batch on a cluster: one script run per slot (per `CHUNK` updates), all in flight at
+    /// once; the client routes each to the slot's primary and pipelines those of one node.
+    async fn save_to_cluster(
+        &self,
+        cluster: &ClusterConnection,
+        batch: &[SessionUpdate],
+        ttl_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut by_slot: HashMap<Slot, Vec<&SessionUpdate>> = HashMap::new();
+        for update in batch {
+            by_slot
+                .entry(Slot::for_key(self.key(&update.session)))
+                .or_default()
+                .push(update);
+        }
+        let runs = by_slot
+            .values()
+            .flat_map(|updates| updates.chunks(CHUNK))
+            .map(|updates| {
+                let cmd = self.apply_cmd(updates, ttl_ms);
+                let mut connection = cluster.clone();
+                async move { self.run_script(&cmd, &mut connection).await }
+            });
+        // Every run is sent before any answer is awaited; the first error is the batch's
+        // (the others were applied, and applying them again changes nothing).
+        futures_util::future::join_all(runs)
+            .await
+            .into_iter()
+            .collect::<Result<Vec<()>, _>>()
+            .map(drop)
+    }
+
+    /// Runs the script's `EVALSHA`, loading the script first where the server lacks it.
+    async fn run_script(
+        &self,
+        cmd: &Cmd,
+        connection: &mut ClusterConnection,
+    ) -> Result<(), StoreError> {
+        match cmd.query_async::<()>(connection).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                // `SCRIPT LOAD` goes to every primary.
+                self.inner
+                    .script
+                    .prepare_invoke()
+                    .load_async(connection)
+                    .await
+                    .map_err(classify_cluster)?;
+                cmd.query_async::<()>(connection)
+                    .await
+                    .map_err(classify_cluster)
+            }
+            Err(e) => Err(classify_cluster(e)),
+        }
+    }
+
     async fn get(
         &self,
         session: &SessionId,
@@ -262,7 +455,7 @@ impl RedisStore {
             .arg(stream.as_str())
             .query_async(&mut connection)
             .await
-            .map_err(classify)?;
+            .map_err(|e| self.classify(e))?;
         let Some(value) = value else {
             return Ok(None);
         };
@@ -281,7 +474,7 @@ impl RedisStore {
             .arg(self.key(session))
             .query_async::<()>(&mut connection)
             .await
-            .map_err(classify)
+            .map_err(|e| self.classify(e))
     }
 }
 
@@ -325,6 +518,88 @@ fn millis(time: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// `WAIT replicas timeout`.
+fn wait_cmd(replicas: u32, timeout: Duration) -> Cmd {
+    let timeout_ms = u64::try_from(timeout.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    let mut cmd = redis::cmd("WAIT");
+    cmd.arg(replicas).arg(timeout_ms);
+    cmd
+}
+
+/// A batch is acknowledged once `replicas` replicas have it; fewer is a transient error (the
+/// worker writes the batch again).
+fn replicated(acked: u32, replicas: u32, timeout: Duration) -> Result<(), StoreError> {
+    if acked < replicas {
+        return Err(StoreError::transient(format!(
+            "written, but only {acked} of {replicas} replicas confirmed it within {timeout:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// A connection to one Redis, or to a cluster through redis-rs's cluster client.
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// A cluster connection through any of `nodes`: redis-rs's cluster client discovers the
+/// others, follows redirections and retries through failovers.
+pub(crate) async fn connect_cluster<I, U>(
+    nodes: I,
+    response_timeout: Duration,
+    connection_timeout: Duration,
+) -> Result<ClusterConnection, StoreError>
+where
+    I: IntoIterator<Item = U>,
+    U: AsRef<str>,
+{
+    let nodes: Vec<String> = nodes.into_iter().map(|u| u.as_ref().to_owned()).collect();
+    if nodes.is_empty() {
+        return Err(StoreError::permanent("no redis cluster node given"));
+    }
+    let client = ClusterClientBuilder::new(nodes.iter().map(String::as_str))
+        .response_timeout(response_timeout)
+        .connection_timeout(connection_timeout)
+        .retries(4)
+        .build()
+        .map_err(|e| {
+            StoreError::permanent(format!("invalid redis cluster nodes {nodes:?}")).with_source(e)
+        })?;
+    client.get_async_connection().await.map_err(classify)
+}
+
 /// A client for `url`, and a connection manager on it that reconnects by itself.
 pub(crate) async fn connect(
     url: &str,
@@ -344,14 +619,25 @@ pub(crate) async fn connect(
     Ok((client, connection))
 }
 
-/// Transient when the client library says a retry may help, except cluster redirects: this
-/// store does not follow them, so a store pointed at the wrong node would retry forever.
+/// Transient when the client library says a retry may help, except cluster redirects on a
+/// single-node connection: it does not follow them, so a store pointed at the wrong node would
+/// retry forever.
 pub(crate) fn classify(e: redis::RedisError) -> StoreError {
+    classify_redirects(e, false)
+}
+
+/// [`classify`], for a connection that follows redirects (a cluster client): one that still
+/// surfaces (the slots kept moving through all of the client's retries) is transient.
+pub(crate) fn classify_cluster(e: redis::RedisError) -> StoreError {
+    classify_redirects(e, true)
+}
+
+fn classify_redirects(e: redis::RedisError, followed: bool) -> StoreError {
     let redirect = matches!(
         e.retry_method(),
         RetryMethod::MovedRedirect | RetryMethod::AskRedirect
     );
-    let transient = !redirect
+    let transient = (followed || !redirect)
         && (e.is_io_error()
             || e.is_timeout()
             || e.is_connection_dropped()

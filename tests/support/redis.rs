@@ -191,6 +191,9 @@ impl RedisServer {
                 "yes",
                 "--cluster-config-file",
                 "nodes.conf",
+                // A failed primary is noticed (and a replica promoted) within seconds.
+                "--cluster-node-timeout",
+                "1500",
             ]);
         }
         // The log is appended to across restarts; it is read back when something goes wrong.
@@ -299,6 +302,168 @@ fn answering_pid(port: u16) -> Option<u32> {
         .lines()
         .find_map(|l| l.strip_prefix("process_id:"))
         .and_then(|pid| pid.trim().parse().ok())
+}
+
+/// A Redis Cluster on loopback: `primaries` nodes sharing the 16,384 slots, each with
+/// `replicas` replicas, formed with `redis-cli --cluster create` (installed with
+/// `redis-server`). Dropping it stops every node.
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+/// Longest wait for a cluster to form or to settle after a failover.
+pub const CLUSTER_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl RedisCluster {
+    /// Starts and forms the cluster, and waits until every node sees every slot served.
+    ///
+    /// # Panics
+    ///
+    /// If a node cannot be started, or the cluster does not form within 30 s.
+    pub fn start(primaries: usize, replicas: usize) -> Self {
+        let config = RedisConfig {
+            cluster: true,
+            ..RedisConfig::default()
+        };
+        let nodes: Vec<RedisServer> = (0..primaries * (1 + replicas))
+            .map(|_| RedisServer::start_with(config))
+            .collect();
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for node in &nodes {
+            create.arg(format!("127.0.0.1:{}", node.port()));
+        }
+        let output = create
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("cannot run redis-cli (installed with redis-server)");
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let cluster = Self { nodes };
+        cluster.wait_until_ok();
+        cluster
+    }
+
+    /// A cluster of three primaries shared by the tests of one binary that run at the same
+    /// time (see [`RedisServer::shared`]).
+    pub fn shared() -> Arc<Self> {
+        static SHARED: Mutex<Weak<RedisCluster>> = Mutex::new(Weak::new());
+        let mut shared = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(cluster) = shared.upgrade() {
+            return cluster;
+        }
+        let cluster = Arc::new(Self::start(3, 0));
+        *shared = Arc::downgrade(&cluster);
+        cluster
+    }
+
+    /// `redis://127.0.0.1:PORT/` of every node.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// The nodes, in the order they were given to `redis-cli --cluster create` (primaries
+    /// first).
+    pub fn nodes_mut(&mut self) -> &mut [RedisServer] {
+        &mut self.nodes
+    }
+
+    /// The port of the primary serving `slot`, as the first running node sees it.
+    pub fn primary_of(&mut self, slot: u16) -> Option<u16> {
+        let port = self
+            .nodes
+            .iter_mut()
+            .find_map(|n| n.is_running().then(|| n.port()))?;
+        let out = cli(port, &["CLUSTER", "SHARDS"]);
+        // `redis-cli` prints the reply as nested lists; a shard's slot ranges come before its
+        // nodes, and the primary's entry has `role` then `master`.
+        let lines: Vec<&str> = out.lines().map(str::trim).collect();
+        let mut i = 0;
+        while i < lines.len() {
+            if lines[i] == "slots" {
+                let mut ranges = Vec::new();
+                let mut j = i + 1;
+                while let Some(n) = lines.get(j).and_then(|l| l.parse::<u16>().ok()) {
+                    ranges.push(n);
+                    j += 1;
+                }
+                let serves = ranges
+                    .chunks(2)
+                    .any(|r| r.len() == 2 && (r[0]..=r[1]).contains(&slot));
+                if serves {
+                    let mut port = None;
+                    for k in j..lines.len() {
+                        if lines[k] == "slots" {
+                            break;
+                        }
+                        if lines[k] == "port" {
+                            port = lines.get(k + 1).and_then(|p| p.parse().ok());
+                        }
+                        if lines[k] == "role" && lines.get(k + 1) == Some(&"master") {
+                            return port;
+                        }
+                    }
+                }
+                i = j;
+            } else {
+                i += 1;
+            }
+        }
+        None
+    }
+
+    /// Waits until every running node reports `cluster_state:ok`, and every replica is linked
+    /// to its primary (its first sync done).
+    ///
+    /// # Panics
+    ///
+    /// After 30 s.
+    pub fn wait_until_ok(&self) {
+        let deadline = Instant::now() + CLUSTER_TIMEOUT;
+        loop {
+            let pending: Vec<(u16, String)> = self
+                .nodes
+                .iter()
+                .filter(|n| n.child.is_some())
+                .map(|n| {
+                    let info = cli(n.port(), &["CLUSTER", "INFO"]);
+                    let replication = cli(n.port(), &["INFO", "replication"]);
+                    (n.port(), info + &replication)
+                })
+                .filter(|(_, info)| {
+                    !info.contains("cluster_state:ok")
+                        || (info.contains("role:slave") && !info.contains("master_link_status:up"))
+                })
+                .collect();
+            if pending.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cluster not ready within {CLUSTER_TIMEOUT:?}: {pending:?}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// `redis-cli -p port args..`: its output, or the error as text.
+fn cli(port: u16, args: &[&str]) -> String {
+    match Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
+        Err(e) => format!("redis-cli failed: {e}"),
+    }
 }
 
 /// A key prefix no other test of this process uses.

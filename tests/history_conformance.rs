@@ -129,6 +129,41 @@ impl Fixture for Redis {
     }
 }
 
+/// `RedisHistory` on a real three-node Redis Cluster.
+#[cfg(feature = "redis")]
+struct RedisCluster {
+    store: tower_sse_tracking::history::RedisHistory,
+    _cluster: Arc<support::redis::RedisCluster>,
+}
+
+#[cfg(feature = "redis")]
+impl Fixture for RedisCluster {
+    type Store = tower_sse_tracking::history::RedisHistory;
+    const SLACK: usize = 100;
+
+    async fn open(limits: Limits) -> Self {
+        let cluster = tokio::task::spawn_blocking(support::redis::RedisCluster::shared)
+            .await
+            .unwrap();
+        let store = tower_sse_tracking::history::RedisHistory::builder()
+            .prefix(support::redis::fresh_prefix("history"))
+            .max_events(limits.max_events)
+            .lease(limits.lease)
+            .idle_ttl(limits.idle_ttl)
+            .connect_cluster(cluster.urls())
+            .await
+            .unwrap();
+        Self {
+            store,
+            _cluster: cluster,
+        }
+    }
+
+    fn store(&self) -> &Self::Store {
+        &self.store
+    }
+}
+
 /// Runs every check against one fixture, as one `#[tokio::test]` per check.
 macro_rules! conformance {
     ($module:ident, $fixture:ty) => {
@@ -204,6 +239,8 @@ conformance!(memory_history, Memory);
 conformance!(redb_history, Redb);
 #[cfg(feature = "redis")]
 conformance!(redis_history, Redis);
+#[cfg(feature = "redis")]
+conformance!(redis_cluster_history, RedisCluster);
 
 /// An event of `session`'s stream `key`, by writer 1.
 fn event(session: &str, key: &str, seq: u64, id: Option<&str>) -> HistoryEvent {

@@ -7,10 +7,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use redis::{
-    AsyncConnectionConfig, Client, Script, Value,
-    aio::{ConnectionManager, MultiplexedConnection},
-};
+use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, Script, Value};
 
 use super::store::{
     AppendReport, DEFAULT_HISTORY_TTL, DEFAULT_LEASE, HistoryEvent, HistoryPage, HistoryStore,
@@ -20,7 +17,9 @@ use crate::{
     SessionId, StreamKey,
     store::{
         StoreError, StoreFuture,
-        redis_support::{classify, connect},
+        redis_support::{
+            Connection, Shared, connect, connect_cluster_blocking, connect_shared_cluster, tag,
+        },
     },
 };
 
@@ -157,10 +156,13 @@ const PAGE_ENTRIES: usize = 256;
 ///   nodes: a stream may keep up to about 100 events more than the bound). Per session, a hash
 ///   of its streams' state (writer, lease, newest `seq`, end) and, per stream, an index of IDs.
 ///   Every key of a session carries the hash tag `{session}`, so that in a cluster a session sits
-///   on one slot. Keys expire after the idle TTL, refreshed by every append.
+///   on one slot (with [`connect_cluster`](RedisHistoryBuilder::connect_cluster), `%` and `}` in
+///   the session key are percent-encoded inside the tag, so that the tag is the whole key). Keys
+///   expire after the idle TTL, refreshed by every append.
 /// - One round trip per batch: a pipeline of one script run per session, which appends, fences
 ///   off a writer older than the stream's (its events are refused and counted), and refreshes
-///   the TTL.
+///   the TTL. On a cluster the runs touch different slots: they are sent at once, each to its
+///   slot's primary (the client pipelines those of one node).
 /// - A reader follows a stream produced elsewhere with `XREAD BLOCK` (on connections of its
 ///   own, so that blocking never holds up writes), noticing its end within half a second.
 /// - Leases use the Redis server's clock; writers and `seq` use the writers' wall clocks, which
@@ -188,13 +190,20 @@ pub struct RedisHistory {
 }
 
 struct Inner {
-    client: Client,
-    connection: ConnectionManager,
+    /// Where blocking reads get connections of their own.
+    origin: Origin,
+    connection: Shared,
     append: Script,
     mark: Script,
     options: RedisHistoryBuilder,
     /// Connections for blocking reads, idle.
-    blocking: Mutex<Vec<MultiplexedConnection>>,
+    blocking: Mutex<Vec<Connection>>,
+}
+
+/// One Redis, or a cluster (through any of these nodes).
+enum Origin {
+    Single(Client),
+    Cluster(Vec<String>),
 }
 
 impl std::fmt::Debug for RedisHistory {
@@ -230,8 +239,9 @@ impl Default for RedisHistoryBuilder {
 }
 
 impl RedisHistoryBuilder {
-    /// Prefix of every key. Defaults to `sse-history:`. A prefix with a hash tag (`{...}`)
-    /// puts every session on one cluster slot.
+    /// Prefix of every key. Defaults to `sse-history:`. On a single-node connection to a
+    /// cluster node, a prefix with a hash tag (`{...}`) puts every session on one slot; with
+    /// [`connect_cluster`](Self::connect_cluster) the prefix may hold no brace.
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
         self
@@ -276,16 +286,55 @@ impl RedisHistoryBuilder {
     pub async fn connect(self, url: &str) -> Result<RedisHistory, StoreError> {
         let (client, connection) =
             connect(url, self.response_timeout, self.connection_timeout).await?;
-        Ok(RedisHistory {
+        Ok(self.open(Origin::Single(client), Shared::Single(connection)))
+    }
+
+    /// Connects to a Redis Cluster through any of its nodes (`redis://host:port` each): every key
+    /// of a session carries its hash tag, so a session sits on one slot and sessions spread
+    /// over the shards; a batch runs one script per session, all sent at once; followers block
+    /// on connections of their own.
+    ///
+    /// # Errors
+    ///
+    /// A permanent [`StoreError`] for a malformed URL, no node given or a prefix holding `{` or
+    /// `}`, a transient one if no node can be reached.
+    ///
+    /// ```no_run
+    /// use tower_sse_tracking::history::RedisHistory;
+    ///
+    /// # async fn run() -> Result<(), tower_sse_tracking::store::StoreError> {
+    /// let history = RedisHistory::builder()
+    ///     .connect_cluster(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"])
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect_cluster<I, U>(self, nodes: I) -> Result<RedisHistory, StoreError>
+    where
+        I: IntoIterator<Item = U>,
+        U: AsRef<str>,
+    {
+        if self.prefix.contains(['{', '}']) {
+            return Err(StoreError::permanent(format!(
+                "prefix {:?} holds a brace: in a cluster the store tags each session's keys itself",
+                self.prefix
+            )));
+        }
+        let (nodes, connection) =
+            connect_shared_cluster(nodes, self.response_timeout, self.connection_timeout).await?;
+        Ok(self.open(Origin::Cluster(nodes), connection))
+    }
+
+    fn open(self, origin: Origin, connection: Shared) -> RedisHistory {
+        RedisHistory {
             inner: Arc::new(Inner {
-                client,
+                origin,
                 connection,
                 append: Script::new(APPEND),
                 mark: Script::new(MARK),
                 options: self,
                 blocking: Mutex::default(),
             }),
-        })
+        }
     }
 }
 
@@ -341,11 +390,16 @@ impl RedisHistory {
     }
 
     fn key(&self, session: &SessionId, suffix: &str) -> String {
-        format!(
-            "{}{{{}}}:{suffix}",
-            self.inner.options.prefix,
-            session.as_str()
-        )
+        let session = match self.inner.connection {
+            // In a cluster the tag must be the whole session key (see `tag`).
+            Shared::Cluster(_) => tag(session.as_str()),
+            _ => session.as_str().into(),
+        };
+        format!("{}{{{session}}}:{suffix}", self.inner.options.prefix)
+    }
+
+    fn classify(&self, e: redis::RedisError) -> StoreError {
+        self.inner.connection.classify(e)
     }
 
     fn state_key(&self, session: &SessionId) -> String {
@@ -360,24 +414,48 @@ impl RedisHistory {
         self.key(session, &format!("i:{}", stream.as_str()))
     }
 
+    /// Runs script calls and returns their answers in order, loading the scripts first where
+    /// the server lacks them: one pipeline on one Redis; in a cluster, each call on its own (the
+    /// calls of a batch touch different slots), all in flight at once.
+    async fn run_all<T: FromRedisValue>(&self, cmds: Vec<Cmd>) -> Result<Vec<T>, StoreError> {
+        if !self.inner.connection.is_cluster() {
+            let mut pipe = redis::pipe();
+            for cmd in cmds {
+                pipe.add_command(cmd);
+            }
+            return self.run(&pipe).await;
+        }
+        let runs = cmds.iter().map(|cmd| async move {
+            let mut pipe = redis::pipe();
+            pipe.add_command(cmd.clone());
+            let (value,): (T,) = self.run(&pipe).await?;
+            Ok::<T, StoreError>(value)
+        });
+        futures_util::future::join_all(runs)
+            .await
+            .into_iter()
+            .collect()
+    }
+
     /// Runs a pipeline of script calls, loading the scripts first if the server lacks them.
-    async fn run<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, StoreError> {
-        let mut connection = self.inner.connection.clone();
+    async fn run<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, StoreError> {
+        let mut connection = self.inner.connection.get();
         match pipe.query_async::<T>(&mut connection).await {
             Ok(value) => Ok(value),
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                // In a cluster, `SCRIPT LOAD` goes to every primary.
                 for script in [&self.inner.append, &self.inner.mark] {
                     script
                         .prepare_invoke()
                         .load_async(&mut connection)
                         .await
-                        .map_err(classify)?;
+                        .map_err(|e| self.classify(e))?;
                 }
                 pipe.query_async::<T>(&mut connection)
                     .await
-                    .map_err(classify)
+                    .map_err(|e| self.classify(e))
             }
-            Err(e) => Err(classify(e)),
+            Err(e) => Err(self.classify(e)),
         }
     }
 
@@ -396,7 +474,7 @@ impl RedisHistory {
             sessions[ix].1.push(event);
         }
         let options = &self.inner.options;
-        let mut pipe = redis::pipe();
+        let mut cmds = Vec::with_capacity(sessions.len());
         for (session, events) in &sessions {
             let mut streams: Vec<&StreamKey> = Vec::new();
             for event in events {
@@ -404,9 +482,8 @@ impl RedisHistory {
                     streams.push(&event.stream);
                 }
             }
-            let cmd = pipe
-                .cmd("EVALSHA")
-                .arg(self.inner.append.get_hash())
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(self.inner.append.get_hash())
                 .arg(1 + 2 * streams.len())
                 .arg(self.state_key(session));
             for stream in &streams {
@@ -432,8 +509,9 @@ impl RedisHistory {
                     .arg(event.id.as_deref().unwrap_or(""))
                     .arg(&event.bytes[..]);
             }
+            cmds.push(cmd);
         }
-        let fenced: Vec<usize> = self.run(&pipe).await?;
+        let fenced: Vec<usize> = self.run_all(cmds).await?;
         Ok(AppendReport::fenced(fenced.iter().sum()))
     }
 
@@ -448,21 +526,22 @@ impl RedisHistory {
                 None => by_session.push((&lease.session, vec![lease])),
             }
         }
-        let mut pipe = redis::pipe();
-        for (session, list) in &by_session {
-            let cmd = pipe
-                .cmd("EVALSHA")
-                .arg(self.inner.mark.get_hash())
-                .arg(1)
-                .arg(self.state_key(session))
-                .arg(mode);
-            for lease in list {
-                cmd.arg(lease.stream.as_str())
-                    .arg(format!("{:020}", lease.writer));
-            }
-            cmd.ignore();
-        }
-        self.run::<()>(&pipe).await
+        let cmds = by_session
+            .iter()
+            .map(|(session, list)| {
+                let mut cmd = redis::cmd("EVALSHA");
+                cmd.arg(self.inner.mark.get_hash())
+                    .arg(1)
+                    .arg(self.state_key(session))
+                    .arg(mode);
+                for lease in list {
+                    cmd.arg(lease.stream.as_str())
+                        .arg(format!("{:020}", lease.writer));
+                }
+                cmd
+            })
+            .collect();
+        self.run_all::<Value>(cmds).await.map(drop)
     }
 
     /// A stream's state and the server's time (ms); `None` when it has none or expired.
@@ -471,7 +550,7 @@ impl RedisHistory {
         session: &SessionId,
         stream: &StreamKey,
     ) -> Result<(Option<Meta>, u64), StoreError> {
-        let mut connection = self.inner.connection.clone();
+        let mut connection = self.inner.connection.get();
         let (value, time): (Option<String>, (String, String)) = redis::pipe()
             .cmd("HGET")
             .arg(self.state_key(session))
@@ -479,7 +558,7 @@ impl RedisHistory {
             .cmd("TIME")
             .query_async(&mut connection)
             .await
-            .map_err(classify)?;
+            .map_err(|e| self.classify(e))?;
         let now = server_ms(&time);
         Ok((
             value
@@ -512,14 +591,14 @@ impl RedisHistory {
         &self,
         session: &SessionId,
     ) -> Result<(Vec<(StreamKey, Meta)>, u64), StoreError> {
-        let mut connection = self.inner.connection.clone();
+        let mut connection = self.inner.connection.get();
         let (all, time): (Vec<(String, String)>, (String, String)) = redis::pipe()
             .cmd("HGETALL")
             .arg(self.state_key(session))
             .cmd("TIME")
             .query_async(&mut connection)
             .await
-            .map_err(classify)?;
+            .map_err(|e| self.classify(e))?;
         let now = server_ms(&time);
         let streams = all
             .into_iter()
@@ -547,8 +626,11 @@ impl RedisHistory {
                 .arg(self.index_key(session, stream))
                 .arg(id);
         }
-        let mut connection = self.inner.connection.clone();
-        let seqs: Vec<Option<u64>> = pipe.query_async(&mut connection).await.map_err(classify)?;
+        let mut connection = self.inner.connection.get();
+        let seqs: Vec<Option<u64>> = pipe
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| self.classify(e))?;
         let mut found: Vec<(u64, usize)> = seqs
             .iter()
             .enumerate()
@@ -565,7 +647,7 @@ impl RedisHistory {
                 .arg(&entry)
                 .query_async(&mut connection)
                 .await
-                .map_err(classify)?;
+                .map_err(|e| self.classify(e))?;
             if !there.is_empty() {
                 return Ok(Some(StoredPosition {
                     stream: stream.clone(),
@@ -585,7 +667,7 @@ impl RedisHistory {
         limit: usize,
     ) -> Result<HistoryPage, StoreError> {
         // One round trip: the stream's state, the server's time, the page.
-        let mut connection = self.inner.connection.clone();
+        let mut connection = self.inner.connection.get();
         let (value, time, entries): (Option<String>, (String, String), Vec<Entry>) = redis::pipe()
             .cmd("HGET")
             .arg(self.state_key(session))
@@ -599,7 +681,7 @@ impl RedisHistory {
             .arg(PAGE_ENTRIES)
             .query_async(&mut connection)
             .await
-            .map_err(classify)?;
+            .map_err(|e| self.classify(e))?;
         let now = server_ms(&time);
         let Some(meta) = value
             .as_deref()
@@ -663,15 +745,12 @@ impl RedisHistory {
                 }
                 Ok(())
             }
-            Err(e) => Err(classify(e)),
+            Err(e) => Err(self.classify(e)),
         }
     }
 
     /// A connection of its own for a blocking read (reused when idle).
-    async fn blocking_connection(
-        &self,
-        block: Duration,
-    ) -> Result<MultiplexedConnection, StoreError> {
+    async fn blocking_connection(&self, block: Duration) -> Result<Connection, StoreError> {
         let idle = self
             .inner
             .blocking
@@ -682,23 +761,33 @@ impl RedisHistory {
             return Ok(connection);
         }
         let options = &self.inner.options;
-        let config = AsyncConnectionConfig::new()
-            .set_response_timeout(Some(options.response_timeout + BLOCK_SLICE.max(block)))
-            .set_connection_timeout(Some(options.connection_timeout));
-        self.inner
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(classify)
+        let response_timeout = options.response_timeout + BLOCK_SLICE.max(block);
+        match &self.inner.origin {
+            Origin::Single(client) => {
+                let config = AsyncConnectionConfig::new()
+                    .set_response_timeout(Some(response_timeout))
+                    .set_connection_timeout(Some(options.connection_timeout));
+                client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+                    .map(Connection::Plain)
+                    .map_err(|e| self.classify(e))
+            }
+            Origin::Cluster(nodes) => {
+                connect_cluster_blocking(nodes, response_timeout, options.connection_timeout)
+                    .await
+                    .map(Connection::Cluster)
+            }
+        }
     }
 
     async fn purge(&self, session: &SessionId) -> Result<(), StoreError> {
-        let mut connection = self.inner.connection.clone();
+        let mut connection = self.inner.connection.get();
         let streams: Vec<String> = redis::cmd("HKEYS")
             .arg(self.state_key(session))
             .query_async(&mut connection)
             .await
-            .map_err(classify)?;
+            .map_err(|e| self.classify(e))?;
         let mut cmd = redis::cmd("DEL");
         cmd.arg(self.state_key(session));
         for stream in &streams {
@@ -707,7 +796,7 @@ impl RedisHistory {
         }
         cmd.query_async::<()>(&mut connection)
             .await
-            .map_err(classify)
+            .map_err(|e| self.classify(e))
     }
 }
 

@@ -57,7 +57,9 @@ pub use self::{error::StoreError, memory::MemoryStore};
 /// What the Redis history store shares with the Redis session store.
 #[cfg(feature = "redis")]
 pub(crate) mod redis_support {
-    pub(crate) use super::redis::{classify, connect};
+    pub(crate) use super::redis::{
+        Connection, Shared, connect, connect_cluster_blocking, connect_shared_cluster, tag,
+    };
 }
 
 /// What the redb history store shares with the redb session store.

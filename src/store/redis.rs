@@ -8,7 +8,7 @@ use std::{
 
 use redis::{
     Client, Cmd, Pipeline, RedisFuture, RetryMethod, Script, Value,
-    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
+    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection},
     cluster::ClusterClientBuilder,
     cluster_async::ClusterConnection,
     cluster_routing::Slot,
@@ -104,7 +104,7 @@ pub struct RedisStore {
 }
 
 struct Inner {
-    connection: Connection,
+    connection: Shared,
     script: Script,
     prefix: String,
     idle_ttl: Duration,
@@ -224,7 +224,7 @@ impl RedisStoreBuilder {
         let (_, connection) = connect(url, self.response_timeout, self.connection_timeout).await?;
         Ok(RedisStore {
             inner: Arc::new(Inner {
-                connection: Connection::Single(connection),
+                connection: Shared::Single(connection),
                 script: Script::new(APPLY),
                 prefix: self.prefix,
                 idle_ttl: self.idle_ttl,
@@ -266,11 +266,11 @@ impl RedisStoreBuilder {
                 self.prefix
             )));
         }
-        let connection =
-            connect_cluster(nodes, self.response_timeout, self.connection_timeout).await?;
+        let (_, connection) =
+            connect_shared_cluster(nodes, self.response_timeout, self.connection_timeout).await?;
         Ok(RedisStore {
             inner: Arc::new(Inner {
-                connection: Connection::Cluster(connection),
+                connection,
                 script: Script::new(APPLY),
                 prefix: self.prefix,
                 idle_ttl: self.idle_ttl,
@@ -296,20 +296,18 @@ impl RedisStore {
     }
 
     /// The Redis key of a session: a hash with one field per stream. In a cluster,
-    /// `prefix{session key}`; otherwise `prefix` and the session key.
+    /// `prefix{session key}` (with `%` and `}` in the session key percent-encoded, so that the hash
+    /// tag is the whole session key); otherwise `prefix` and the session key.
     pub fn key(&self, session: &SessionId) -> String {
         match self.inner.connection {
-            Connection::Single(_) => format!("{}{}", self.inner.prefix, session.as_str()),
-            Connection::Cluster(_) => format!("{}{{{}}}", self.inner.prefix, session.as_str()),
+            Shared::Single(_) => format!("{}{}", self.inner.prefix, session.as_str()),
+            Shared::Cluster(_) => format!("{}{{{}}}", self.inner.prefix, tag(session.as_str())),
         }
     }
 
     /// Classifies an error of this store's connection.
     fn classify(&self, e: redis::RedisError) -> StoreError {
-        match self.inner.connection {
-            Connection::Single(_) => classify(e),
-            Connection::Cluster(_) => classify_cluster(e),
-        }
+        self.inner.connection.classify(e)
     }
 
     /// One script run applying `updates` (whose keys share a slot in a cluster).
@@ -351,7 +349,7 @@ impl RedisStore {
     /// (A `WAIT` per script run would queue behind each other on a node's connection, each
     /// taking the whole timeout while a shard lacks a replica.)
     async fn wait(&self, replicas: u32, timeout: Duration) -> Result<(), StoreError> {
-        let mut connection = self.inner.connection.clone();
+        let mut connection = self.inner.connection.get();
         let acked: u32 = wait_cmd(replicas, timeout)
             .query_async(&mut connection)
             .await
@@ -361,15 +359,15 @@ impl RedisStore {
 
     async fn write(&self, batch: &[SessionUpdate]) -> Result<(), StoreError> {
         let ttl_ms = u64::try_from(self.inner.idle_ttl.as_millis()).unwrap_or(u64::MAX);
-        if let Connection::Cluster(cluster) = &self.inner.connection {
-            return self.save_to_cluster(cluster, batch, ttl_ms).await;
+        if let Connection::Cluster(cluster) = self.inner.connection.get() {
+            return self.save_to_cluster(&cluster, batch, ttl_ms).await;
         }
         let mut pipe = redis::pipe();
         let all: Vec<&SessionUpdate> = batch.iter().collect();
         for chunk in all.chunks(CHUNK) {
             pipe.add_command(self.apply_cmd(chunk, ttl_ms)).ignore();
         }
-        let mut connection = self.inner.connection.clone();
+        let mut connection = self.inner.connection.get();
         match pipe.query_async::<()>(&mut connection).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
@@ -435,12 +433,12 @@ impl RedisStore {
                     .prepare_invoke()
                     .load_async(connection)
                     .await
-                    .map_err(classify_cluster)?;
+                    .map_err(|e| self.classify(e))?;
                 cmd.query_async::<()>(connection)
                     .await
-                    .map_err(classify_cluster)
+                    .map_err(|e| self.classify(e))
             }
-            Err(e) => Err(classify_cluster(e)),
+            Err(e) => Err(self.classify(e)),
         }
     }
 
@@ -449,7 +447,7 @@ impl RedisStore {
         session: &SessionId,
         stream: &StreamKey,
     ) -> Result<Option<SessionRecord>, StoreError> {
-        let mut connection = self.inner.connection.clone();
+        let mut connection = self.inner.connection.get();
         let value: Option<String> = redis::cmd("HGET")
             .arg(self.key(session))
             .arg(stream.as_str())
@@ -469,7 +467,7 @@ impl RedisStore {
     }
 
     async fn delete(&self, session: &SessionId) -> Result<(), StoreError> {
-        let mut connection = self.inner.connection.clone();
+        let mut connection = self.inner.connection.get();
         redis::cmd("DEL")
             .arg(self.key(session))
             .query_async::<()>(&mut connection)
@@ -539,10 +537,12 @@ fn replicated(acked: u32, replicas: u32, timeout: Duration) -> Result<(), StoreE
     Ok(())
 }
 
-/// A connection to one Redis, or to a cluster through redis-rs's cluster client.
+/// A connection to one Redis (reconnecting by itself, or a plain one for blocking reads), or to
+/// a cluster through redis-rs's cluster client.
 #[derive(Clone)]
-enum Connection {
+pub(crate) enum Connection {
     Single(ConnectionManager),
+    Plain(MultiplexedConnection),
     Cluster(ClusterConnection),
 }
 
@@ -550,6 +550,7 @@ impl ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Self::Single(c) => c.req_packed_command(cmd),
+            Self::Plain(c) => c.req_packed_command(cmd),
             Self::Cluster(c) => c.req_packed_command(cmd),
         }
     }
@@ -562,6 +563,7 @@ impl ConnectionLike for Connection {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Plain(c) => c.req_packed_commands(pipeline, offset, count),
             Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
@@ -569,8 +571,116 @@ impl ConnectionLike for Connection {
     fn get_db(&self) -> i64 {
         match self {
             Self::Single(c) => c.get_db(),
+            Self::Plain(c) => c.get_db(),
             Self::Cluster(c) => c.get_db(),
         }
+    }
+}
+
+/// Where a store's requests go: one Redis, or a cluster through a client that is rebuilt when
+/// it stops answering.
+#[derive(Clone)]
+pub(crate) enum Shared {
+    Single(ConnectionManager),
+    Cluster(Arc<ClusterHandle>),
+}
+
+impl Shared {
+    /// A connection for the next requests.
+    pub(crate) fn get(&self) -> Connection {
+        match self {
+            Self::Single(c) => Connection::Single(c.clone()),
+            Self::Cluster(h) => Connection::Cluster(h.current()),
+        }
+    }
+
+    /// Whether requests go to a cluster.
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+
+    /// Classifies an error of a request (redirects are followed only in a cluster). In a
+    /// cluster, a request that timed out or lost its connection has the client rebuilt in the
+    /// background: redis-rs's cluster client was seen to stay stuck in its slot refresh after a
+    /// failover under load, every later request timing out.
+    pub(crate) fn classify(&self, e: redis::RedisError) -> StoreError {
+        if let Self::Cluster(h) = self
+            && (e.is_timeout() || e.is_io_error() || e.is_connection_dropped())
+        {
+            h.rebuild();
+        }
+        classify_redirects(e, self.is_cluster())
+    }
+}
+
+/// A cluster client's connection, replaced by a fresh one (from the initial nodes) when it stops
+/// answering.
+pub(crate) struct ClusterHandle {
+    nodes: Vec<String>,
+    response_timeout: Duration,
+    connection_timeout: Duration,
+    current: std::sync::Mutex<ClusterConnection>,
+    /// A rebuild is under way, or happened less than `REBUILD_EVERY` ago.
+    rebuilt_at: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+/// The shortest time between two rebuilds of a cluster client.
+const REBUILD_EVERY: Duration = Duration::from_secs(2);
+
+impl ClusterHandle {
+    fn current(&self) -> ClusterConnection {
+        self.current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Connects afresh in the background (at most once per `REBUILD_EVERY`); requests keep
+    /// using the current connection until the new one is ready.
+    fn rebuild(self: &Arc<Self>) {
+        {
+            let mut at = self
+                .rebuilt_at
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if at.is_some_and(|at| at.elapsed() < REBUILD_EVERY) {
+                return;
+            }
+            *at = Some(std::time::Instant::now());
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let handle = Arc::clone(self);
+        runtime.spawn(async move {
+            match connect_cluster(
+                &handle.nodes,
+                handle.response_timeout,
+                handle.connection_timeout,
+            )
+            .await
+            {
+                Ok((_, fresh)) => {
+                    tracing::info!("redis cluster client rebuilt after failed requests");
+                    *handle
+                        .current
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+                }
+                Err(error) => tracing::warn!(%error, "redis cluster client: rebuild failed"),
+            }
+        });
+    }
+}
+
+/// A session key as it sits inside a cluster hash tag: `%` and `}` percent-encoded, so that the
+/// tag ends where the session key does (a `}` in it would end the tag early, and one at its
+/// start would leave the tag empty, which Redis ignores).
+pub(crate) fn tag(session: &str) -> std::borrow::Cow<'_, str> {
+    if session.contains(['%', '}']) {
+        session.replace('%', "%25").replace('}', "%7D").into()
+    } else {
+        session.into()
     }
 }
 
@@ -580,7 +690,7 @@ pub(crate) async fn connect_cluster<I, U>(
     nodes: I,
     response_timeout: Duration,
     connection_timeout: Duration,
-) -> Result<ClusterConnection, StoreError>
+) -> Result<(Vec<String>, ClusterConnection), StoreError>
 where
     I: IntoIterator<Item = U>,
     U: AsRef<str>,
@@ -597,7 +707,53 @@ where
         .map_err(|e| {
             StoreError::permanent(format!("invalid redis cluster nodes {nodes:?}")).with_source(e)
         })?;
-    client.get_async_connection().await.map_err(classify)
+    let connection = client
+        .get_async_connection()
+        .await
+        .map_err(classify_cluster)?;
+    Ok((nodes, connection))
+}
+
+/// A cluster client on `nodes` that rebuilds itself when it stops answering; the nodes it was
+/// given are returned too.
+pub(crate) async fn connect_shared_cluster<I, U>(
+    nodes: I,
+    response_timeout: Duration,
+    connection_timeout: Duration,
+) -> Result<(Vec<String>, Shared), StoreError>
+where
+    I: IntoIterator<Item = U>,
+    U: AsRef<str>,
+{
+    let (nodes, connection) = connect_cluster(nodes, response_timeout, connection_timeout).await?;
+    let handle = ClusterHandle {
+        nodes: nodes.clone(),
+        response_timeout,
+        connection_timeout,
+        current: std::sync::Mutex::new(connection),
+        rebuilt_at: std::sync::Mutex::new(None),
+    };
+    Ok((nodes, Shared::Cluster(Arc::new(handle))))
+}
+
+/// A second cluster client on `nodes`, for blocking reads: its own connections (a blocking
+/// command would hold up every request to its node on a shared one), with a response timeout
+/// that covers the block.
+pub(crate) async fn connect_cluster_blocking(
+    nodes: &[String],
+    response_timeout: Duration,
+    connection_timeout: Duration,
+) -> Result<ClusterConnection, StoreError> {
+    let client = ClusterClientBuilder::new(nodes.iter().map(String::as_str))
+        .response_timeout(response_timeout)
+        .connection_timeout(connection_timeout)
+        .retries(2)
+        .build()
+        .map_err(|e| StoreError::permanent("invalid redis cluster nodes").with_source(e))?;
+    client
+        .get_async_connection()
+        .await
+        .map_err(classify_cluster)
 }
 
 /// A client for `url`, and a connection manager on it that reconnects by itself.

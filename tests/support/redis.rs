@@ -368,6 +368,14 @@ impl RedisCluster {
         self.nodes.iter().map(RedisServer::url).collect()
     }
 
+    /// The ports of the nodes running now.
+    pub fn ports_running(&mut self) -> Vec<String> {
+        self.nodes
+            .iter_mut()
+            .filter_map(|n| n.is_running().then(|| n.port().to_string()))
+            .collect()
+    }
+
     /// The nodes, in the order they were given to `redis-cli --cluster create` (primaries
     /// first).
     pub fn nodes_mut(&mut self) -> &mut [RedisServer] {

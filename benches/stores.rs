@@ -5,6 +5,9 @@
 //! - `memory`: the in-process map (one lock per call).
 //! - `redb` (feature `redb`): a file in a temporary directory; one write transaction and one
 //!   `fsync` per call.
+//! - `redis-cluster` (feature `redis`): a three-node Redis Cluster this bench forms on loopback
+//!   (`redis-cli --cluster create`); the summary compares its batched updates per second with
+//!   the single node's.
 //! - `redis` (feature `redis`): a `redis-server` this bench starts on a free loopback port (from
 //!   `PATH`, as the tests do); one round trip per call.
 //!
@@ -38,6 +41,7 @@ fn groups() -> Vec<&'static str> {
     }
     if cfg!(feature = "redis") {
         groups.push("stores-redis");
+        groups.push("stores-redis-cluster");
     }
     groups
 }
@@ -147,6 +151,22 @@ fn redis(c: &mut Criterion) {
     bench_store(c, "stores-redis", &store, &rt, true);
 }
 
+/// The same on a three-node Redis Cluster on loopback (three primaries, no replicas): sessions
+/// spread over the shards, a batch split by slot.
+#[cfg(feature = "redis")]
+fn redis_cluster(c: &mut Criterion) {
+    let rt = runtime();
+    let cluster = redis_server::RedisCluster::start(3, 0);
+    let store = rt
+        .block_on(
+            tower_sse_tracking::store::RedisStore::builder()
+                .prefix("bench:")
+                .connect_cluster(cluster.urls()),
+        )
+        .unwrap();
+    bench_store(c, "stores-redis-cluster", &store, &rt, true);
+}
+
 /// Where criterion keeps its results.
 fn criterion_dir() -> PathBuf {
     if let Some(home) = std::env::var_os("CRITERION_HOME") {
@@ -205,6 +225,31 @@ fn summary() {
     }
 }
 
+/// Updates per second through one Redis and through the cluster, batched, from this run.
+fn cluster_summary() {
+    println!();
+    println!(
+        "{:>5} {:>22} {:>22} {:>16}",
+        "batch", "one node, updates/s", "3-node cluster, updates/s", "cluster / node"
+    );
+    for n in [100, 1000] {
+        let (Some(node), Some(cluster)) = (
+            mean_ns("stores-redis", "batched", n),
+            mean_ns("stores-redis-cluster", "batched", n),
+        ) else {
+            continue;
+        };
+        let per_second = |ns: f64| n as f64 / (ns / 1e9);
+        println!(
+            "{:>5} {:>22.0} {:>22.0} {:>15.2}x",
+            n,
+            per_second(node),
+            per_second(cluster),
+            per_second(cluster) / per_second(node)
+        );
+    }
+}
+
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     memory(&mut c);
@@ -212,6 +257,11 @@ fn main() {
     redb(&mut c);
     #[cfg(feature = "redis")]
     redis(&mut c);
+    #[cfg(feature = "redis")]
+    redis_cluster(&mut c);
     c.final_summary();
     summary();
+    if cfg!(feature = "redis") {
+        cluster_summary();
+    }
 }

@@ -14,7 +14,8 @@
 //!
 //! - history stores (the second tier, written by the persistence worker): per store compiled in
 //!   (memory; redb with `--features redb`, in a temporary directory; Redis with
-//!   `--features redis`, a `redis-server` this bench starts on a free loopback port), events
+//!   `--features redis`, a `redis-server` this bench starts on a free loopback port, and a
+//!   three-node Redis Cluster it forms on loopback), events
 //!   of ~60 bytes appended in batches of 100 as the worker hands them over, beside one append
 //!   call per event, and a stream of 1,000 events read back (replay from the store) in pages
 //!   of up to 1 MiB.
@@ -303,6 +304,16 @@ fn stores(_: &mut Criterion) {
             store_figures(&store).await
         });
         rows.push(("redis", figures));
+        // One session's events sit on one slot: this is what one shard of a cluster takes.
+        let cluster = redis_server::RedisCluster::start(3, 0);
+        let figures = rt.block_on(async {
+            let store = tower_sse_tracking::history::RedisHistory::builder()
+                .connect_cluster(cluster.urls())
+                .await
+                .unwrap();
+            store_figures(&store).await
+        });
+        rows.push(("redis-cluster", figures));
     }
     println!(
         "replay: history stores, ~60-byte events (medians of 7 rounds): \

@@ -11,8 +11,13 @@
 //! - `redis` (feature `redis`): a `redis-server` this bench starts on a free loopback port (from
 //!   `PATH`, as the tests do); one round trip per call.
 //!
+//! - `history-redis` and `history-redis-cluster` (feature `redis`): `RedisHistory` appending
+//!   batches of 100 and 1,000 events of ~60 bytes, ten per session, on one node and on the
+//!   cluster.
+//!
 //! Run with `cargo bench --bench stores --all-features`. After the criterion output, a table
-//! gives the time per update of both ways and the ratio naive / batched.
+//! gives the time per update of both ways and the ratio naive / batched, then batched updates
+//! (and history appends) per second, one node against the cluster.
 
 use std::{
     cell::Cell,
@@ -167,6 +172,82 @@ fn redis_cluster(c: &mut Criterion) {
     bench_store(c, "stores-redis-cluster", &store, &rt, true);
 }
 
+/// `n` history events of ~60 bytes, ten per session (as a flush interval of an LLM token
+/// stream hands them over), each session's `seq` going on from the previous iteration's.
+#[cfg(feature = "redis")]
+fn history_events(n: usize, seq: &Cell<u64>) -> Vec<tower_sse_tracking::history::HistoryEvent> {
+    let base = seq.get();
+    seq.set(base + 10);
+    (0..n)
+        .map(|i| {
+            let s = base + 1 + (i % 10) as u64;
+            let id = format!("{s:08}");
+            tower_sse_tracking::history::HistoryEvent {
+                session: SessionId::new(&format!("bench-{}", i / 10)).unwrap(),
+                stream: StreamKey::new("/events").unwrap(),
+                seq: s,
+                bytes: bytes::Bytes::from(format!(
+                    "id: {id}\ndata: {{\"token\":\"lorem ipsum dolor\"}}\n\n"
+                )),
+                id: Some(id.into()),
+                writer: 1,
+            }
+        })
+        .collect()
+}
+
+/// `history/batched/n`: one `append` of `n` events (ten per session) on a history store.
+#[cfg(feature = "redis")]
+fn bench_history<H: tower_sse_tracking::history::HistoryStore>(
+    c: &mut Criterion,
+    group: &str,
+    store: &H,
+    rt: &Runtime,
+) {
+    let mut group = c.benchmark_group(group);
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3))
+        .sampling_mode(SamplingMode::Flat);
+    let seq = Cell::new(0);
+    for n in [100, 1000] {
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_function(BenchmarkId::new("batched", n), |b| {
+            b.iter_batched(
+                || history_events(n, &seq),
+                |batch| rt.block_on(store.append(&batch)).unwrap(),
+                BatchSize::SmallInput,
+            );
+        });
+    }
+    group.finish();
+}
+
+/// `RedisHistory` on one node and on the three-node cluster.
+#[cfg(feature = "redis")]
+fn redis_history(c: &mut Criterion) {
+    let rt = runtime();
+    let server = redis_server::RedisServer::start();
+    let store = rt
+        .block_on(
+            tower_sse_tracking::history::RedisHistory::builder()
+                .prefix("bench-history:")
+                .connect(&server.url()),
+        )
+        .unwrap();
+    bench_history(c, "history-redis", &store, &rt);
+    let cluster = redis_server::RedisCluster::start(3, 0);
+    let store = rt
+        .block_on(
+            tower_sse_tracking::history::RedisHistory::builder()
+                .prefix("bench-history:")
+                .connect_cluster(cluster.urls()),
+        )
+        .unwrap();
+    bench_history(c, "history-redis-cluster", &store, &rt);
+}
+
 /// Where criterion keeps its results.
 fn criterion_dir() -> PathBuf {
     if let Some(home) = std::env::var_os("CRITERION_HOME") {
@@ -232,21 +313,26 @@ fn cluster_summary() {
         "{:>5} {:>22} {:>22} {:>16}",
         "batch", "one node, updates/s", "3-node cluster, updates/s", "cluster / node"
     );
-    for n in [100, 1000] {
-        let (Some(node), Some(cluster)) = (
-            mean_ns("stores-redis", "batched", n),
-            mean_ns("stores-redis-cluster", "batched", n),
-        ) else {
-            continue;
-        };
-        let per_second = |ns: f64| n as f64 / (ns / 1e9);
-        println!(
-            "{:>5} {:>22.0} {:>22.0} {:>15.2}x",
-            n,
-            per_second(node),
-            per_second(cluster),
-            per_second(cluster) / per_second(node)
-        );
+    for (what, node_group, cluster_group) in [
+        ("session updates", "stores-redis", "stores-redis-cluster"),
+        ("history appends", "history-redis", "history-redis-cluster"),
+    ] {
+        for n in [100, 1000] {
+            let (Some(node), Some(cluster)) = (
+                mean_ns(node_group, "batched", n),
+                mean_ns(cluster_group, "batched", n),
+            ) else {
+                continue;
+            };
+            let per_second = |ns: f64| n as f64 / (ns / 1e9);
+            println!(
+                "{:>5} {:>22.0} {:>22.0} {:>15.2}x  {what}",
+                n,
+                per_second(node),
+                per_second(cluster),
+                per_second(cluster) / per_second(node)
+            );
+        }
     }
 }
 
@@ -259,6 +345,8 @@ fn main() {
     redis(&mut c);
     #[cfg(feature = "redis")]
     redis_cluster(&mut c);
+    #[cfg(feature = "redis")]
+    redis_history(&mut c);
     c.final_summary();
     summary();
     if cfg!(feature = "redis") {

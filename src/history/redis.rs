@@ -313,14 +313,13 @@ impl RedisHistoryBuilder {
         I: IntoIterator<Item = U>,
         U: AsRef<str>,
     {
-        if self.prefix.contains(['{', '}']) {
-            return Err(StoreError::permanent(format!(
-                "prefix {:?} holds a brace: in a cluster the store tags each session's keys itself",
-                self.prefix
-            )));
-        }
-        let (nodes, connection) =
-            connect_shared_cluster(nodes, self.response_timeout, self.connection_timeout).await?;
+        let (nodes, connection) = connect_shared_cluster(
+            &self.prefix,
+            nodes,
+            self.response_timeout,
+            self.connection_timeout,
+        )
+        .await?;
         Ok(self.open(Origin::Cluster(nodes), connection))
     }
 

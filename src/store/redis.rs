@@ -260,14 +260,13 @@ impl RedisStoreBuilder {
         U: AsRef<str>,
     {
         self.check()?;
-        if self.prefix.contains(['{', '}']) {
-            return Err(StoreError::permanent(format!(
-                "prefix {:?} holds a brace: in a cluster the store tags each session's key itself",
-                self.prefix
-            )));
-        }
-        let (_, connection) =
-            connect_shared_cluster(nodes, self.response_timeout, self.connection_timeout).await?;
+        let (_, connection) = connect_shared_cluster(
+            &self.prefix,
+            nodes,
+            self.response_timeout,
+            self.connection_timeout,
+        )
+        .await?;
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 connection,
@@ -699,24 +698,36 @@ where
     if nodes.is_empty() {
         return Err(StoreError::permanent("no redis cluster node given"));
     }
+    let connection = cluster_connection(&nodes, response_timeout, connection_timeout, 4).await?;
+    Ok((nodes, connection))
+}
+
+/// A cluster client on `nodes` and its (multiplexed) connection.
+async fn cluster_connection(
+    nodes: &[String],
+    response_timeout: Duration,
+    connection_timeout: Duration,
+    retries: u32,
+) -> Result<ClusterConnection, StoreError> {
     let client = ClusterClientBuilder::new(nodes.iter().map(String::as_str))
         .response_timeout(response_timeout)
         .connection_timeout(connection_timeout)
-        .retries(4)
+        .retries(retries)
         .build()
         .map_err(|e| {
             StoreError::permanent(format!("invalid redis cluster nodes {nodes:?}")).with_source(e)
         })?;
-    let connection = client
+    client
         .get_async_connection()
         .await
-        .map_err(classify_cluster)?;
-    Ok((nodes, connection))
+        .map_err(classify_cluster)
 }
 
-/// A cluster client on `nodes` that rebuilds itself when it stops answering; the nodes it was
-/// given are returned too.
+/// A cluster client on `nodes` that rebuilds itself when it stops answering, for a store whose
+/// keys start with `prefix` (refused if it holds a brace: the store tags each session's keys
+/// itself); the nodes it was given are returned too.
 pub(crate) async fn connect_shared_cluster<I, U>(
+    prefix: &str,
     nodes: I,
     response_timeout: Duration,
     connection_timeout: Duration,
@@ -725,6 +736,11 @@ where
     I: IntoIterator<Item = U>,
     U: AsRef<str>,
 {
+    if prefix.contains(['{', '}']) {
+        return Err(StoreError::permanent(format!(
+            "prefix {prefix:?} holds a brace: in a cluster the store tags each session's keys itself"
+        )));
+    }
     let (nodes, connection) = connect_cluster(nodes, response_timeout, connection_timeout).await?;
     let handle = ClusterHandle {
         nodes: nodes.clone(),
@@ -744,16 +760,7 @@ pub(crate) async fn connect_cluster_blocking(
     response_timeout: Duration,
     connection_timeout: Duration,
 ) -> Result<ClusterConnection, StoreError> {
-    let client = ClusterClientBuilder::new(nodes.iter().map(String::as_str))
-        .response_timeout(response_timeout)
-        .connection_timeout(connection_timeout)
-        .retries(2)
-        .build()
-        .map_err(|e| StoreError::permanent("invalid redis cluster nodes").with_source(e))?;
-    client
-        .get_async_connection()
-        .await
-        .map_err(classify_cluster)
+    cluster_connection(nodes, response_timeout, connection_timeout, 2).await
 }
 
 /// A client for `url`, and a connection manager on it that reconnects by itself.

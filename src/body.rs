@@ -191,13 +191,14 @@ struct Wait {
 }
 
 /// What to do with an upstream frame once the parser has read it.
-enum Forward<D> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Forward {
     /// Send it on.
-    Send(Frame<D>),
+    Send,
     /// Hold its data back until the session is queued or parked.
-    Hold(D),
+    Hold,
     /// Send it on, and stop tracking the stream.
-    Untrack(Frame<D>),
+    Untrack,
 }
 
 impl StreamState {
@@ -265,8 +266,11 @@ impl StreamState {
     }
 
     /// Reads an upstream frame (`store`: into the history too; not for replayed bytes) and
-    /// decides what to do with it.
-    fn forward<D>(&mut self, mut frame: Frame<D>, store: bool) -> Forward<D>
+    /// decides what to do with it. The frame is read and changed in place: on the per-frame
+    /// path it is never moved (a frame is as large as a `HeaderMap`, and each move of the
+    /// poll result cost more than the rest of the pass-through).
+    #[inline]
+    fn forward<D>(&mut self, frame: &mut Frame<D>, store: bool) -> Forward
     where
         D: Buf + From<Bytes>,
     {
@@ -274,43 +278,41 @@ impl StreamState {
             heartbeat.reset();
         }
         let Some(data) = frame.data_ref() else {
-            return Forward::Send(frame);
+            return Forward::Send;
         };
         let fed = self.feed_buf(data, store);
         if let Some(heartbeat) = &mut self.heartbeat {
-            heartbeat.forward(&mut frame);
+            heartbeat.forward(frame);
         }
         match fed {
-            Fed::Recorded => Forward::Send(frame),
+            Fed::Recorded => Forward::Send,
             Fed::Unreadable => {
                 tracing::warn!(
                     session = ?self.session.as_ref().map(Attachment::session),
                     "data frame in more than {MAX_IOVECS} pieces: stream no longer tracked"
                 );
-                Forward::Untrack(frame)
+                Forward::Untrack
             }
-            Fed::TurnedDirty => self.enqueue(frame),
+            Fed::TurnedDirty => self.enqueue(),
         }
     }
 
     /// The session just turned dirty: queue it, or, if the queue is full, start waiting for
     /// room (at most for the backpressure timeout) and hold the frame back.
-    fn enqueue<D>(&mut self, frame: Frame<D>) -> Forward<D> {
+    #[cold]
+    fn enqueue(&mut self) -> Forward {
         let Some(session) = &self.session else {
-            return Forward::Send(frame);
+            return Forward::Send;
         };
         match session.try_enqueue() {
-            Ok(()) | Err(TryEnqueueError::Closed) => Forward::Send(frame),
+            Ok(()) | Err(TryEnqueueError::Closed) => Forward::Send,
             Err(TryEnqueueError::Full) => {
                 self.labels.counter(m::BACKPRESSURE_WAITS).increment(1);
                 self.wait = Some(Wait {
                     reserve: session.reserve(),
                     deadline: Box::pin(tokio::time::sleep(self.backpressure_timeout)),
                 });
-                match frame.into_data() {
-                    Ok(data) => Forward::Hold(data),
-                    Err(frame) => Forward::Send(frame),
-                }
+                Forward::Hold
             }
         }
     }
@@ -530,13 +532,9 @@ pub(crate) fn spawn_producer<B>(
                 }
                 frame = Frame::data(B::Data::from(kept));
             }
-            let frame = match state.forward(frame, true) {
-                Forward::Send(frame) | Forward::Untrack(frame) => frame,
-                Forward::Hold(data) => {
-                    std::future::poll_fn(|cx| state.poll_backpressure(cx)).await;
-                    Frame::data(data)
-                }
-            };
+            if state.forward(&mut frame, true) == Forward::Hold {
+                std::future::poll_fn(|cx| state.poll_backpressure(cx)).await;
+            }
             let Ok(mut data) = frame.into_data() else {
                 continue; // trailers: not relayed
             };
@@ -726,16 +724,15 @@ where
                 if let Some(relay) = tracking.replay.as_mut().and_then(|r| r.relay.as_mut()) {
                     match relay.poll_recv(cx) {
                         Poll::Ready(Some(bytes)) => {
-                            let frame = Frame::data(B::Data::from(bytes));
-                            match tracking.forward(frame, false) {
-                                Forward::Send(frame) | Forward::Untrack(frame) => {
-                                    return Poll::Ready(Some(Ok(frame)));
-                                }
-                                Forward::Hold(data) => {
-                                    *this.held = Some(data);
-                                    break;
-                                }
+                            let mut frame = Frame::data(B::Data::from(bytes));
+                            if tracking.forward(&mut frame, false) != Forward::Hold {
+                                return Poll::Ready(Some(Ok(frame)));
                             }
+                            match frame.into_data() {
+                                Ok(data) => *this.held = Some(data),
+                                Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                            }
+                            break;
                         }
                         Poll::Ready(None) => {}
                         Poll::Pending => {
@@ -749,7 +746,10 @@ where
                 *this.ended = true;
                 return Poll::Ready(None);
             };
-            let mut frame = match inner.poll_frame(cx) {
+            // The poll result is returned as it came whenever possible: the frame is read and
+            // changed in place, never moved on the per-frame path.
+            let mut polled = inner.poll_frame(cx);
+            let frame = match &mut polled {
                 Poll::Ready(Some(Ok(frame))) => frame,
                 Poll::Ready(None) => {
                     tracking.parser.finish();
@@ -761,12 +761,12 @@ where
                     // The stream is over: its session is released now, not when the body drops.
                     *this.tracking = None;
                     *this.ended = true;
-                    return Poll::Ready(None);
+                    return polled;
                 }
-                Poll::Ready(Some(Err(error))) => {
+                Poll::Ready(Some(Err(_))) => {
                     *this.tracking = None;
                     *this.ended = true;
-                    return Poll::Ready(Some(Err(error)));
+                    return polled;
                 }
                 Poll::Pending => {
                     return tracking
@@ -787,15 +787,22 @@ where
                 if kept.is_empty() {
                     continue;
                 }
-                frame = Frame::data(B::Data::from(kept));
+                *frame = Frame::data(B::Data::from(kept));
             }
             match tracking.forward(frame, true) {
-                Forward::Send(frame) => return Poll::Ready(Some(Ok(frame))),
-                Forward::Untrack(frame) => {
+                Forward::Send => return polled,
+                Forward::Untrack => {
                     *this.tracking = None;
-                    return Poll::Ready(Some(Ok(frame)));
+                    return polled;
                 }
-                Forward::Hold(data) => *this.held = Some(data),
+                Forward::Hold => {
+                    if let Poll::Ready(Some(Ok(frame))) = polled {
+                        match frame.into_data() {
+                            Ok(data) => *this.held = Some(data),
+                            Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                        }
+                    }
+                }
             }
         }
         // A frame held while the worker's queue is full: released once the session is queued or

@@ -30,6 +30,11 @@ pub(crate) struct Heartbeat {
     /// than the frame's tracking): when it fires, it is moved to `last + every` if the
     /// upstream spoke since, so heartbeats still go out exactly `every` after the last byte.
     last: Option<Instant>,
+    /// The upstream spoke since `last` was read. The clock is read only once the upstream goes
+    /// idle (the next poll finds it pending), not per frame: a clock read cost more than the
+    /// rest of a frame's tracking, and the time is the same, since the body is polled again
+    /// right after a frame.
+    spoke: bool,
     /// A heartbeat went out before the first upstream byte: a byte order mark starting the
     /// upstream would now land mid-stream for the client, so it is dropped from what is
     /// forwarded (the parser still sees it). `Some(n)`: `n` bytes of it dropped so far.
@@ -42,6 +47,7 @@ impl Heartbeat {
             every,
             timer: None,
             last: None,
+            spoke: false,
             strip_bom: None,
         }
     }
@@ -49,7 +55,7 @@ impl Heartbeat {
     /// The upstream spoke: the idle time starts again.
     #[inline]
     pub(crate) fn reset(&mut self) {
-        self.last = Some(Instant::now());
+        self.spoke = true;
     }
 
     /// The upstream is idle: the comment line once it has been idle long enough and the stream
@@ -60,6 +66,10 @@ impl Heartbeat {
         parser: &SseParser,
         labels: &Labels,
     ) -> Poll<Bytes> {
+        if self.spoke {
+            self.spoke = false;
+            self.last = Some(Instant::now());
+        }
         let every = self.every;
         let last = self.last;
         let sleep = self.timer.get_or_insert_with(|| {

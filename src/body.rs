@@ -107,7 +107,11 @@ impl Appending<'_> {
         let histories = self.histories;
         self.state.write(part, bounds, |n| histories.may_grow(n));
         let before = self.state.next_seq();
-        self.state.commit(d.last_event_id(), d.id_set(), bounds);
+        self.state.commit(
+            &String::from_utf8_lossy(d.last_event_id_bytes()),
+            d.id_set(),
+            bounds,
+        );
         if let Some(outgoing) = &mut self.outgoing
             && self.state.next_seq() > before
             && let Some((bytes, id, seq)) = self.state.newest_for_store()
@@ -215,7 +219,7 @@ impl StreamState {
             Box::new(Checkpoints::new(settle, start, Instant::now()))
         });
         Self {
-            parser: SseParser::new().max_id_len(max_id_len),
+            parser: SseParser::new().max_id_len(max_id_len).for_tracking(),
             session,
             heartbeat: heartbeat.map(|every| Box::new(Heartbeat::new(every))),
             labels,
@@ -351,7 +355,7 @@ impl StreamState {
             self.parser.feed(bytes, |_| {});
         }
         if let (Some(session), Some(id)) = (&self.session, last_id)
-            && session.record(Some(id))
+            && session.record(Some(id.as_bytes()))
         {
             session.enqueue_or_park();
         }
@@ -389,7 +393,7 @@ impl StreamState {
         match (checkpoints, producer) {
             (None, None) => parser.feed(chunk, |d| {
                 if d.is_event() || d.id_set() {
-                    dirty |= session.record(d.id_set().then(|| d.last_event_id()));
+                    dirty |= session.record(d.id_set().then(|| d.last_event_id_bytes()));
                 }
             }),
             (checkpoints, producer) => {
@@ -397,10 +401,10 @@ impl StreamState {
                 let mut start = 0;
                 parser.feed(chunk, |d| {
                     if d.is_event() || d.id_set() {
-                        let id = d.id_set().then(|| d.last_event_id());
+                        let id = d.id_set().then(|| d.last_event_id_bytes());
                         dirty |= session.record(id);
                         if let (Some(id), Some(checkpoints)) = (id, checkpoints.as_mut()) {
-                            checkpoints.record(id, Instant::now());
+                            checkpoints.record(&String::from_utf8_lossy(id), Instant::now());
                         }
                         if let Some(history) = &mut history {
                             history.event(&chunk[start..d.chunk_offset()], d);

@@ -115,8 +115,13 @@ pub struct SseParser {
     /// The reconnection time in milliseconds, once a valid `retry` field was seen.
     retry: Option<u64>,
 
-    /// The last event ID string, committed at each blank line.
+    /// The last event ID string, committed at each blank line (not in tracking mode).
     last_event_id: String,
+    /// In tracking mode: the last event ID as raw bytes, committed at each blank line instead
+    /// of `last_event_id` (no UTF-8 check per event: whoever keeps the ID decodes it once).
+    last_id_raw: Vec<u8>,
+    /// Tracking mode (crate-internal): IDs stay raw bytes and event types are not kept.
+    tracking: bool,
     /// The last event ID buffer when it differs from `last_event_id` (see `commit_pending`), as
     /// raw bytes: checked as UTF-8 when committed, which moves the buffer, never copies it.
     pending_id: Vec<u8>,
@@ -151,6 +156,8 @@ impl Default for SseParser {
             bom_matched: Some(0),
             retry: None,
             last_event_id: String::new(),
+            last_id_raw: Vec::new(),
+            tracking: false,
             pending_id: Vec::new(),
             event_type: Vec::new(),
             name: [0; MAX_NAME_LEN],
@@ -202,6 +209,8 @@ pub struct Dispatch<'a> {
     /// Raw: decoded only if asked for, since tracking has no use for it.
     event_type: &'a [u8],
     last_event_id: &'a str,
+    /// The last event ID's bytes (raw in tracking mode, where `last_event_id` is empty).
+    last_id_bytes: &'a [u8],
     retry: Option<u64>,
     /// Where the blank line that dispatched ends in the chunk being fed.
     offset: usize,
@@ -263,6 +272,12 @@ impl<'a> Dispatch<'a> {
     pub fn retry(&self) -> Option<u64> {
         self.retry
     }
+
+    /// The last event ID's bytes: those of [`last_event_id`](Self::last_event_id), or, from a
+    /// parser in tracking mode, the raw bytes of the `id` value (not checked as UTF-8).
+    pub(crate) fn last_event_id_bytes(&self) -> &'a [u8] {
+        self.last_id_bytes
+    }
 }
 
 impl SseParser {
@@ -286,6 +301,15 @@ impl SseParser {
     /// Defaults to 1024.
     pub fn max_event_type_len(mut self, max: usize) -> Self {
         self.max_event_type_len = max;
+        self
+    }
+
+    /// A parser for the layer's per-event path: the last event ID is kept as raw bytes
+    /// ([`Dispatch::last_event_id_bytes`]; [`Dispatch::last_event_id`] and
+    /// [`last_event_id`](Self::last_event_id) stay empty) and event types are not kept
+    /// ([`Dispatch::event_type`] is always `message`). What is parsed is the same.
+    pub(crate) fn for_tracking(mut self) -> Self {
+        self.tracking = true;
         self
     }
 
@@ -396,7 +420,7 @@ impl SseParser {
         self.value.clear();
         self.name_len = 0;
         self.pending_id.clear();
-        self.commit_pending = !self.last_event_id.is_empty();
+        self.commit_pending = !self.last_event_id.is_empty() || !self.last_id_raw.is_empty();
     }
 
     /// Strips a byte order mark, whole or split across chunks, from the start of the stream, and
@@ -513,7 +537,7 @@ impl SseParser {
     fn set_event_type(&mut self, value: &[u8]) {
         if value.len() > self.max_event_type_len {
             self.oversized_event_types += 1;
-        } else {
+        } else if !self.tracking {
             self.event_type.clear();
             self.event_type.extend_from_slice(value);
         }
@@ -628,7 +652,9 @@ impl SseParser {
                     let end = end?;
                     // The gathered value becomes the buffer by a swap, not a copy.
                     if field == Field::Event {
-                        std::mem::swap(&mut self.event_type, &mut self.value);
+                        if !self.tracking {
+                            std::mem::swap(&mut self.event_type, &mut self.value);
+                        }
                     } else if !self.value.contains(&0) {
                         std::mem::swap(&mut self.pending_id, &mut self.value);
                         self.commit_pending = true;
@@ -679,7 +705,10 @@ impl SseParser {
     {
         // The spec sets the last event ID string to the buffer at every blank line; the two only
         // differ when an id took effect since, and then the buffer moves in without a copy.
-        if self.commit_pending {
+        if self.commit_pending && self.tracking {
+            self.commit_pending = false;
+            std::mem::swap(&mut self.pending_id, &mut self.last_id_raw);
+        } else if self.commit_pending {
             self.commit_pending = false;
             match String::from_utf8(std::mem::take(&mut self.pending_id)) {
                 Ok(id) => {
@@ -699,6 +728,11 @@ impl SseParser {
             id_set: self.id_in_block,
             event_type: &self.event_type,
             last_event_id: &self.last_event_id,
+            last_id_bytes: if self.tracking {
+                &self.last_id_raw
+            } else {
+                self.last_event_id.as_bytes()
+            },
             retry: self.retry,
             offset,
         });
@@ -976,6 +1010,48 @@ mod tests {
     fn empty_id_clears_the_last_event_id() {
         let seen = parse(&[b"id: 1\ndata\n\nid:\ndata\n\n"]);
         assert_eq!(ids(&seen), ["1", ""]);
+    }
+
+    /// Tracking mode reports the same dispatches, with each ID's raw bytes, wherever the stream
+    /// is split: a valid ID as its UTF-8 bytes, an invalid one as it came (decoded mode gives
+    /// replacement characters).
+    #[test]
+    fn tracking_mode_reports_the_same_ids_as_raw_bytes() {
+        let stream: &[u8] =
+            b"id: 1\ndata: a\n\nevent: x\nid: caf\xC3\xA9\r\ndata\r\n\r\nid: \xFFz\n\nid\ndata\n\n";
+        for at in 0..=stream.len() {
+            let (mut decoded, mut raw) = (SseParser::new(), SseParser::new().for_tracking());
+            let (mut want, mut got) = (Vec::new(), Vec::new());
+            for chunk in [&stream[..at], &stream[at..]] {
+                decoded.feed(chunk, |d| {
+                    want.push((
+                        d.is_event(),
+                        d.id_set(),
+                        d.chunk_offset(),
+                        d.last_event_id().to_owned(),
+                    ));
+                });
+                raw.feed(chunk, |d| {
+                    assert_eq!(d.event_type(), "message", "event types are not kept");
+                    let id = String::from_utf8_lossy(d.last_event_id_bytes()).into_owned();
+                    got.push((d.is_event(), d.id_set(), d.chunk_offset(), id));
+                });
+            }
+            assert_eq!(got, want, "split at {at}");
+            assert_eq!(want.len(), 4);
+        }
+        let mut raw = SseParser::new().for_tracking();
+        let mut ids = Vec::new();
+        raw.feed(b"id: \xFFz\n\n", |d| {
+            ids.push(d.last_event_id_bytes().to_vec())
+        });
+        raw.finish();
+        raw.feed(b"data\n\n", |d| ids.push(d.last_event_id_bytes().to_vec()));
+        assert_eq!(
+            ids,
+            [b"\xFFz".to_vec(), Vec::new()],
+            "a new stream starts empty"
+        );
     }
 
     #[test]

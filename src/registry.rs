@@ -347,7 +347,7 @@ impl Registry {
             .chain(session.as_str())
             .into_iter()
             .filter_map(|ix| shard.nodes.get(ix))
-            .find(|node| node.slot.last_event_id().as_deref() == Some(id))
+            .find(|node| node.slot.holds_id(id))
             .map(|node| node.slot.stream().clone())
     }
 
@@ -606,7 +606,7 @@ mod tests {
 
     /// Records an event and writes it, as the worker would.
     fn written(reg: &Registry, slot: &Arc<Slot>, id: &str) {
-        slot.record(Some(id), &IdHasher::default());
+        slot.record(Some(id.as_bytes()), &IdHasher::default());
         let snap = slot.snapshot(std::time::SystemTime::now()).unwrap();
         assert!(!slot.mark_persisted(snap.seq));
         reg.refresh(slot);
@@ -646,7 +646,7 @@ mod tests {
         let a = reg.attach(&sid("a"), &whole()).unwrap();
         let b = reg.attach(&sid("b"), &whole()).unwrap();
         // a: stream gone but its event not written yet; b: still attached.
-        a.record(Some("1"), &IdHasher::default());
+        a.record(Some(b"1"), &IdHasher::default());
         reg.detach(&a);
         tokio::time::advance(Duration::from_secs(3600)).await;
         assert_eq!(reg.expire(usize::MAX), 0);
@@ -822,7 +822,7 @@ mod tests {
         let live = reg.attach(&sid("a"), &stream("/live")).unwrap();
         written(&reg, &live, "9");
         let unwritten = reg.attach(&sid("a"), &stream("/unwritten")).unwrap();
-        unwritten.record(Some("3"), &IdHasher::default());
+        unwritten.record(Some(b"3"), &IdHasher::default());
         reg.detach(&unwritten);
         let other = reg.attach(&sid("b"), &stream("/idle")).unwrap();
         written(&reg, &other, "1");

@@ -45,8 +45,10 @@ pub(crate) struct Slot {
 }
 
 struct SlotState {
-    /// The newest last event ID; empty means cleared (or unknown while `id_known` is false).
-    id: String,
+    /// The newest last event ID, as the stream's raw bytes (decoded as UTF-8, with replacement
+    /// characters, only when read or written: not per event); empty means cleared (or unknown
+    /// while `id_known` is false).
+    id: Vec<u8>,
     /// An `id` field has been recorded in this process. Until then snapshots carry version 0,
     /// which never overrides a stored ID (it only records activity).
     id_known: bool,
@@ -67,9 +69,9 @@ struct SlotState {
 
 impl SlotState {
     /// Makes `id` the newest ID, with a new version.
-    fn set_id(&mut self, id: &str) {
+    fn set_id(&mut self, id: &[u8]) {
         self.id.clear();
-        self.id.push_str(id);
+        self.id.extend_from_slice(id);
         self.id_known = true;
         // One clock read per new ID (a vDSO call): the version is the time the ID was recorded,
         // see `clock`.
@@ -79,10 +81,10 @@ impl SlotState {
     /// Records an event's `id` field; `true` if it is a duplicate (the newest ID is left as it
     /// was).
     #[inline]
-    fn record_id(&mut self, id: &str, hasher: &IdHasher) -> bool {
+    fn record_id(&mut self, id: &[u8], hasher: &IdHasher) -> bool {
         if id.is_empty() {
             if !self.id_known || !self.id.is_empty() {
-                self.set_id("");
+                self.set_id(b"");
             }
             self.dedup.clear();
             return false;
@@ -162,7 +164,7 @@ impl Slot {
             shard,
             node,
             state: SlotLock::new(SlotState {
-                id: String::new(),
+                id: Vec::new(),
                 id_known: false,
                 seq: 0,
                 snap_seq: 0,
@@ -204,7 +206,7 @@ impl Slot {
     /// Hot path: no allocation unless the ID outgrows the slot's buffer (or an armed window
     /// grows), one short lock.
     #[inline]
-    pub(crate) fn record(&self, id: Option<&str>, hasher: &IdHasher) -> Recorded {
+    pub(crate) fn record(&self, id: Option<&[u8]>, hasher: &IdHasher) -> Recorded {
         let mut st = self.lock();
         st.seq += 1;
         let mut duplicate = false;
@@ -232,8 +234,9 @@ impl Slot {
     pub(crate) fn resume_from(&self, id: &str, hasher: &IdHasher) -> Recorded {
         let mut st = self.lock();
         st.seq += 1;
-        st.dedup.restart((!id.is_empty()).then(|| hasher.hash(id)));
-        st.set_id(id);
+        st.dedup
+            .restart((!id.is_empty()).then(|| hasher.hash(id.as_bytes())));
+        st.set_id(id.as_bytes());
         Recorded {
             duplicate: false,
             enqueue: st.turn_dirty(),
@@ -246,7 +249,7 @@ impl Slot {
     /// that the events the client gets again count as new. Counts as one recorded change.
     pub(crate) fn settle(&self, newest: &str, settled: &str, hasher: &IdHasher) -> Recorded {
         let mut st = self.lock();
-        if !st.id_known || st.id != newest || newest == settled {
+        if !st.id_known || String::from_utf8_lossy(&st.id) != newest || newest == settled {
             return Recorded {
                 duplicate: false,
                 enqueue: false,
@@ -254,8 +257,8 @@ impl Slot {
         }
         st.seq += 1;
         st.dedup
-            .restart((!settled.is_empty()).then(|| hasher.hash(settled)));
-        st.set_id(settled);
+            .restart((!settled.is_empty()).then(|| hasher.hash(settled.as_bytes())));
+        st.set_id(settled.as_bytes());
         Recorded {
             duplicate: false,
             enqueue: st.turn_dirty(),
@@ -278,7 +281,16 @@ impl Slot {
     /// `Some("")` if the stream cleared it.
     pub(crate) fn last_event_id(&self) -> Option<String> {
         let st = self.lock();
-        st.id_known.then(|| st.id.clone())
+        st.id_known
+            .then(|| String::from_utf8_lossy(&st.id).into_owned())
+    }
+
+    /// Whether the newest ID recorded in this process is `id`.
+    pub(crate) fn holds_id(&self, id: &str) -> bool {
+        let st = self.lock();
+        // Compared as the client would state it: decoded (an ID that is not UTF-8 comes back
+        // with replacement characters).
+        st.id_known && String::from_utf8_lossy(&st.id) == id
     }
 
     /// Takes the slot's newest state for a write, or `None` if everything is written already.
@@ -301,7 +313,7 @@ impl Slot {
             update: SessionUpdate {
                 session: self.session.clone(),
                 stream: self.stream.clone(),
-                last_event_id: LastEventId::from(st.id.as_str()),
+                last_event_id: LastEventId::from(String::from_utf8_lossy(&st.id).as_ref()),
                 version: st.version,
                 last_activity: st.activity,
             },
@@ -524,7 +536,7 @@ impl DedupWindow {
 pub(crate) struct IdHasher(foldhash::fast::RandomState);
 
 impl IdHasher {
-    pub(crate) fn hash(&self, id: &str) -> u64 {
+    pub(crate) fn hash(&self, id: &[u8]) -> u64 {
         self.0.hash_one(id)
     }
 }
@@ -544,7 +556,7 @@ mod tests {
     }
 
     fn rec(slot: &Slot, hasher: &IdHasher, id: &str) -> Recorded {
-        slot.record(Some(id), hasher)
+        slot.record(Some(id.as_bytes()), hasher)
     }
 
     #[test]

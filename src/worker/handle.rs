@@ -135,7 +135,9 @@ impl WorkerHandle {
         let Ok(slot) = self.tracker.registry.attach(session, stream) else {
             return RecordOutcome::RegistryFull;
         };
-        let outcome = self.tracker.record(&slot, &self.queue, id);
+        let outcome = self
+            .tracker
+            .record(&slot, &self.queue, id.map(str::as_bytes));
         self.tracker.registry.detach(&slot);
         outcome
     }
@@ -301,7 +303,7 @@ impl TrackedStream {
     /// [`RecordOutcome::RegistryFull`]: holding the handle keeps the stream tracked.
     #[inline]
     pub fn record(&self, id: Option<&str>) -> RecordOutcome {
-        self.attachment.record_and_enqueue(id)
+        self.attachment.record_and_enqueue(id.map(str::as_bytes))
     }
 
     /// The session key.

@@ -133,7 +133,7 @@ impl Tracker {
     /// Records one event in a slot (hot path: the slot update, and a counter for duplicates).
     /// Inlined into the callers of other modules, like the per-event paths below.
     #[inline]
-    fn note(&self, slot: &Slot, id: Option<&str>) -> Recorded {
+    fn note(&self, slot: &Slot, id: Option<&[u8]>) -> Recorded {
         let recorded = slot.record(id, &self.hasher);
         if recorded.duplicate {
             self.labels().counter(m::DUPLICATE_EVENTS).increment(1);
@@ -148,7 +148,7 @@ impl Tracker {
         &self,
         slot: &Arc<Slot>,
         queue: &Queue,
-        id: Option<&str>,
+        id: Option<&[u8]>,
     ) -> RecordOutcome {
         let recorded = self.note(slot, id);
         if recorded.enqueue {
@@ -240,14 +240,14 @@ impl Attachment {
     /// Records one event of the stream (hot path: the slot update alone). Returns `true` when
     /// the session just turned dirty: the caller must then queue it.
     #[inline]
-    pub(crate) fn record(&self, id: Option<&str>) -> bool {
+    pub(crate) fn record(&self, id: Option<&[u8]>) -> bool {
         self.tracker.note(&self.slot, id).enqueue
     }
 
     /// Records one event and queues the session if it just turned dirty (parks it if the
     /// queue is full).
     #[inline]
-    pub(crate) fn record_and_enqueue(&self, id: Option<&str>) -> RecordOutcome {
+    pub(crate) fn record_and_enqueue(&self, id: Option<&[u8]>) -> RecordOutcome {
         self.tracker.record(&self.slot, &self.queue, id)
     }
 

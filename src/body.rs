@@ -40,6 +40,15 @@ pin_project! {
     /// the session's slot. Responses that are not event streams pass through with no parsing at
     /// all; event streams without a valid session are parsed only if heartbeats are on.
     ///
+    /// While the session is already waiting for its next write, a run of events read one after
+    /// the other is handed to the session as one batch (no lock per event): when the upstream
+    /// goes idle (the next poll finds nothing ready), when the worker has written the session
+    /// (at the next event), when an event repeats the previous ID, and when the body ends or is
+    /// dropped. [`WorkerHandle::last_event_id`](crate::worker::WorkerHandle::last_event_id) may
+    /// lag the frames a client was given by such a run, never by more than one flush interval
+    /// while events flow; the version written with the newest ID is the time the run's first
+    /// event was read.
+    ///
     /// See [`EventTracking`](crate::EventTracking) for an example.
     ///
     /// The only ways the body differs from the inner one: a data frame may be held for up to the
@@ -186,6 +195,63 @@ pub(crate) struct StreamState {
     wait: Option<Wait>,
     /// The parser's count of oversized IDs already reported.
     oversized_ids: u64,
+    /// Events recorded here and not yet handed to the session's slot.
+    batch: Batch,
+}
+
+/// A stream's events not yet in its session's slot. While the slot allows it
+/// (`Slot::batching`: it is with the worker and its duplicate window is not armed), events are
+/// counted here, with no lock and no clock read per event, and handed over as one
+/// (`Slot::publish`, versioned by when the first of them was seen) when the upstream goes
+/// idle, when the slot stops allowing it (the worker wrote it, a seam armed its window, an
+/// event repeats its ID), and when the stream ends. So a slot lags its stream by at most the
+/// events of one unbroken run of ready frames, and never by more than one flush interval
+/// while events flow.
+#[derive(Debug, Default)]
+struct Batch {
+    events: u64,
+    /// Events with an `id` field among them.
+    ids: u64,
+    /// When the first of them was seen (`clock::wall_nanos`).
+    seen: u64,
+}
+
+impl Batch {
+    /// Records one event (`d`) of `session`'s stream; `true` if the session just turned dirty
+    /// (the caller must queue it).
+    #[inline]
+    fn record(&mut self, session: &Attachment, d: &Dispatch<'_>) -> bool {
+        let id = d.id_set().then(|| d.last_event_id_bytes());
+        if session.batching() && !d.id_repeated() && id.is_none_or(|id| !id.is_empty()) {
+            if self.events == 0 {
+                self.seen = crate::clock::wall_nanos();
+            }
+            self.events += 1;
+            self.ids += u64::from(d.id_set());
+            return false;
+        }
+        // The batch first, with the newest ID before this event.
+        let mut dirty = false;
+        if self.events > 0 {
+            let newest = if d.id_set() {
+                d.previous_id_bytes()
+            } else {
+                d.last_event_id_bytes()
+            };
+            dirty = self.publish(session, newest);
+        }
+        dirty | session.record(id)
+    }
+
+    /// Hands the batch over; `newest` is the stream's newest ID. `true` if the session just
+    /// turned dirty.
+    fn publish(&mut self, session: &Attachment, newest: &[u8]) -> bool {
+        if self.events == 0 {
+            return false;
+        }
+        let Self { events, ids, seen } = std::mem::take(self);
+        session.publish(events, (ids > 0).then_some((newest, ids)), seen)
+    }
 }
 
 /// A stream waiting for room in the worker's queue, at most until its deadline.
@@ -228,6 +294,7 @@ impl StreamState {
             backpressure_timeout,
             wait: None,
             oversized_ids: 0,
+            batch: Batch::default(),
         }
     }
 
@@ -350,6 +417,7 @@ impl StreamState {
     /// known from the history, so the bytes are parsed only when heartbeats need the line
     /// boundaries). Never waits: a position that turns dirty is queued or parked.
     fn replayed(&mut self, bytes: &[u8], last_id: Option<&str>) {
+        self.publish_batch();
         if let Some(heartbeat) = &mut self.heartbeat {
             heartbeat.reset();
             self.parser.feed(bytes, |_| {});
@@ -361,8 +429,33 @@ impl StreamState {
         }
     }
 
-    /// The upstream is idle: a heartbeat, when they are on and one is due.
+    /// Hands the events batched so far to the session's slot (see [`Batch`]). Never waits: a
+    /// session that turns dirty is queued or parked.
+    #[inline]
+    fn publish_batch(&mut self) {
+        if self.batch.events == 0 {
+            return;
+        }
+        if let Some(session) = &self.session
+            && self
+                .batch
+                .publish(session, self.parser.last_event_id_bytes())
+        {
+            session.enqueue_or_park();
+        }
+    }
+
+    /// The upstream ended normally: the batch goes to the slot, and the parser drops an
+    /// unfinished block.
+    fn finish(&mut self) {
+        self.publish_batch();
+        self.parser.finish();
+    }
+
+    /// The upstream is idle: the batch goes to the slot, and a heartbeat, when they are on and
+    /// one is due.
     fn poll_heartbeat(&mut self, cx: &mut Context<'_>) -> Poll<Bytes> {
+        self.publish_batch();
         match &mut self.heartbeat {
             Some(heartbeat) => heartbeat.poll(cx, &self.parser, &self.labels),
             None => Poll::Pending,
@@ -378,6 +471,7 @@ impl StreamState {
             session,
             checkpoints,
             replay,
+            batch,
             ..
         } = self;
         let producer = replay
@@ -393,7 +487,7 @@ impl StreamState {
         match (checkpoints, producer) {
             (None, None) => parser.feed(chunk, |d| {
                 if d.is_event() || d.id_set() {
-                    dirty |= session.record(d.id_set().then(|| d.last_event_id_bytes()));
+                    dirty |= batch.record(session, d);
                 }
             }),
             (checkpoints, producer) => {
@@ -402,7 +496,7 @@ impl StreamState {
                 parser.feed(chunk, |d| {
                     if d.is_event() || d.id_set() {
                         let id = d.id_set().then(|| d.last_event_id_bytes());
-                        dirty |= session.record(id);
+                        dirty |= batch.record(session, d);
                         if let (Some(id), Some(checkpoints)) = (id, checkpoints.as_mut()) {
                             checkpoints.record(&String::from_utf8_lossy(id), Instant::now());
                         }
@@ -486,7 +580,7 @@ pub(crate) fn spawn_producer<B>(
             let polled = match (&relay, deadline) {
                 (Some(tx), _) => {
                     tokio::select! {
-                        polled = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)) => polled,
+                        polled = std::future::poll_fn(|cx| poll_publishing(body.as_mut(), &mut state, cx)) => polled,
                         () = tx.closed() => {
                             relay = None;
                             if !histories.try_detach(history.as_ref()) {
@@ -499,7 +593,7 @@ pub(crate) fn spawn_producer<B>(
                 }
                 (None, Some(at)) => match tokio::time::timeout_at(
                     at,
-                    std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)),
+                    std::future::poll_fn(|cx| poll_publishing(body.as_mut(), &mut state, cx)),
                 )
                 .await
                 {
@@ -515,7 +609,7 @@ pub(crate) fn spawn_producer<B>(
                 Some(Ok(frame)) => frame,
                 Some(Err(_)) => break,
                 None => {
-                    state.parser.finish();
+                    state.finish();
                     if let Some(producer) = state.replay.as_mut().and_then(|r| r.producer.as_mut())
                     {
                         producer.complete = true;
@@ -561,8 +655,26 @@ pub(crate) fn spawn_producer<B>(
     });
 }
 
+/// What a body's poll yields.
+type FrameResult<B> = Result<Frame<<B as Body>::Data>, <B as Body>::Error>;
+
+/// Polls the upstream of a stream read by a task of its own; when it is idle, the stream's
+/// batch goes to the slot.
+fn poll_publishing<B: Body>(
+    body: Pin<&mut B>,
+    state: &mut StreamState,
+    cx: &mut Context<'_>,
+) -> Poll<Option<FrameResult<B>>> {
+    let polled = body.poll_frame(cx);
+    if polled.is_pending() {
+        state.publish_batch();
+    }
+    polled
+}
+
 impl Drop for StreamState {
     fn drop(&mut self) {
+        self.publish_batch();
         // Dropped while a frame waited for queue room (the client went away): the slot is
         // already marked queued, so it must reach the worker now or it would never be written.
         // (Then the attachment drops: the stream leaves the session.)
@@ -756,7 +868,7 @@ where
             let frame = match &mut polled {
                 Poll::Ready(Some(Ok(frame))) => frame,
                 Poll::Ready(None) => {
-                    tracking.parser.finish();
+                    tracking.finish();
                     if let Some(producer) =
                         tracking.replay.as_mut().and_then(|r| r.producer.as_mut())
                     {

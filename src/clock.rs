@@ -13,7 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// a precise read, and a version needs no finer order than that across replicas (within a
 /// process, `stamp` makes versions strictly increasing anyway).
 #[cfg(any(target_os = "linux", target_os = "android"))]
-fn wall_nanos() -> u64 {
+pub(crate) fn wall_nanos() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
     u64::try_from(t.tv_sec)
         .unwrap_or(0)
@@ -23,7 +23,7 @@ fn wall_nanos() -> u64 {
 
 /// Nanoseconds since the Unix epoch now.
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
-fn wall_nanos() -> u64 {
+pub(crate) fn wall_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
@@ -32,7 +32,12 @@ fn wall_nanos() -> u64 {
 /// The version of an ID recorded now, after one of version `prev`: the current time, or one more
 /// than `prev` if the clock has not moved past it (or went back).
 pub(crate) fn stamp(prev: u64) -> u64 {
-    wall_nanos().max(prev.saturating_add(1))
+    stamp_at(wall_nanos(), prev)
+}
+
+/// The version of an ID seen at `at` (from [`wall_nanos`]), after one of version `prev`.
+pub(crate) fn stamp_at(at: u64, prev: u64) -> u64 {
+    at.max(prev.saturating_add(1))
 }
 
 #[cfg(test)]

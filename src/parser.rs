@@ -122,6 +122,8 @@ pub struct SseParser {
     last_id_raw: Vec<u8>,
     /// Tracking mode (crate-internal): IDs stay raw bytes and event types are not kept.
     tracking: bool,
+    /// In tracking mode: the latest commit set the same ID as the one before it.
+    id_repeated: bool,
     /// The last event ID buffer when it differs from `last_event_id` (see `commit_pending`), as
     /// raw bytes: checked as UTF-8 when committed, which moves the buffer, never copies it.
     pending_id: Vec<u8>,
@@ -158,6 +160,7 @@ impl Default for SseParser {
             last_event_id: String::new(),
             last_id_raw: Vec::new(),
             tracking: false,
+            id_repeated: false,
             pending_id: Vec::new(),
             event_type: Vec::new(),
             name: [0; MAX_NAME_LEN],
@@ -211,6 +214,11 @@ pub struct Dispatch<'a> {
     last_event_id: &'a str,
     /// The last event ID's bytes (raw in tracking mode, where `last_event_id` is empty).
     last_id_bytes: &'a [u8],
+    /// Tracking mode: this block's `id` repeated the previous last event ID.
+    id_repeated: bool,
+    /// The last event ID before this block's (the same as `last_id_bytes` if no `id` took
+    /// effect in it).
+    previous_id_bytes: &'a [u8],
     retry: Option<u64>,
     /// Where the blank line that dispatched ends in the chunk being fed.
     offset: usize,
@@ -278,6 +286,17 @@ impl<'a> Dispatch<'a> {
     pub(crate) fn last_event_id_bytes(&self) -> &'a [u8] {
         self.last_id_bytes
     }
+
+    /// From a parser in tracking mode: an `id` took effect in this block and set the same last
+    /// event ID as before it (always `false` in the decoding mode).
+    pub(crate) fn id_repeated(&self) -> bool {
+        self.id_repeated
+    }
+
+    /// From a parser in tracking mode: the last event ID before this block, raw.
+    pub(crate) fn previous_id_bytes(&self) -> &'a [u8] {
+        self.previous_id_bytes
+    }
 }
 
 impl SseParser {
@@ -311,6 +330,11 @@ impl SseParser {
     pub(crate) fn for_tracking(mut self) -> Self {
         self.tracking = true;
         self
+    }
+
+    /// In tracking mode: the last event ID committed by the latest dispatch, raw.
+    pub(crate) fn last_event_id_bytes(&self) -> &[u8] {
+        &self.last_id_raw
     }
 
     /// The last event ID committed by the latest dispatch (empty if none).
@@ -707,7 +731,10 @@ impl SseParser {
         // differ when an id took effect since, and then the buffer moves in without a copy.
         if self.commit_pending && self.tracking {
             self.commit_pending = false;
+            // The buffer swapped out holds the previous ID (and is cleared when the next
+            // `id` is set).
             std::mem::swap(&mut self.pending_id, &mut self.last_id_raw);
+            self.id_repeated = self.pending_id == self.last_id_raw;
         } else if self.commit_pending {
             self.commit_pending = false;
             match String::from_utf8(std::mem::take(&mut self.pending_id)) {
@@ -734,6 +761,14 @@ impl SseParser {
                 self.last_event_id.as_bytes()
             },
             retry: self.retry,
+            id_repeated: self.id_repeated && self.id_in_block,
+            previous_id_bytes: if self.tracking && self.id_in_block {
+                &self.pending_id
+            } else if self.tracking {
+                &self.last_id_raw
+            } else {
+                &[]
+            },
             offset,
         });
         self.id_in_block = false;

@@ -7,7 +7,11 @@
 //! queue. Coalescing thus happens at the source, and queue traffic is bounded by the number of
 //! sessions per flush interval rather than by events.
 
-use std::{hash::BuildHasher, time::SystemTime};
+use std::{
+    hash::BuildHasher,
+    sync::atomic::{AtomicBool, Ordering},
+    time::SystemTime,
+};
 
 use crate::{
     SessionId, StreamKey, clock,
@@ -41,6 +45,14 @@ pub(crate) struct Slot {
     /// Where the registry keeps the slot: its shard and its index there (fixed).
     shard: u32,
     node: u32,
+    /// Whether a stream may keep its events to itself for a while and hand them over later as
+    /// one batch ([`publish`](Self::publish)), instead of taking the lock per event: the slot is
+    /// with the worker (it will be written, and the worker turning it clean clears this flag)
+    /// and its duplicate window is not armed (then the only duplicate possible is a repeat of
+    /// the newest ID, which the stream sees itself). Set under the lock whenever either
+    /// changes, read per event without it: a stale read only delays a batch until the stream's
+    /// next hand-over.
+    batching: AtomicBool,
     state: SlotLock<SlotState>,
 }
 
@@ -68,23 +80,32 @@ struct SlotState {
 }
 
 impl SlotState {
-    /// Makes `id` the newest ID, with a new version.
-    fn set_id(&mut self, id: &[u8]) {
+    /// Makes `id` the newest ID, with a new version: the time it was seen, `seen` (for a
+    /// batch, when its first event was), or now.
+    fn set_id(&mut self, id: &[u8], seen: Option<u64>) {
         self.id.clear();
         self.id.extend_from_slice(id);
         self.id_known = true;
-        // One clock read per new ID (a vDSO call): the version is the time the ID was recorded,
-        // see `clock`.
-        self.version = clock::stamp(self.version);
+        // One clock read per new ID (a vDSO call) unless the caller read it: the version is the
+        // time the ID was recorded, see `clock`.
+        self.version = match seen {
+            Some(at) => clock::stamp_at(at, self.version),
+            None => clock::stamp(self.version),
+        };
+    }
+
+    /// Whether a stream may batch its events (see `Slot::batching`).
+    fn batching(&self) -> bool {
+        self.queued && self.dedup.state() != Armed::On
     }
 
     /// Records an event's `id` field; `true` if it is a duplicate (the newest ID is left as it
     /// was).
     #[inline]
-    fn record_id(&mut self, id: &[u8], hasher: &IdHasher) -> bool {
+    fn record_id(&mut self, id: &[u8], hasher: &IdHasher, seen: Option<u64>) -> bool {
         if id.is_empty() {
             if !self.id_known || !self.id.is_empty() {
-                self.set_id(b"");
+                self.set_id(b"", seen);
             }
             self.dedup.clear();
             return false;
@@ -93,7 +114,7 @@ impl SlotState {
         match self.dedup.state() {
             Armed::Off => {
                 if !repeats_newest {
-                    self.set_id(id);
+                    self.set_id(id, seen);
                 }
                 false
             }
@@ -104,7 +125,7 @@ impl SlotState {
                     self.dedup.saw_duplicate();
                     true
                 } else {
-                    self.set_id(id);
+                    self.set_id(id, seen);
                     false
                 }
             }
@@ -116,7 +137,7 @@ impl SlotState {
                 }
                 self.dedup.insert(hash);
                 if !repeats_newest {
-                    self.set_id(id);
+                    self.set_id(id, seen);
                 }
                 false
             }
@@ -163,6 +184,7 @@ impl Slot {
             stream,
             shard,
             node,
+            batching: AtomicBool::new(false),
             state: SlotLock::new(SlotState {
                 id: Vec::new(),
                 id_known: false,
@@ -194,10 +216,48 @@ impl Slot {
     }
 
     #[inline]
-    fn lock(&self) -> spin::mutex::SpinMutexGuard<'_, SlotState, spin::relax::Yield> {
+    fn lock(&self) -> Locked<'_> {
         // Every critical section leaves the state consistent, even if interrupted by a panic
         // (which releases the lock).
-        self.state.lock()
+        Locked {
+            state: self.state.lock(),
+            batching: &self.batching,
+        }
+    }
+
+    /// Whether a stream may batch its events now (see the field); one relaxed load.
+    #[inline]
+    pub(crate) fn batching(&self) -> bool {
+        self.batching.load(Ordering::Relaxed)
+    }
+
+    /// Hands over a stream's batch: `events` events recorded in the stream while the slot was
+    /// batching, the newest ID among them (`Some` if any of them had an `id` field: the
+    /// stream's last event ID then) and how many of them had one, first seen at `seen` (see
+    /// `clock::wall_nanos`), which versions that ID. The same as recording them one by one:
+    /// none of the IDs repeated the one before it (see `batching`), so with two or more, the
+    /// newest cannot repeat the slot's newest as the one before it would have been.
+    pub(crate) fn publish(
+        &self,
+        events: u64,
+        id: Option<(&[u8], u64)>,
+        seen: u64,
+        hasher: &IdHasher,
+    ) -> Recorded {
+        let mut st = self.lock();
+        st.seq += events;
+        let mut duplicate = false;
+        match id {
+            Some((id, ids)) if ids > 1 && st.dedup.state() == Armed::Idle => {
+                st.set_id(id, Some(seen));
+            }
+            Some((id, _)) => duplicate = st.record_id(id, hasher, Some(seen)),
+            None => {}
+        }
+        Recorded {
+            duplicate,
+            enqueue: st.turn_dirty(),
+        }
     }
 
     /// Records one event. `id` is the event's `id` field when it had one (`""` clears); `hasher`
@@ -211,7 +271,7 @@ impl Slot {
         st.seq += 1;
         let mut duplicate = false;
         if let Some(id) = id {
-            duplicate = st.record_id(id, hasher);
+            duplicate = st.record_id(id, hasher, None);
         }
         Recorded {
             duplicate,
@@ -236,7 +296,7 @@ impl Slot {
         st.seq += 1;
         st.dedup
             .restart((!id.is_empty()).then(|| hasher.hash(id.as_bytes())));
-        st.set_id(id.as_bytes());
+        st.set_id(id.as_bytes(), None);
         Recorded {
             duplicate: false,
             enqueue: st.turn_dirty(),
@@ -258,7 +318,7 @@ impl Slot {
         st.seq += 1;
         st.dedup
             .restart((!settled.is_empty()).then(|| hasher.hash(settled.as_bytes())));
-        st.set_id(settled.as_bytes());
+        st.set_id(settled.as_bytes(), None);
         Recorded {
             duplicate: false,
             enqueue: st.turn_dirty(),
@@ -346,6 +406,37 @@ impl Slot {
     /// Whether the slot is with the worker (it has, or just had, something to write).
     pub(crate) fn is_queued(&self) -> bool {
         self.lock().queued
+    }
+}
+
+/// The slot's lock held: the state, and on release the `batching` flag set from it.
+struct Locked<'a> {
+    state: spin::mutex::SpinMutexGuard<'a, SlotState, spin::relax::Yield>,
+    batching: &'a AtomicBool,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = SlotState;
+
+    #[inline]
+    fn deref(&self) -> &SlotState {
+        &self.state
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut SlotState {
+        &mut self.state
+    }
+}
+
+impl Drop for Locked<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        // Still under the lock: the flag follows every change of the state, in order.
+        self.batching
+            .store(self.state.batching(), Ordering::Relaxed);
     }
 }
 
@@ -620,6 +711,60 @@ mod tests {
         // A retry of the same snapshot keeps its version.
         let c = s.snapshot(SystemTime::now()).unwrap();
         assert_eq!(c.update.version, b.update.version);
+    }
+
+    #[test]
+    fn batching_follows_the_worker_and_the_window() {
+        let h = IdHasher::default();
+        let s = slot();
+        rec(&s, &h, "1");
+        assert!(
+            !s.batching(),
+            "queued, but the window of a new slot is armed"
+        );
+        for id in 2..=WINDOW_QUIET + 1 {
+            rec(&s, &h, &id.to_string());
+        }
+        assert!(s.batching(), "queued, window freed after a quiet run");
+        let snap = s.snapshot(SystemTime::now()).unwrap();
+        assert!(!s.mark_persisted(snap.seq));
+        assert!(!s.batching(), "clean: the next event must queue the slot");
+        assert!(rec(&s, &h, "100").enqueue);
+        assert!(s.batching());
+        s.arm_window(&h);
+        assert!(!s.batching(), "a seam armed the window");
+    }
+
+    #[test]
+    fn a_batch_is_versioned_by_when_its_first_event_was_seen() {
+        let h = IdHasher::default();
+        let s = slot();
+        for id in 1..=WINDOW_QUIET + 1 {
+            rec(&s, &h, &id.to_string());
+        }
+        let before = s.snapshot(SystemTime::now()).unwrap();
+        // Seen long ago (a client whose body was dropped long after): never older than the
+        // version before, and no newer than when it was seen.
+        let r = s.publish(3, Some((b"a", 2)), 5, &h);
+        assert!(!r.duplicate && !r.enqueue);
+        let old = s.snapshot(SystemTime::now()).unwrap();
+        assert_eq!(old.update.version, before.update.version + 1);
+        assert_eq!(old.update.last_event_id.as_str(), Some("a"));
+        assert_eq!(old.events, before.events + 3);
+        let later = crate::clock::wall_nanos() + 60_000_000_000;
+        s.publish(1, Some((b"b", 1)), later, &h);
+        let snap = s.snapshot(SystemTime::now()).unwrap();
+        assert_eq!(snap.update.version, later);
+        // Events without an ID: counted, the version stays.
+        s.publish(4, None, later + 5, &h);
+        let none = s.snapshot(SystemTime::now()).unwrap();
+        assert_eq!(none.update.version, later);
+        assert_eq!(none.events, snap.events + 4);
+        // A batch of one ID that repeats the newest is a duplicate; of two, it is not (the one
+        // before it differed).
+        assert!(!s.publish(2, Some((b"b", 2)), later, &h).duplicate);
+        assert!(s.publish(1, Some((b"b", 1)), later, &h).duplicate);
+        assert!(!s.batching(), "a duplicate arms the window");
     }
 
     #[test]

@@ -244,6 +244,25 @@ impl Attachment {
         self.tracker.note(&self.slot, id).enqueue
     }
 
+    /// Whether the stream may keep its events to itself for now (see `Slot::batching`).
+    #[inline]
+    pub(crate) fn batching(&self) -> bool {
+        self.slot.batching()
+    }
+
+    /// Hands over a stream's batch of events (see `Slot::publish`). Returns `true` when the
+    /// session just turned dirty: the caller must then queue it.
+    pub(crate) fn publish(&self, events: u64, id: Option<(&[u8], u64)>, seen: u64) -> bool {
+        let recorded = self.slot.publish(events, id, seen, &self.tracker.hasher);
+        if recorded.duplicate {
+            self.tracker
+                .labels()
+                .counter(m::DUPLICATE_EVENTS)
+                .increment(1);
+        }
+        recorded.enqueue
+    }
+
     /// Records one event and queues the session if it just turned dirty (parks it if the
     /// queue is full).
     #[inline]

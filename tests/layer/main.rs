@@ -147,6 +147,7 @@ fn set(id: &str) -> Option<LastEventId> {
 
 mod axum_sse;
 mod backpressure;
+mod batching;
 mod composition;
 mod concurrency;
 mod failures;

@@ -65,6 +65,7 @@ mod config;
 mod future;
 mod heartbeat;
 pub mod history;
+mod id_buf;
 mod layer;
 mod lru;
 pub mod metrics;

@@ -33,6 +33,8 @@
 //! ```
 
 use std::borrow::Cow;
+
+use crate::id_buf::IdBuf;
 use std::fmt;
 
 /// The byte order mark, stripped once when it starts the stream.
@@ -117,16 +119,19 @@ pub struct SseParser {
 
     /// The last event ID string, committed at each blank line (not in tracking mode).
     last_event_id: String,
-    /// In tracking mode: the last event ID as raw bytes, committed at each blank line instead
-    /// of `last_event_id` (no UTF-8 check per event: whoever keeps the ID decodes it once).
-    last_id_raw: Vec<u8>,
+    /// The last event ID buffer when it differs from `last_event_id` (see `commit_pending`),
+    /// checked as UTF-8 when set; committed by a swap, never a copy (not in tracking mode).
+    pending_id: String,
+    /// In tracking mode, the IDs as raw bytes, in place (no UTF-8 check per event: whoever keeps
+    /// the ID decodes it once): `ids[newest]` is the last event ID, committed at each blank
+    /// line by flipping `newest`; the other one is the buffer an `id` field sets (and, right
+    /// after a commit, the ID before).
+    ids: [IdBuf; 2],
+    newest: usize,
     /// Tracking mode (crate-internal): IDs stay raw bytes and event types are not kept.
     tracking: bool,
-    /// In tracking mode: the latest commit set the same ID as the one before it.
+    /// In tracking mode: the `id` set in this block repeats the last event ID.
     id_repeated: bool,
-    /// The last event ID buffer when it differs from `last_event_id` (see `commit_pending`), as
-    /// raw bytes: checked as UTF-8 when committed, which moves the buffer, never copies it.
-    pending_id: Vec<u8>,
     /// The event type buffer of the current block, as raw bytes (decoded only when asked for).
     event_type: Vec<u8>,
 
@@ -158,10 +163,11 @@ impl Default for SseParser {
             bom_matched: Some(0),
             retry: None,
             last_event_id: String::new(),
-            last_id_raw: Vec::new(),
+            pending_id: String::new(),
+            ids: [IdBuf::default(), IdBuf::default()],
+            newest: 0,
             tracking: false,
             id_repeated: false,
-            pending_id: Vec::new(),
             event_type: Vec::new(),
             name: [0; MAX_NAME_LEN],
             name_len: 0,
@@ -334,7 +340,7 @@ impl SseParser {
 
     /// In tracking mode: the last event ID committed by the latest dispatch, raw.
     pub(crate) fn last_event_id_bytes(&self) -> &[u8] {
-        &self.last_id_raw
+        self.ids[self.newest].as_slice()
     }
 
     /// The last event ID committed by the latest dispatch (empty if none).
@@ -444,7 +450,8 @@ impl SseParser {
         self.value.clear();
         self.name_len = 0;
         self.pending_id.clear();
-        self.commit_pending = !self.last_event_id.is_empty() || !self.last_id_raw.is_empty();
+        self.ids[1 - self.newest].clear();
+        self.commit_pending = !self.last_event_id.is_empty() || !self.ids[self.newest].is_empty();
     }
 
     /// Strips a byte order mark, whole or split across chunks, from the start of the stream, and
@@ -551,11 +558,27 @@ impl SseParser {
         if value.len() > self.max_id_len {
             self.oversized_ids += 1;
         } else if !value.contains(&0) {
-            self.pending_id.clear();
-            self.pending_id.extend_from_slice(value);
-            self.commit_pending = true;
-            self.id_in_block = true;
+            self.keep_id(value);
         }
+    }
+
+    /// An `id` value takes effect (it holds no NUL and is within the cap).
+    #[inline]
+    fn keep_id(&mut self, value: &[u8]) {
+        if self.tracking {
+            // Compared here, with the bytes still in the chunk: the buffers are not read back
+            // right after being written.
+            self.id_repeated = self.ids[self.newest] == *value;
+            self.ids[1 - self.newest].set(value);
+        } else {
+            self.pending_id.clear();
+            match std::str::from_utf8(value) {
+                Ok(id) => self.pending_id.push_str(id),
+                Err(_) => self.pending_id.push_str(&String::from_utf8_lossy(value)),
+            }
+        }
+        self.commit_pending = true;
+        self.id_in_block = true;
     }
 
     fn set_event_type(&mut self, value: &[u8]) {
@@ -680,9 +703,9 @@ impl SseParser {
                             std::mem::swap(&mut self.event_type, &mut self.value);
                         }
                     } else if !self.value.contains(&0) {
-                        std::mem::swap(&mut self.pending_id, &mut self.value);
-                        self.commit_pending = true;
-                        self.id_in_block = true;
+                        let value = std::mem::take(&mut self.value);
+                        self.keep_id(&value);
+                        self.value = value;
                     }
                     return Some(i + end);
                 }
@@ -729,25 +752,12 @@ impl SseParser {
     {
         // The spec sets the last event ID string to the buffer at every blank line; the two only
         // differ when an id took effect since, and then the buffer moves in without a copy.
-        if self.commit_pending && self.tracking {
+        if self.commit_pending {
             self.commit_pending = false;
-            // The buffer swapped out holds the previous ID (and is cleared when the next
-            // `id` is set).
-            std::mem::swap(&mut self.pending_id, &mut self.last_id_raw);
-            self.id_repeated = self.pending_id == self.last_id_raw;
-        } else if self.commit_pending {
-            self.commit_pending = false;
-            match String::from_utf8(std::mem::take(&mut self.pending_id)) {
-                Ok(id) => {
-                    self.pending_id = std::mem::replace(&mut self.last_event_id, id).into_bytes();
-                }
-                Err(invalid) => {
-                    let bytes = invalid.into_bytes();
-                    self.last_event_id.clear();
-                    self.last_event_id
-                        .push_str(&String::from_utf8_lossy(&bytes));
-                    self.pending_id = bytes;
-                }
+            if self.tracking {
+                self.newest = 1 - self.newest;
+            } else {
+                std::mem::swap(&mut self.pending_id, &mut self.last_event_id);
             }
         }
         on_dispatch(&Dispatch {
@@ -756,16 +766,16 @@ impl SseParser {
             event_type: &self.event_type,
             last_event_id: &self.last_event_id,
             last_id_bytes: if self.tracking {
-                &self.last_id_raw
+                self.ids[self.newest].as_slice()
             } else {
                 self.last_event_id.as_bytes()
             },
             retry: self.retry,
             id_repeated: self.id_repeated && self.id_in_block,
             previous_id_bytes: if self.tracking && self.id_in_block {
-                &self.pending_id
+                self.ids[1 - self.newest].as_slice()
             } else if self.tracking {
-                &self.last_id_raw
+                self.ids[self.newest].as_slice()
             } else {
                 &[]
             },

@@ -15,6 +15,7 @@ use std::{
 
 use crate::{
     SessionId, StreamKey, clock,
+    id_buf::IdBuf,
     store::{LastEventId, SessionUpdate},
 };
 
@@ -60,7 +61,7 @@ struct SlotState {
     /// The newest last event ID, as the stream's raw bytes (decoded as UTF-8, with replacement
     /// characters, only when read or written: not per event); empty means cleared (or unknown
     /// while `id_known` is false).
-    id: Vec<u8>,
+    id: IdBuf,
     /// An `id` field has been recorded in this process. Until then snapshots carry version 0,
     /// which never overrides a stored ID (it only records activity).
     id_known: bool,
@@ -83,8 +84,7 @@ impl SlotState {
     /// Makes `id` the newest ID, with a new version: the time it was seen, `seen` (for a
     /// batch, when its first event was), or now.
     fn set_id(&mut self, id: &[u8], seen: Option<u64>) {
-        self.id.clear();
-        self.id.extend_from_slice(id);
+        self.id.set(id);
         self.id_known = true;
         // One clock read per new ID (a vDSO call) unless the caller read it: the version is the
         // time the ID was recorded, see `clock`.
@@ -110,7 +110,7 @@ impl SlotState {
             self.dedup.clear();
             return false;
         }
-        let repeats_newest = self.id_known && self.id == id;
+        let repeats_newest = self.id_known && self.id == *id;
         match self.dedup.state() {
             Armed::Off => {
                 if !repeats_newest {
@@ -146,7 +146,7 @@ impl SlotState {
 
     /// The newest ID's fingerprint, if there is a (non-empty) newest ID.
     fn newest_hash(&self, hasher: &IdHasher) -> Option<u64> {
-        (self.id_known && !self.id.is_empty()).then(|| hasher.hash(&self.id))
+        (self.id_known && !self.id.is_empty()).then(|| hasher.hash(self.id.as_slice()))
     }
 
     /// Marks the slot as with the worker; `true` if it just turned so (the caller queues it).
@@ -186,7 +186,7 @@ impl Slot {
             node,
             batching: AtomicBool::new(false),
             state: SlotLock::new(SlotState {
-                id: Vec::new(),
+                id: IdBuf::default(),
                 id_known: false,
                 seq: 0,
                 snap_seq: 0,
@@ -309,7 +309,8 @@ impl Slot {
     /// that the events the client gets again count as new. Counts as one recorded change.
     pub(crate) fn settle(&self, newest: &str, settled: &str, hasher: &IdHasher) -> Recorded {
         let mut st = self.lock();
-        if !st.id_known || String::from_utf8_lossy(&st.id) != newest || newest == settled {
+        if !st.id_known || String::from_utf8_lossy(st.id.as_slice()) != newest || newest == settled
+        {
             return Recorded {
                 duplicate: false,
                 enqueue: false,
@@ -342,7 +343,7 @@ impl Slot {
     pub(crate) fn last_event_id(&self) -> Option<String> {
         let st = self.lock();
         st.id_known
-            .then(|| String::from_utf8_lossy(&st.id).into_owned())
+            .then(|| String::from_utf8_lossy(st.id.as_slice()).into_owned())
     }
 
     /// Whether the newest ID recorded in this process is `id`.
@@ -350,7 +351,7 @@ impl Slot {
         let st = self.lock();
         // Compared as the client would state it: decoded (an ID that is not UTF-8 comes back
         // with replacement characters).
-        st.id_known && String::from_utf8_lossy(&st.id) == id
+        st.id_known && String::from_utf8_lossy(st.id.as_slice()) == id
     }
 
     /// Takes the slot's newest state for a write, or `None` if everything is written already.
@@ -373,7 +374,9 @@ impl Slot {
             update: SessionUpdate {
                 session: self.session.clone(),
                 stream: self.stream.clone(),
-                last_event_id: LastEventId::from(String::from_utf8_lossy(&st.id).as_ref()),
+                last_event_id: LastEventId::from(
+                    String::from_utf8_lossy(st.id.as_slice()).as_ref(),
+                ),
                 version: st.version,
                 last_activity: st.activity,
             },

@@ -116,11 +116,8 @@ impl Appending<'_> {
         let histories = self.histories;
         self.state.write(part, bounds, |n| histories.may_grow(n));
         let before = self.state.next_seq();
-        self.state.commit(
-            &String::from_utf8_lossy(d.last_event_id_bytes()),
-            d.id_set(),
-            bounds,
-        );
+        self.state
+            .commit(d.last_event_id_bytes(), d.id_set(), bounds);
         if let Some(outgoing) = &mut self.outgoing
             && self.state.next_seq() > before
             && let Some((bytes, id, seq)) = self.state.newest_for_store()

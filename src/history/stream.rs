@@ -330,9 +330,10 @@ impl State {
     }
 
     /// The event being received is complete: it is retained with its ID (`id_set`: its block
-    /// set `id`). Evicts the oldest events beyond the bounds.
+    /// set `id`), as the stream's raw bytes (decoded, with replacement characters if they are
+    /// not UTF-8, only where read). Evicts the oldest events beyond the bounds.
     #[inline]
-    pub(crate) fn commit(&mut self, id: &str, id_set: bool, bounds: Bounds) {
+    pub(crate) fn commit(&mut self, id: &[u8], id_set: bool, bounds: Bounds) {
         if self.dropped {
             return;
         }
@@ -348,7 +349,7 @@ impl State {
                 let needed = self.ids.len() + id_len;
                 self.ids.resize(needed.max(self.ids.capacity() * 2).max(64));
             }
-            self.ids.push(id.as_bytes());
+            self.ids.push(id);
         }
         if self.events.len() >= bounds.max_events {
             // A full history: the oldest makes room first, so the records never grow past
@@ -425,13 +426,23 @@ impl State {
     /// (reconnects ask for recent IDs): O(events retained), only on a reconnect, so that
     /// appending stays a copy with no index to keep.
     pub(crate) fn find(&self, id: &str) -> Found {
+        // IDs are kept raw: one that is not UTF-8 reached the client decoded, with replacement
+        // characters, and comes back that way.
+        let decoded = id.contains(char::REPLACEMENT_CHARACTER);
         let id = id.as_bytes();
         for (i, meta) in self.events.iter().enumerate().rev() {
-            if meta.sets_id()
-                && meta.id_len as usize == id.len()
-                && let Some((from, to)) = meta.id_range(&self.ids)
-                && self.ids.equals(from, to, id)
-            {
+            let Some((from, to)) = meta.id_range(&self.ids) else {
+                continue;
+            };
+            let found = if meta.id_len as usize == id.len() && self.ids.equals(from, to, id) {
+                true
+            } else if decoded {
+                let (a, b) = self.ids.slices(from, to);
+                String::from_utf8_lossy(&[a, b].concat()).as_bytes() == id
+            } else {
+                false
+            };
+            if found {
                 return Found::At(self.first_seq() + i as u64);
             }
         }
@@ -447,13 +458,18 @@ impl State {
         let mut joined = Vec::new();
         for (from, to) in self.events.iter().filter_map(|m| m.id_range(&self.ids)) {
             let (a, b) = self.ids.slices(from, to);
-            if b.is_empty() {
-                f(a);
+            let id = if b.is_empty() {
+                a
             } else {
                 joined.clear();
                 joined.extend_from_slice(a);
                 joined.extend_from_slice(b);
-                f(&joined);
+                &joined
+            };
+            // As the client got it (see `find`).
+            match String::from_utf8_lossy(id) {
+                std::borrow::Cow::Borrowed(valid) => f(valid.as_bytes()),
+                std::borrow::Cow::Owned(decoded) => f(decoded.as_bytes()),
             }
         }
     }
@@ -579,7 +595,7 @@ mod tests {
         let (a, b) = bytes.as_bytes().split_at(3);
         st.write(a, BOUNDS, |_| true);
         st.write(b, BOUNDS, |_| true);
-        st.commit(id, true, BOUNDS);
+        st.commit(id.as_bytes(), true, BOUNDS);
     }
 
     #[test]
@@ -612,6 +628,28 @@ mod tests {
         assert!(st.committed_bytes() <= BOUNDS.max_bytes);
     }
 
+    /// IDs are kept raw; one that is not UTF-8 is found, listed and read back as the client has
+    /// it, decoded with replacement characters.
+    #[test]
+    fn an_id_that_is_not_utf8_is_found_as_the_client_decoded_it() {
+        let h = history();
+        let mut st = h.lock();
+        for id in [&b"a\xFF"[..], b"b"] {
+            let mut bytes = b"id: ".to_vec();
+            bytes.extend_from_slice(id);
+            bytes.extend_from_slice(b"\ndata: x\n\n");
+            st.write(&bytes, BOUNDS, |_| true);
+            st.commit(id, true, BOUNDS);
+        }
+        assert_eq!(st.find("a\u{FFFD}"), Found::At(0));
+        assert_eq!(st.find("b"), Found::At(1));
+        assert_eq!(st.find("a"), Found::Unknown);
+        assert_eq!(st.id_at(0).as_deref(), Some("a\u{FFFD}"));
+        let mut ids = Vec::new();
+        st.for_each_id(|id| ids.push(String::from_utf8(id.to_vec()).unwrap()));
+        assert_eq!(ids, ["a\u{FFFD}", "b"]);
+    }
+
     #[test]
     fn an_event_over_the_byte_cap_is_not_kept_and_leaves_a_gap() {
         let h = history();
@@ -623,7 +661,7 @@ mod tests {
         st.write(&big, BOUNDS, |_| true);
         assert!(st.take_appended().dropped);
         st.write(b"\n\n", BOUNDS, |_| true);
-        st.commit("1", false, BOUNDS);
+        st.commit(b"1", false, BOUNDS);
         event(&mut st, "2");
         assert!(st.gap);
         assert_eq!(st.len(), 2);
@@ -642,7 +680,7 @@ mod tests {
         for i in 3..20 {
             let bytes = format!("id: {i}\ndata: x\n\n");
             st.write(bytes.as_bytes(), BOUNDS, |_| false);
-            st.commit(&i.to_string(), true, BOUNDS);
+            st.commit(i.to_string().as_bytes(), true, BOUNDS);
         }
         assert_eq!(st.bytes.capacity(), cap, "never grew");
         assert!(st.len() >= 1);

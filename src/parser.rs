@@ -479,7 +479,7 @@ impl SseParser {
     }
 
     /// A complete, non-empty line (without its line break).
-    #[inline]
+    #[inline(always)]
     fn field_line(&mut self, line: &[u8]) {
         // The lines servers write most, each told apart by their first bytes alone.
         match line {
@@ -843,7 +843,7 @@ fn eol_mask32(w: u32) -> u32 {
 /// which cost more than the scan on short lines); elsewhere, or below 16 bytes, eight bytes at a
 /// time in a machine word. Past 64 bytes (long `data` lines), memchr's general entry point takes
 /// over, with the widest vectors the machine has.
-#[inline(never)]
+#[inline]
 fn find_eol_long(bytes: &[u8]) -> Option<usize> {
     // On x86-64, the first 64 bytes with SSE2 (always there, and inlined: no dispatch), 16 at a
     // time; longer lines with memchr's widest vectors.

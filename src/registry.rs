@@ -387,6 +387,7 @@ impl Registry {
         self.update(slot, |node| {
             debug_assert!(node.attached > 0, "detached more often than attached");
             node.attached = node.attached.saturating_sub(1);
+            node.slot.set_attached(node.attached);
         });
     }
 
@@ -395,12 +396,20 @@ impl Registry {
         self.update(slot, |node| {
             debug_assert!(node.attached > 0, "attach_again on an unattached slot");
             node.attached += 1;
+            node.slot.set_attached(node.attached);
         });
     }
 
     /// Called by the worker after a slot turned clean (written, or released): puts it on the
     /// idle list if nothing is attached to it.
     pub(crate) fn refresh(&self, slot: &Arc<Slot>) {
+        // A slot something is attached to cannot turn idle: no need for the shard's lock. (The
+        // hint is set under that lock before `detach` looks at the slot's queued flag, and read
+        // here after the worker changed that flag, both under the slot's lock: a detach that
+        // saw the slot still queued is seen here.)
+        if slot.is_attached() {
+            return;
+        }
         self.update(slot, |_| {});
     }
 
@@ -496,6 +505,7 @@ impl Registry {
             .get_mut(ix)
             .expect("a position found in its shard is in the slab");
         node.attached += 1;
+        node.slot.set_attached(node.attached);
         node.slot.clone()
     }
 
@@ -524,6 +534,7 @@ impl Registry {
             idle_since: 0,
         });
         debug_assert_eq!(inserted, ix);
+        slot.set_attached(1);
         shard.map.insert(session.clone(), ix);
         slot
     }

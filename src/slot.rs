@@ -9,7 +9,7 @@
 
 use std::{
     hash::BuildHasher,
-    sync::atomic::{AtomicBool, Ordering},
+    sync::atomic::{AtomicBool, AtomicU32, Ordering},
     time::SystemTime,
 };
 
@@ -54,6 +54,9 @@ pub(crate) struct Slot {
     /// changes, read per event without it: a stale read only delays a batch until the stream's
     /// next hand-over.
     batching: AtomicBool,
+    /// How many streams and handles are attached, as the registry last counted them (under its
+    /// shard's lock): read by the worker without that lock (see `Registry::refresh`).
+    attached: AtomicU32,
     state: SlotLock<SlotState>,
 }
 
@@ -185,6 +188,7 @@ impl Slot {
             shard,
             node,
             batching: AtomicBool::new(false),
+            attached: AtomicU32::new(0),
             state: SlotLock::new(SlotState {
                 id: IdBuf::default(),
                 id_known: false,
@@ -223,6 +227,16 @@ impl Slot {
             state: self.state.lock(),
             batching: &self.batching,
         }
+    }
+
+    /// Records how many streams and handles the registry counts attached (under its lock).
+    pub(crate) fn set_attached(&self, n: u32) {
+        self.attached.store(n, Ordering::Relaxed);
+    }
+
+    /// Whether something is attached, as the registry last counted (see `Registry::refresh`).
+    pub(crate) fn is_attached(&self) -> bool {
+        self.attached.load(Ordering::Relaxed) > 0
     }
 
     /// Whether a stream may batch its events now (see the field); one relaxed load.

@@ -81,3 +81,45 @@ async fn a_failed_delete_is_reported_and_can_be_retried() {
     worker.forget(&sid("a")).await.unwrap();
     assert_eq!(stored(&store.memory, &sid("a")), None);
 }
+
+/// Streams attach, record and detach on two threads while the worker writes the same sessions
+/// every millisecond: whichever comes first, every session ends up idle (nothing attached,
+/// nothing to write), so it can be forgotten; none is left behind, held by neither side.
+#[test]
+fn sessions_detached_while_being_written_all_end_up_idle() {
+    const SESSIONS: usize = 32;
+    const ROUNDS: usize = 2_000;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = MemoryStore::new();
+        let config = WorkerConfig::default().flush_interval(Duration::from_millis(1));
+        let worker = WorkerHandle::spawn(store.clone(), config);
+        let tasks: Vec<_> = (0..2)
+            .map(|t| {
+                let worker = worker.clone();
+                tokio::spawn(async move {
+                    for round in 0..ROUNDS {
+                        for s in 0..SESSIONS {
+                            let session = sid(&format!("s{s}"));
+                            let stream = worker.stream(&session, &events()).unwrap();
+                            stream.record(Some(&format!("{t}-{round}")));
+                            drop(stream);
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        worker.flush().await.unwrap();
+        let stats = worker.registry_stats();
+        assert_eq!(stats.sessions, SESSIONS);
+        assert_eq!(stats.idle, SESSIONS, "every session idle: {stats:?}");
+    });
+}

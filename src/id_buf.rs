@@ -57,10 +57,31 @@ impl IdBuf {
                 vec.extend_from_slice(value);
             }
             Self::Inline { len, bytes } if value.len() <= INLINE => {
-                bytes[..value.len()].copy_from_slice(value);
+                copy_short(&mut bytes[..value.len()], value);
                 *len = value.len() as u8;
             }
             Self::Inline { .. } => *self = Self::Heap(value.to_vec()),
+        }
+    }
+
+    /// Whether the bytes are `value`; inline for IDs of up to 16 bytes (a call to `memcmp` cost
+    /// more than the compare).
+    #[inline]
+    pub(crate) fn holds(&self, value: &[u8]) -> bool {
+        let held = self.as_slice();
+        let n = held.len();
+        if n != value.len() {
+            return false;
+        }
+        // Two loads each, overlapping when shorter than twice their width.
+        match n {
+            0 => true,
+            1..4 => {
+                held[0] == value[0] && held[n / 2] == value[n / 2] && held[n - 1] == value[n - 1]
+            }
+            4..8 => half(held, 0) == half(value, 0) && half(held, n - 4) == half(value, n - 4),
+            8..=16 => word(held, 0) == word(value, 0) && word(held, n - 8) == word(value, n - 8),
+            _ => held == value,
         }
     }
 
@@ -72,6 +93,42 @@ impl IdBuf {
             Self::Heap(vec) => vec.capacity(),
         }
     }
+}
+
+/// `to.copy_from_slice(from)` (same lengths), inline for up to 16 bytes: a call to `memcpy`
+/// cost more than the copy.
+#[inline]
+fn copy_short(to: &mut [u8], from: &[u8]) {
+    let n = from.len();
+    match n {
+        0 => {}
+        1..4 => to.copy_from_slice(from),
+        4..8 => {
+            to[..4].copy_from_slice(&half(from, 0).to_ne_bytes());
+            to[n - 4..].copy_from_slice(&half(from, n - 4).to_ne_bytes());
+        }
+        8..=16 => {
+            to[..8].copy_from_slice(&word(from, 0).to_ne_bytes());
+            to[n - 8..].copy_from_slice(&word(from, n - 8).to_ne_bytes());
+        }
+        _ => to.copy_from_slice(from),
+    }
+}
+
+/// The eight bytes at `at`.
+#[inline(always)]
+fn word(s: &[u8], at: usize) -> u64 {
+    s.get(at..at + 8)
+        .and_then(|w| w.try_into().ok())
+        .map_or(0, u64::from_ne_bytes)
+}
+
+/// The four bytes at `at`.
+#[inline(always)]
+fn half(s: &[u8], at: usize) -> u32 {
+    s.get(at..at + 4)
+        .and_then(|w| w.try_into().ok())
+        .map_or(0, u32::from_ne_bytes)
 }
 
 impl PartialEq for IdBuf {
@@ -123,5 +180,29 @@ mod tests {
         id.set(b"7");
         assert!(id == other && id == *b"7".as_slice());
         assert!(std::mem::size_of::<IdBuf>() <= 32);
+    }
+
+    #[test]
+    fn short_copies_and_compares_agree_with_the_slices() {
+        let values: Vec<Vec<u8>> = (0..=34)
+            .flat_map(|n| {
+                let base: Vec<u8> = (0..n).map(|i| b'a' + (i % 26) as u8).collect();
+                let mut out = vec![base.clone()];
+                for at in 0..n {
+                    let mut changed = base.clone();
+                    changed[at] ^= 1;
+                    out.push(changed);
+                }
+                out
+            })
+            .collect();
+        let mut id = IdBuf::default();
+        for a in &values {
+            id.set(a);
+            assert_eq!(id.as_slice(), &a[..]);
+            for b in &values {
+                assert_eq!(id.holds(b), a == b, "{a:?} {b:?}");
+            }
+        }
     }
 }

@@ -568,7 +568,7 @@ impl SseParser {
         if self.tracking {
             // Compared here, with the bytes still in the chunk: the buffers are not read back
             // right after being written.
-            self.id_repeated = self.ids[self.newest] == *value;
+            self.id_repeated = self.ids[self.newest].holds(value);
             self.ids[1 - self.newest].set(value);
         } else {
             self.pending_id.clear();

@@ -6,7 +6,7 @@ use std::{
 };
 
 use super::{LastEventId, SessionRecord, SessionStore, SessionUpdate, StoreFuture};
-use crate::{SessionId, StreamKey, lru::LinkedSlab};
+use crate::{SessionId, StreamKey, id_buf::IdBuf, lru::LinkedSlab};
 
 /// The default store: a bounded map in this process's memory.
 ///
@@ -67,8 +67,8 @@ const NIL: u32 = u32::MAX;
 /// a write allocates nothing in steady state (an `Arc` per write, freed by whichever thread
 /// writes next, left the allocator's arenas fragmented under load).
 struct Stored {
-    /// The ID; empty when cleared.
-    id: String,
+    /// The ID (UTF-8: it came from a `&str`), in place when short; empty when cleared.
+    id: IdBuf,
     version: u64,
     last_activity: SystemTime,
 }
@@ -76,7 +76,7 @@ struct Stored {
 impl Stored {
     fn new(update: &SessionUpdate) -> Self {
         let mut stored = Self {
-            id: String::new(),
+            id: IdBuf::default(),
             version: 0,
             last_activity: update.last_activity,
         };
@@ -86,9 +86,8 @@ impl Stored {
 
     fn set(&mut self, update: &SessionUpdate) {
         self.version = update.version;
-        self.id.clear();
         self.id
-            .push_str(update.last_event_id.as_str().unwrap_or(""));
+            .set(update.last_event_id.as_str().unwrap_or("").as_bytes());
     }
 
     /// [`SessionRecord::apply`], in place.
@@ -103,7 +102,7 @@ impl Stored {
 
     fn record(&self) -> SessionRecord {
         SessionRecord {
-            last_event_id: LastEventId::from(self.id.as_str()),
+            last_event_id: LastEventId::from(String::from_utf8_lossy(self.id.as_slice()).as_ref()),
             version: self.version,
             last_activity: self.last_activity,
         }

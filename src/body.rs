@@ -211,6 +211,8 @@ struct Batch {
     ids: u64,
     /// When the first of them was seen (`clock::wall_nanos`).
     seen: u64,
+    /// The session's generation then (a batch begun before a forget is dropped).
+    generation: u32,
 }
 
 impl Batch {
@@ -222,6 +224,7 @@ impl Batch {
         if session.batching() && !d.id_repeated() && id.is_none_or(|id| !id.is_empty()) {
             if self.events == 0 {
                 self.seen = crate::clock::wall_nanos();
+                self.generation = session.generation();
             }
             self.events += 1;
             self.ids += u64::from(d.id_set());
@@ -246,8 +249,13 @@ impl Batch {
         if self.events == 0 {
             return false;
         }
-        let Self { events, ids, seen } = std::mem::take(self);
-        session.publish(events, (ids > 0).then_some((newest, ids)), seen)
+        let Self {
+            events,
+            ids,
+            seen,
+            generation,
+        } = std::mem::take(self);
+        session.publish(events, (ids > 0).then_some((newest, ids)), seen, generation)
     }
 }
 

@@ -57,6 +57,9 @@ pub(crate) struct Slot {
     /// How many streams and handles are attached, as the registry last counted them (under its
     /// shard's lock): read by the worker without that lock (see `Registry::refresh`).
     attached: AtomicU32,
+    /// How many times the session was forgotten (`forget`): a stream's batch begun before a
+    /// forget is dropped rather than handed over after it (see `publish`).
+    generation: AtomicU32,
     state: SlotLock<SlotState>,
 }
 
@@ -189,6 +192,7 @@ impl Slot {
             node,
             batching: AtomicBool::new(false),
             attached: AtomicU32::new(0),
+            generation: AtomicU32::new(0),
             state: SlotLock::new(SlotState {
                 id: IdBuf::default(),
                 id_known: false,
@@ -239,6 +243,12 @@ impl Slot {
         self.attached.load(Ordering::Relaxed) > 0
     }
 
+    /// How many times the session was forgotten so far: a batch notes it at its first event.
+    #[inline]
+    pub(crate) fn generation(&self) -> u32 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
     /// Whether a stream may batch its events now (see the field); one relaxed load.
     #[inline]
     pub(crate) fn batching(&self) -> bool {
@@ -251,14 +261,23 @@ impl Slot {
     /// `clock::wall_nanos`), which versions that ID. The same as recording them one by one:
     /// none of the IDs repeated the one before it (see `batching`), so with two or more, the
     /// newest cannot repeat the slot's newest as the one before it would have been.
+    /// A batch begun before the session was forgotten (its `generation` is older) is dropped:
+    /// nothing recorded before a forget comes back after it.
     pub(crate) fn publish(
         &self,
         events: u64,
         id: Option<(&[u8], u64)>,
         seen: u64,
+        generation: u32,
         hasher: &IdHasher,
     ) -> Recorded {
         let mut st = self.lock();
+        if self.generation.load(Ordering::Relaxed) != generation {
+            return Recorded {
+                duplicate: false,
+                enqueue: false,
+            };
+        }
         st.seq += events;
         let mut duplicate = false;
         match id {
@@ -345,6 +364,7 @@ impl Slot {
     /// afterwards start afresh.
     pub(crate) fn forget(&self) {
         let mut st = self.lock();
+        self.generation.fetch_add(1, Ordering::Relaxed);
         st.id.clear();
         st.id_known = false;
         st.dedup.restart(None);
@@ -762,25 +782,25 @@ mod tests {
         let before = s.snapshot(SystemTime::now()).unwrap();
         // Seen long ago (a client whose body was dropped long after): never older than the
         // version before, and no newer than when it was seen.
-        let r = s.publish(3, Some((b"a", 2)), 5, &h);
+        let r = s.publish(3, Some((b"a", 2)), 5, 0, &h);
         assert!(!r.duplicate && !r.enqueue);
         let old = s.snapshot(SystemTime::now()).unwrap();
         assert_eq!(old.update.version, before.update.version + 1);
         assert_eq!(old.update.last_event_id.as_str(), Some("a"));
         assert_eq!(old.events, before.events + 3);
         let later = crate::clock::wall_nanos() + 60_000_000_000;
-        s.publish(1, Some((b"b", 1)), later, &h);
+        s.publish(1, Some((b"b", 1)), later, 0, &h);
         let snap = s.snapshot(SystemTime::now()).unwrap();
         assert_eq!(snap.update.version, later);
         // Events without an ID: counted, the version stays.
-        s.publish(4, None, later + 5, &h);
+        s.publish(4, None, later + 5, 0, &h);
         let none = s.snapshot(SystemTime::now()).unwrap();
         assert_eq!(none.update.version, later);
         assert_eq!(none.events, snap.events + 4);
         // A batch of one ID that repeats the newest is a duplicate; of two, it is not (the one
         // before it differed).
-        assert!(!s.publish(2, Some((b"b", 2)), later, &h).duplicate);
-        assert!(s.publish(1, Some((b"b", 1)), later, &h).duplicate);
+        assert!(!s.publish(2, Some((b"b", 2)), later, 0, &h).duplicate);
+        assert!(s.publish(1, Some((b"b", 1)), later, 0, &h).duplicate);
         assert!(!s.batching(), "a duplicate arms the window");
     }
 

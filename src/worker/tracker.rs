@@ -244,6 +244,12 @@ impl Attachment {
         self.tracker.note(&self.slot, id).enqueue
     }
 
+    /// How many times the session was forgotten (see `Slot::publish`).
+    #[inline]
+    pub(crate) fn generation(&self) -> u32 {
+        self.slot.generation()
+    }
+
     /// Whether the stream may keep its events to itself for now (see `Slot::batching`).
     #[inline]
     pub(crate) fn batching(&self) -> bool {
@@ -252,8 +258,16 @@ impl Attachment {
 
     /// Hands over a stream's batch of events (see `Slot::publish`). Returns `true` when the
     /// session just turned dirty: the caller must then queue it.
-    pub(crate) fn publish(&self, events: u64, id: Option<(&[u8], u64)>, seen: u64) -> bool {
-        let recorded = self.slot.publish(events, id, seen, &self.tracker.hasher);
+    pub(crate) fn publish(
+        &self,
+        events: u64,
+        id: Option<(&[u8], u64)>,
+        seen: u64,
+        generation: u32,
+    ) -> bool {
+        let recorded = self
+            .slot
+            .publish(events, id, seen, generation, &self.tracker.hasher);
         if recorded.duplicate {
             self.tracker
                 .labels()

@@ -166,3 +166,32 @@ fn a_repeated_id_in_a_run_is_counted_as_a_duplicate() {
     });
     assert_eq!(duplicates(&snapshotter), 1, "the second 40 alone");
 }
+
+/// A session forgotten (a `DELETE` that ends it, say) while its stream has events not yet
+/// handed over: those events do not bring its position back; the stream's later events do.
+#[tokio::test]
+async fn events_read_before_a_forget_do_not_come_back_after_it() {
+    let store = MemoryStore::new();
+    let tracking = layer_builder(&store).build();
+    let (tx, mut body) = open(&tracking).await;
+    for id in 1..=40 {
+        tx.send(event(id)).unwrap();
+    }
+    // A run read without the upstream going idle: past its first events, it is batched.
+    read(&mut body, (1..=40).collect()).await;
+    tracking.worker().forget(&sid("batched")).await.unwrap();
+    find_idle(&mut body).await;
+    assert_eq!(newest(&tracking), None, "forgotten, and not brought back");
+    tracking.flush().await.unwrap();
+    assert_eq!(stored(&store, "batched"), None);
+    tx.send(event(41)).unwrap();
+    read(&mut body, vec![41]).await;
+    find_idle(&mut body).await;
+    assert_eq!(
+        newest(&tracking).as_deref(),
+        Some("41"),
+        "later events count"
+    );
+    tracking.flush().await.unwrap();
+    assert_eq!(stored(&store, "batched"), set("41"));
+}

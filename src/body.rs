@@ -243,12 +243,9 @@ impl Batch {
         dirty | session.record(id)
     }
 
-    /// Hands the batch over; `newest` is the stream's newest ID. `true` if the session just
-    /// turned dirty.
+    /// Hands the batch (not empty) over; `newest` is the stream's newest ID. `true` if the
+    /// session just turned dirty.
     fn publish(&mut self, session: &Attachment, newest: &[u8]) -> bool {
-        if self.events == 0 {
-            return false;
-        }
         let Self {
             events,
             ids,

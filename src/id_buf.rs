@@ -115,9 +115,9 @@ fn copy_short(to: &mut [u8], from: &[u8]) {
     }
 }
 
-/// The eight bytes at `at`.
+/// The eight bytes at `at` (0 past the end: callers stay in bounds).
 #[inline(always)]
-fn word(s: &[u8], at: usize) -> u64 {
+pub(crate) fn word(s: &[u8], at: usize) -> u64 {
     s.get(at..at + 8)
         .and_then(|w| w.try_into().ok())
         .map_or(0, u64::from_ne_bytes)

@@ -794,15 +794,11 @@ fn has_nul(value: &[u8]) -> bool {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
     let zero = |w: u64| w.wrapping_sub(ONES) & !w & HIGHS != 0;
-    let word = |at: usize| {
-        value
-            .get(at..at + 8)
-            .and_then(|w| w.try_into().ok())
-            .map_or(0, u64::from_ne_bytes)
-    };
     match value.len() {
         0..8 => value.contains(&0),
-        n @ 8..=16 => zero(word(0)) || zero(word(n - 8)),
+        n @ 8..=16 => {
+            zero(crate::id_buf::word(value, 0)) || zero(crate::id_buf::word(value, n - 8))
+        }
         _ => memchr::memchr(0, value).is_some(),
     }
 }

@@ -109,47 +109,55 @@ pub struct SseParser {
     has_data: bool,
     /// An `id` field took effect in the current block.
     id_in_block: bool,
-    /// `pending_id` holds the last event ID buffer, not yet committed.
+    /// The last event ID buffer was set and is not committed yet.
     commit_pending: bool,
+    /// In tracking mode: the `id` set in this block repeats the last event ID.
+    id_repeated: bool,
     /// Bytes of the byte order mark matched so far at the start of the stream, or `None` once the
     /// start of the stream has been decided.
     bom_matched: Option<u8>,
-    /// The reconnection time in milliseconds, once a valid `retry` field was seen.
-    retry: Option<u64>,
-
-    /// The last event ID string, committed at each blank line (not in tracking mode).
-    last_event_id: String,
-    /// The last event ID buffer when it differs from `last_event_id` (see `commit_pending`),
-    /// checked as UTF-8 when set; committed by a swap, never a copy (not in tracking mode).
-    pending_id: String,
-    /// In tracking mode, the IDs as raw bytes, in place (no UTF-8 check per event: whoever keeps
-    /// the ID decodes it once): `ids[newest]` is the last event ID, committed at each blank
-    /// line by flipping `newest`; the other one is the buffer an `id` field sets (and, right
-    /// after a commit, the ID before).
-    ids: [IdBuf; 2],
-    newest: usize,
-    /// Tracking mode (crate-internal): IDs stay raw bytes and event types are not kept.
-    tracking: bool,
-    /// In tracking mode: the `id` set in this block repeats the last event ID.
-    id_repeated: bool,
-    /// The event type buffer of the current block, as raw bytes (decoded only when asked for).
-    event_type: Vec<u8>,
-
+    /// How many bytes of `name` the line has so far (in `State::Head`).
+    name_len: u8,
     // Lines split across chunks.
     name: [u8; MAX_NAME_LEN],
-    /// How many bytes of `name` the line has so far (in `State::Head`).
-    name_len: usize,
-    /// The current `id` or `event` value, up to its cap (in `State::Keep`).
-    value: Vec<u8>,
-    /// The current `retry` value so far (saturating), and whether it is still all digits.
-    retry_acc: u64,
+    /// Whether the current `retry` value is still all digits, and whether it is still empty.
     retry_digits: bool,
     retry_empty: bool,
-
-    max_id_len: usize,
-    max_event_type_len: usize,
+    /// The caps (`usize` caps past `u32::MAX` are taken as `u32::MAX`).
+    max_id_len: u32,
+    max_event_type_len: u32,
+    /// The last event ID and its buffer (and, when decoding, the event type).
+    ids: Ids,
+    /// The current `id` or `event` value, up to its cap (in `State::Keep`).
+    value: Vec<u8>,
+    /// The reconnection time in milliseconds, once a valid `retry` field was seen.
+    retry: Option<u64>,
+    /// The current `retry` value so far (saturating).
+    retry_acc: u64,
     oversized_ids: u64,
     oversized_event_types: u64,
+}
+
+/// How a parser keeps the last event ID: one of two modes, in the same bytes (a tracked stream
+/// holds only what the layer's mode needs).
+#[derive(Clone)]
+enum Ids {
+    /// The public parser: the ID as text, and the event type.
+    Text {
+        /// The last event ID string, committed at each blank line.
+        last: String,
+        /// The last event ID buffer while it differs from `last` (see `commit_pending`),
+        /// checked as UTF-8 when set; committed by a swap, never a copy.
+        pending: String,
+        /// The event type buffer of the current block, as raw bytes (decoded only when asked
+        /// for).
+        event_type: Vec<u8>,
+    },
+    /// Tracking mode (crate-internal): raw bytes in place (no UTF-8 check per event: whoever
+    /// keeps the ID decodes it once), event types not kept. `ids[newest]` is the last event
+    /// ID, committed at each blank line by flipping `newest`; the other one is the buffer an
+    /// `id` field sets (and, right after a commit, the ID before).
+    Raw { ids: [IdBuf; 2], newest: u8 },
 }
 
 impl Default for SseParser {
@@ -160,23 +168,22 @@ impl Default for SseParser {
             has_data: false,
             id_in_block: false,
             commit_pending: false,
-            bom_matched: Some(0),
-            retry: None,
-            last_event_id: String::new(),
-            pending_id: String::new(),
-            ids: [IdBuf::default(), IdBuf::default()],
-            newest: 0,
-            tracking: false,
             id_repeated: false,
-            event_type: Vec::new(),
-            name: [0; MAX_NAME_LEN],
+            bom_matched: Some(0),
             name_len: 0,
-            value: Vec::new(),
-            retry_acc: 0,
+            name: [0; MAX_NAME_LEN],
             retry_digits: true,
             retry_empty: true,
-            max_id_len: DEFAULT_MAX_ID_LEN,
-            max_event_type_len: DEFAULT_MAX_EVENT_TYPE_LEN,
+            max_id_len: DEFAULT_MAX_ID_LEN as u32,
+            max_event_type_len: DEFAULT_MAX_EVENT_TYPE_LEN as u32,
+            ids: Ids::Text {
+                last: String::new(),
+                pending: String::new(),
+                event_type: Vec::new(),
+            },
+            value: Vec::new(),
+            retry: None,
+            retry_acc: 0,
             oversized_ids: 0,
             oversized_event_types: 0,
         }
@@ -186,7 +193,7 @@ impl Default for SseParser {
 impl fmt::Debug for SseParser {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SseParser")
-            .field("last_event_id", &self.last_event_id)
+            .field("last_event_id", &self.last_event_id())
             .field("retry", &self.retry)
             .field("at_line_boundary", &self.at_line_boundary())
             .field("oversized_ids", &self.oversized_ids)
@@ -316,7 +323,7 @@ impl SseParser {
     ///
     /// Defaults to 1024.
     pub fn max_id_len(mut self, max: usize) -> Self {
-        self.max_id_len = max;
+        self.max_id_len = u32::try_from(max).unwrap_or(u32::MAX);
         self
     }
 
@@ -325,7 +332,7 @@ impl SseParser {
     ///
     /// Defaults to 1024.
     pub fn max_event_type_len(mut self, max: usize) -> Self {
-        self.max_event_type_len = max;
+        self.max_event_type_len = u32::try_from(max).unwrap_or(u32::MAX);
         self
     }
 
@@ -334,18 +341,39 @@ impl SseParser {
     /// [`last_event_id`](Self::last_event_id) stay empty) and event types are not kept
     /// ([`Dispatch::event_type`] is always `message`). What is parsed is the same.
     pub(crate) fn for_tracking(mut self) -> Self {
-        self.tracking = true;
+        let last = self.last_event_id().as_bytes();
+        let mut ids = [IdBuf::default(), IdBuf::default()];
+        ids[0].set(last);
+        self.commit_pending = false;
+        self.ids = Ids::Raw { ids, newest: 0 };
         self
     }
 
-    /// In tracking mode: the last event ID committed by the latest dispatch, raw.
+    /// The last event ID committed by the latest dispatch, raw (in tracking mode, not checked as
+    /// UTF-8).
     pub(crate) fn last_event_id_bytes(&self) -> &[u8] {
-        self.ids[self.newest].as_slice()
+        match &self.ids {
+            Ids::Text { last, .. } => last.as_bytes(),
+            Ids::Raw { ids, newest } => ids[usize::from(*newest)].as_slice(),
+        }
     }
 
-    /// The last event ID committed by the latest dispatch (empty if none).
+    /// The last event ID committed by the latest dispatch (empty if none, and in the layer's
+    /// tracking mode).
     pub fn last_event_id(&self) -> &str {
-        &self.last_event_id
+        match &self.ids {
+            Ids::Text { last, .. } => last,
+            Ids::Raw { .. } => "",
+        }
+    }
+
+    /// The event type buffer's capacity (for tests).
+    #[cfg(test)]
+    fn event_type_capacity(&self) -> usize {
+        match &self.ids {
+            Ids::Text { event_type, .. } => event_type.capacity(),
+            Ids::Raw { .. } => 0,
+        }
     }
 
     /// The reconnection time in milliseconds set by the stream, if any.
@@ -446,12 +474,23 @@ impl SseParser {
         self.has_data = false;
         self.id_in_block = false;
         self.bom_matched = Some(0);
-        self.event_type.clear();
         self.value.clear();
         self.name_len = 0;
-        self.pending_id.clear();
-        self.ids[1 - self.newest].clear();
-        self.commit_pending = !self.last_event_id.is_empty() || !self.ids[self.newest].is_empty();
+        self.commit_pending = match &mut self.ids {
+            Ids::Text {
+                last,
+                pending,
+                event_type,
+            } => {
+                event_type.clear();
+                pending.clear();
+                !last.is_empty()
+            }
+            Ids::Raw { ids, newest } => {
+                ids[usize::from(1 - *newest)].clear();
+                !ids[usize::from(*newest)].is_empty()
+            }
+        };
     }
 
     /// Strips a byte order mark, whole or split across chunks, from the start of the stream, and
@@ -555,7 +594,7 @@ impl SseParser {
 
     #[inline]
     fn set_id(&mut self, value: &[u8]) {
-        if value.len() > self.max_id_len {
+        if value.len() > self.max_id_len as usize {
             self.oversized_ids += 1;
         } else if !has_nul(value) {
             self.keep_id(value);
@@ -565,16 +604,20 @@ impl SseParser {
     /// An `id` value takes effect (it holds no NUL and is within the cap).
     #[inline]
     fn keep_id(&mut self, value: &[u8]) {
-        if self.tracking {
-            // Compared here, with the bytes still in the chunk: the buffers are not read back
-            // right after being written.
-            self.id_repeated = self.ids[self.newest].holds(value);
-            self.ids[1 - self.newest].set(value);
-        } else {
-            self.pending_id.clear();
-            match std::str::from_utf8(value) {
-                Ok(id) => self.pending_id.push_str(id),
-                Err(_) => self.pending_id.push_str(&String::from_utf8_lossy(value)),
+        match &mut self.ids {
+            Ids::Raw { ids, newest } => {
+                // Compared here, with the bytes still in the chunk: the buffers are not read
+                // back right after being written.
+                let newest = usize::from(*newest);
+                self.id_repeated = ids[newest].holds(value);
+                ids[1 - newest].set(value);
+            }
+            Ids::Text { pending, .. } => {
+                pending.clear();
+                match std::str::from_utf8(value) {
+                    Ok(id) => pending.push_str(id),
+                    Err(_) => pending.push_str(&String::from_utf8_lossy(value)),
+                }
             }
         }
         self.commit_pending = true;
@@ -582,11 +625,11 @@ impl SseParser {
     }
 
     fn set_event_type(&mut self, value: &[u8]) {
-        if value.len() > self.max_event_type_len {
+        if value.len() > self.max_event_type_len as usize {
             self.oversized_event_types += 1;
-        } else if !self.tracking {
-            self.event_type.clear();
-            self.event_type.extend_from_slice(value);
+        } else if let Ids::Text { event_type, .. } = &mut self.ids {
+            event_type.clear();
+            event_type.extend_from_slice(value);
         }
     }
 
@@ -608,7 +651,7 @@ impl SseParser {
             None if head.len() > MAX_NAME_LEN => self.state = State::Skip,
             None => {
                 self.name[..bytes.len()].copy_from_slice(bytes);
-                self.name_len = bytes.len();
+                self.name_len = bytes.len() as u8;
                 self.state = State::Head;
             }
         }
@@ -645,7 +688,8 @@ impl SseParser {
                 State::LineStart => unreachable!("only called inside a line"),
                 State::Head => {
                     // Names that matter are short: look at a few bytes, not the whole rest.
-                    let room = MAX_NAME_LEN - self.name_len;
+                    let name_len = usize::from(self.name_len);
+                    let room = MAX_NAME_LEN - name_len;
                     let window = &rest[..rest.len().min(room + 1)];
                     let Some(pos) = window
                         .iter()
@@ -657,13 +701,14 @@ impl SseParser {
                             i += window.len();
                             continue;
                         }
-                        self.name[self.name_len..][..window.len()].copy_from_slice(window);
-                        self.name_len += window.len();
+                        self.name[name_len..][..window.len()].copy_from_slice(window);
+                        // At most `MAX_NAME_LEN` in all.
+                        self.name_len += window.len() as u8;
                         return None;
                     };
                     let mut name = self.name;
-                    name[self.name_len..][..pos].copy_from_slice(&window[..pos]);
-                    let name = &name[..self.name_len + pos];
+                    name[name_len..][..pos].copy_from_slice(&window[..pos]);
+                    let name = &name[..name_len + pos];
                     if window[pos] == b':' {
                         self.enter_value(classify(name));
                         i += pos + 1;
@@ -687,7 +732,7 @@ impl SseParser {
                         self.max_id_len
                     } else {
                         self.max_event_type_len
-                    };
+                    } as usize;
                     let end = find_eol(rest);
                     let part = &rest[..end.unwrap_or(rest.len())];
                     if self.value.len() + part.len() > cap {
@@ -699,8 +744,8 @@ impl SseParser {
                     let end = end?;
                     // The gathered value becomes the buffer by a swap, not a copy.
                     if field == Field::Event {
-                        if !self.tracking {
-                            std::mem::swap(&mut self.event_type, &mut self.value);
+                        if let Ids::Text { event_type, .. } = &mut self.ids {
+                            std::mem::swap(event_type, &mut self.value);
                         }
                     } else if !self.value.contains(&0) {
                         let value = std::mem::take(&mut self.value);
@@ -754,36 +799,47 @@ impl SseParser {
         // differ when an id took effect since, and then the buffer moves in without a copy.
         if self.commit_pending {
             self.commit_pending = false;
-            if self.tracking {
-                self.newest = 1 - self.newest;
-            } else {
-                std::mem::swap(&mut self.pending_id, &mut self.last_event_id);
+            match &mut self.ids {
+                Ids::Raw { newest, .. } => *newest = 1 - *newest,
+                Ids::Text { last, pending, .. } => std::mem::swap(pending, last),
             }
         }
-        on_dispatch(&Dispatch {
-            is_event: self.has_data,
-            id_set: self.id_in_block,
-            event_type: &self.event_type,
-            last_event_id: &self.last_event_id,
-            last_id_bytes: if self.tracking {
-                self.ids[self.newest].as_slice()
-            } else {
-                self.last_event_id.as_bytes()
-            },
-            retry: self.retry,
-            id_repeated: self.id_repeated && self.id_in_block,
-            previous_id_bytes: if self.tracking && self.id_in_block {
-                self.ids[1 - self.newest].as_slice()
-            } else if self.tracking {
-                self.ids[self.newest].as_slice()
-            } else {
-                &[]
-            },
-            offset,
-        });
+        let id_repeated = self.id_repeated && self.id_in_block;
+        match &mut self.ids {
+            Ids::Raw { ids, newest } => {
+                let newest = usize::from(*newest);
+                on_dispatch(&Dispatch {
+                    is_event: self.has_data,
+                    id_set: self.id_in_block,
+                    event_type: &[],
+                    last_event_id: "",
+                    last_id_bytes: ids[newest].as_slice(),
+                    retry: self.retry,
+                    id_repeated,
+                    previous_id_bytes: ids[if self.id_in_block { 1 - newest } else { newest }]
+                        .as_slice(),
+                    offset,
+                });
+            }
+            Ids::Text {
+                last, event_type, ..
+            } => {
+                on_dispatch(&Dispatch {
+                    is_event: self.has_data,
+                    id_set: self.id_in_block,
+                    event_type,
+                    last_event_id: last,
+                    last_id_bytes: last.as_bytes(),
+                    retry: self.retry,
+                    id_repeated,
+                    previous_id_bytes: &[],
+                    offset,
+                });
+                event_type.clear();
+            }
+        }
         self.id_in_block = false;
         self.has_data = false;
-        self.event_type.clear();
     }
 }
 
@@ -1310,7 +1366,7 @@ mod tests {
                 p.feed(&mb, |_| panic!("no dispatch"));
             }
             assert!(p.value.capacity() <= 2 * DEFAULT_MAX_ID_LEN);
-            assert!(p.event_type.capacity() <= 2 * DEFAULT_MAX_EVENT_TYPE_LEN);
+            assert!(p.event_type_capacity() <= 2 * DEFAULT_MAX_EVENT_TYPE_LEN);
             p.feed(b"\n\n", |_| {});
         }
         assert_eq!(p.oversized_ids(), 1);

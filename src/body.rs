@@ -174,26 +174,34 @@ enum Fed {
 }
 
 /// Per-stream tracking state, boxed so that untracked bodies stay small.
+///
+/// In declaration order (`repr(C)`): what every data frame reads comes first, so that it sits
+/// on as few cache lines as possible. On a slow stream (an event every few tens of
+/// milliseconds, among thousands of connections) the state is cold at every event, and each
+/// line it touches is a miss.
+#[repr(C)]
 pub(crate) struct StreamState {
-    parser: SseParser,
+    /// With replay: the history this stream appends to, and what it sends from history.
+    pub(crate) replay: Option<Box<ReplayParts>>,
+    /// Boxed: most streams have none, and every stream's state is kept per connection.
+    heartbeat: Option<Box<Heartbeat>>,
+    /// With at-least-once resume: the stream's recent IDs, to leave a settled position behind.
+    checkpoints: Option<Box<Checkpoints>>,
     /// The stream's hold on its session; `None` for an event stream that only gets heartbeats
     /// (no valid session, or the registry was full).
     session: Option<Attachment>,
-    /// Boxed: most streams have none, and every stream's state is kept per connection.
-    heartbeat: Option<Box<Heartbeat>>,
+    /// Events recorded here and not yet handed to the session's slot.
+    batch: Batch,
+    /// The parser's count of oversized IDs already reported.
+    oversized_ids: u64,
+    /// Its per-line state first (see its layout).
+    parser: SseParser,
+    // Rare paths only.
     /// The labels of this layer's metrics.
     labels: Labels,
-    /// With at-least-once resume: the stream's recent IDs, to leave a settled position behind.
-    checkpoints: Option<Box<Checkpoints>>,
-    /// With replay: the history this stream appends to, and what it sends from history.
-    pub(crate) replay: Option<Box<ReplayParts>>,
     backpressure_timeout: Duration,
     /// Set while a frame is held back for room in the worker's queue.
     wait: Option<Wait>,
-    /// The parser's count of oversized IDs already reported.
-    oversized_ids: u64,
-    /// Events recorded here and not yet handed to the session's slot.
-    batch: Batch,
 }
 
 /// A stream's events not yet in its session's slot. While the slot allows it

@@ -388,6 +388,18 @@ impl Slot {
         st.id_known && String::from_utf8_lossy(st.id.as_slice()) == id
     }
 
+    /// Reads (without taking the lock) the lines a snapshot touches, so that the loads of a
+    /// batch of slots miss in parallel before the snapshots take their locks one by one.
+    #[inline]
+    pub(crate) fn warm(&self) {
+        std::hint::black_box((
+            self.state.is_locked(),
+            self.batching.load(Ordering::Relaxed),
+            self.attached.load(Ordering::Relaxed),
+            self.session.as_str().as_bytes().first().copied(),
+        ));
+    }
+
     /// Takes the slot's newest state for a write, or `None` if everything is written already.
     /// The version is the one stamped when the newest ID was recorded; the activity time moves
     /// only when events were recorded since the previous snapshot. Before any `id` was recorded

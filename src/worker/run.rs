@@ -363,6 +363,11 @@ impl Worker {
         let mut updates: Vec<SessionUpdate> = Vec::with_capacity(entries.len());
         let mut seqs = Vec::with_capacity(entries.len());
         let mut events = 0u64;
+        // Each slot was last written by its stream's core, so each snapshot starts with cache
+        // misses; touched all at once first, they are fetched in parallel, not one by one.
+        for (slot, _) in &entries {
+            slot.warm();
+        }
         for (slot, attempts) in entries {
             match slot.snapshot(now) {
                 Some(snap) => {

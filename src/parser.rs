@@ -100,11 +100,10 @@ enum Field {
 /// `id` and `event` buffers grow to their working size, and when an `id` or `event` value is not
 /// valid UTF-8 (it is then decoded with U+FFFD replacement characters, never rejected).
 #[derive(Clone)]
-#[repr(C)]
 pub struct SseParser {
-    // In declaration order (`repr(C)`): what every line touches first, then the last event ID,
-    // then what only lines split across chunks and rare fields need. In the layer, a slow
-    // stream's parser is cold at every event: fewer cache lines touched, fewer misses.
+    // Laid out by the compiler: a hand-made order (`repr(C)`, the per-line flags first) cost
+    // 6 ns per event in the layer bench (45 against 39 ns added), which no cold-cache gain
+    // made up for.
     state: State,
     /// The previous chunk ended with a CR: an LF starting the next chunk belongs to it.
     after_cr: bool,
@@ -129,15 +128,15 @@ pub struct SseParser {
     /// The caps (`usize` caps past `u32::MAX` are taken as `u32::MAX`).
     max_id_len: u32,
     max_event_type_len: u32,
-    /// The reconnection time in milliseconds, once a valid `retry` field was seen.
-    retry: Option<u64>,
-    oversized_ids: u64,
     /// The last event ID and its buffer (and, when decoding, the event type).
     ids: Ids,
     /// The current `id` or `event` value, up to its cap (in `State::Keep`).
     value: Vec<u8>,
+    /// The reconnection time in milliseconds, once a valid `retry` field was seen.
+    retry: Option<u64>,
     /// The current `retry` value so far (saturating).
     retry_acc: u64,
+    oversized_ids: u64,
     oversized_event_types: u64,
 }
 

@@ -342,12 +342,13 @@ impl SseParser {
     /// ([`Dispatch::last_event_id_bytes`]; [`Dispatch::last_event_id`] and
     /// [`last_event_id`](Self::last_event_id) stay empty) and event types are not kept
     /// ([`Dispatch::event_type`] is always `message`). What is parsed is the same.
+    /// For a new parser (nothing fed yet).
     pub(crate) fn for_tracking(mut self) -> Self {
-        let last = self.last_event_id().as_bytes();
-        let mut ids = [IdBuf::default(), IdBuf::default()];
-        ids[0].set(last);
-        self.commit_pending = false;
-        self.ids = Ids::Raw { ids, newest: 0 };
+        debug_assert!(self.at_stream_start() && self.last_event_id().is_empty());
+        self.ids = Ids::Raw {
+            ids: Default::default(),
+            newest: 0,
+        };
         self
     }
 
@@ -807,6 +808,8 @@ impl SseParser {
             }
         }
         let id_repeated = self.id_repeated && self.id_in_block;
+        // One literal per mode: a shared one built from a tuple measured 1.5 to 2 ns per event
+        // slower in the layer bench.
         match &mut self.ids {
             Ids::Raw { ids, newest } => {
                 let newest = usize::from(*newest);

@@ -81,8 +81,12 @@ struct SlotState {
     version: u64,
     /// The activity time given at the latest snapshot that carried new events.
     activity: SystemTime,
-    /// The slot is with the worker (in its queue, pending set, retry heap or overflow set).
+    /// The slot is with the worker (in its queue, pending set, retry heap, overflow set or
+    /// lingering list).
     queued: bool,
+    /// The worker's tick of the latest paced write (0: none yet), to tell a session written on
+    /// consecutive ticks (see `mark_persisted_on_tick`).
+    written_tick: u32,
     dedup: DedupWindow,
 }
 
@@ -163,6 +167,17 @@ impl SlotState {
     }
 }
 
+/// What a paced write left in a slot (see [`Slot::mark_persisted_on_tick`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Written {
+    /// Newer events arrived meanwhile: still queued, to write again.
+    Dirty,
+    /// Clean, and written on consecutive ticks: still queued, to look at on the next tick.
+    Hot,
+    /// Clean and released: a new event queues it again.
+    Clean,
+}
+
 impl std::fmt::Debug for Slot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let st = self.lock();
@@ -202,6 +217,7 @@ impl Slot {
                 version: 0,
                 activity: SystemTime::UNIX_EPOCH,
                 queued: false,
+                written_tick: 0,
                 dedup: DedupWindow::new(dedup_window),
             }),
         }
@@ -439,6 +455,26 @@ impl Slot {
         let dirty = st.seq > st.persisted_seq;
         st.queued = dirty;
         dirty
+    }
+
+    /// Marks a snapshot as written by the worker's paced tick number `tick` (never 0). Unlike
+    /// [`mark_persisted`](Self::mark_persisted), a session also written on the tick before
+    /// stays with the worker while clean ([`Written::Hot`]): its stream is likely to record
+    /// more before the next tick, and need not queue it again.
+    pub(crate) fn mark_persisted_on_tick(&self, seq: u64, tick: u32) -> Written {
+        let mut st = self.lock();
+        st.persisted_seq = st.persisted_seq.max(seq);
+        let hot = st.written_tick != 0 && tick.wrapping_sub(st.written_tick) == 1;
+        st.written_tick = tick;
+        let written = if st.seq > st.persisted_seq {
+            Written::Dirty
+        } else if hot {
+            Written::Hot
+        } else {
+            Written::Clean
+        };
+        st.queued = written != Written::Clean;
+        written
     }
 
     /// Takes the slot back from the worker without a write (the worker is gone).
@@ -710,6 +746,44 @@ mod tests {
         assert_eq!(snap.update.last_event_id.as_str(), Some("3"));
         assert!(!s.mark_persisted(snap.seq), "clean after the write");
         assert!(rec(&s, &h, "4").enqueue, "clean -> queued enqueues again");
+    }
+
+    #[test]
+    fn a_session_written_on_consecutive_ticks_stays_queued_until_a_quiet_one() {
+        let h = IdHasher::default();
+        let s = slot();
+        // Written on tick 7: released, as a session written once.
+        assert!(rec(&s, &h, "1").enqueue);
+        let snap = s.snapshot(SystemTime::now()).unwrap();
+        assert_eq!(s.mark_persisted_on_tick(snap.seq, 7), Written::Clean);
+        assert!(!s.is_queued());
+        // Written again on tick 9 (not the next one): released again.
+        assert!(rec(&s, &h, "2").enqueue);
+        let snap = s.snapshot(SystemTime::now()).unwrap();
+        assert_eq!(s.mark_persisted_on_tick(snap.seq, 9), Written::Clean);
+        // Written on tick 10, right after 9: kept, so the next event needs no queue.
+        assert!(rec(&s, &h, "3").enqueue);
+        let snap = s.snapshot(SystemTime::now()).unwrap();
+        assert_eq!(s.mark_persisted_on_tick(snap.seq, 10), Written::Hot);
+        assert!(s.is_queued());
+        assert!(
+            !rec(&s, &h, "4").enqueue,
+            "kept by the worker: not queued again"
+        );
+        // Tick 11 writes it (kept again, as it keeps getting events).
+        let snap = s.snapshot(SystemTime::now()).unwrap();
+        assert_eq!(snap.update.last_event_id.as_str(), Some("4"));
+        assert_eq!(s.mark_persisted_on_tick(snap.seq, 11), Written::Hot);
+        // Tick 12 finds nothing new: the worker releases it, and the next event queues it.
+        assert!(s.snapshot(SystemTime::now()).is_none());
+        assert!(!s.mark_persisted(0));
+        assert!(!s.is_queued());
+        assert!(rec(&s, &h, "5").enqueue);
+        // Events during a write still keep it dirty, hot or not.
+        let snap = s.snapshot(SystemTime::now()).unwrap();
+        assert!(!rec(&s, &h, "6").enqueue);
+        assert_eq!(s.mark_persisted_on_tick(snap.seq, 13), Written::Dirty);
+        assert!(s.is_queued());
     }
 
     #[test]

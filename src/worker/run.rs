@@ -19,7 +19,7 @@ use crate::{
     history::Outgoing,
     metrics as m,
     registry::EXPIRE_PER_SHARD_PER_TICK,
-    slot::Slot,
+    slot::{Slot, Written},
     store::{SessionUpdate, StoreError},
 };
 
@@ -38,6 +38,15 @@ pub(crate) struct Worker {
     control: mpsc::Receiver<Control>,
     /// Sessions to write at the next flush, with the attempts already made. Each at most once.
     pending: Vec<(Arc<Slot>, u32)>,
+    /// Sessions written on two consecutive ticks, clean since: they stay with the worker
+    /// (queued) until the next tick, which writes them if their streams recorded more and
+    /// releases them otherwise. A stream with an event every tick or so then never queues its
+    /// session again: at such rates every event would otherwise cost a trip through the queue
+    /// (a reference count, the channel's shared counters, cache lines the worker's core wrote
+    /// last). Slower streams are released after each write, as before.
+    lingering: Vec<Arc<Slot>>,
+    /// Paced ticks so far (wrapping, never 0), for `Slot::mark_persisted_on_tick`.
+    tick: u32,
     retries: RetryHeap,
     breaker: Breaker,
     /// Seeds the retry jitter.
@@ -71,6 +80,8 @@ impl Worker {
             rx,
             control,
             pending: Vec::new(),
+            lingering: Vec::new(),
+            tick: 1,
             retries: RetryHeap::default(),
             breaker,
             rand: foldhash::fast::RandomState::default(),
@@ -114,8 +125,10 @@ impl Worker {
                         self.orphaned().await;
                         return;
                     }
+                    self.tick = self.tick.wrapping_add(1).max(1);
                     self.drain_queue(&mut buf).await;
                     self.collect_overflow();
+                    self.collect_lingering();
                     self.collect_due_retries(Instant::now());
                     self.flush(FlushMode::Paced, None).await;
                     self.write_history(FlushMode::Paced).await;
@@ -192,6 +205,13 @@ impl Worker {
             .set(self.tracker.registry.len() as f64);
     }
 
+    /// The sessions kept since the last tick join the pending ones: written if their streams
+    /// recorded more, released (no longer queued) if not.
+    fn collect_lingering(&mut self) {
+        self.pending
+            .extend(self.lingering.drain(..).map(|slot| (slot, 0)));
+    }
+
     fn collect_overflow(&mut self) {
         let mut parked = Vec::new();
         self.tracker.take_overflow(&mut parked);
@@ -220,6 +240,7 @@ impl Worker {
     async fn flush_now(&mut self) -> FlushReport {
         self.drain_queue(&mut Vec::new()).await;
         self.collect_overflow();
+        self.collect_lingering();
         while let Some(retry) = self.retries.pop() {
             self.pending.push((retry.slot, retry.attempts));
         }
@@ -423,7 +444,13 @@ impl Worker {
                     .record(events as f64 / n as f64);
                 self.breaker.succeeded();
                 for ((slot, _), seq) in slots.into_iter().zip(seqs) {
-                    if slot.mark_persisted(seq) {
+                    if mode == FlushMode::Paced {
+                        match slot.mark_persisted_on_tick(seq, self.tick) {
+                            Written::Dirty => again.push((slot, 0)),
+                            Written::Hot => self.lingering.push(slot),
+                            Written::Clean => self.tracker.registry.refresh(&slot),
+                        }
+                    } else if slot.mark_persisted(seq) {
                         again.push((slot, 0));
                     } else {
                         // Clean: idle if no stream holds it, and then free to forget.
@@ -509,6 +536,7 @@ impl Worker {
                 self.pending.push((slot, 0));
             }
             self.collect_overflow();
+            self.collect_lingering();
             while let Some(retry) = self.retries.pop() {
                 self.pending.push((retry.slot, retry.attempts));
             }

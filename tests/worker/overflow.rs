@@ -37,3 +37,51 @@ fn queue_full_parks_session_and_next_tick_persists_it() {
         assert_eq!(metrics.counter(m::PERSISTED), 2);
     });
 }
+
+/// A session written on consecutive ticks stays with the worker while its events keep coming:
+/// they need no trip through the queue (here a full one would park them). After a tick without
+/// events it is released, and the next event is queued again.
+#[test]
+fn a_session_with_events_every_tick_is_not_queued_again() {
+    with_metrics(|metrics| async move {
+        let interval = Duration::from_millis(50);
+        let store = MemoryStore::new();
+        let config = WorkerConfig::default()
+            .queue_capacity(1)
+            .flush_interval(interval);
+        let worker = WorkerHandle::spawn(store.clone(), config);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let (hot, other) = (sid("hot"), sid("other"));
+        let tick = || tokio::time::sleep(interval);
+
+        // Written on two consecutive ticks: from then on the worker keeps it.
+        worker.record(&hot, &events(), Some("1"));
+        tick().await;
+        assert_eq!(stored(&store, &hot).as_deref(), Some("1"));
+        worker.record(&hot, &events(), Some("2"));
+        tick().await;
+        assert_eq!(stored(&store, &hot).as_deref(), Some("2"));
+        for n in 3..8 {
+            // The queue is full (another session just took its one place): a session that
+            // needed queueing would be parked.
+            worker.record(&other, &events(), Some(&format!("o{n}")));
+            worker.record(&hot, &events(), Some(&n.to_string()));
+            assert_eq!(metrics.counter(m::OVERFLOW_PARKED), 0, "event {n}");
+            tick().await;
+            assert_eq!(
+                stored(&store, &hot),
+                Some(n.to_string()),
+                "written on its tick"
+            );
+        }
+
+        // A tick without events releases it: the next event needs the (full) queue again.
+        tick().await;
+        worker.record(&other, &events(), Some("o8"));
+        worker.record(&hot, &events(), Some("8"));
+        assert_eq!(metrics.counter(m::OVERFLOW_PARKED), 1);
+        tick().await;
+        assert_eq!(stored(&store, &hot).as_deref(), Some("8"));
+        assert_eq!(worker.flush().await.unwrap().failed(), 0);
+    });
+}

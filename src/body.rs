@@ -66,6 +66,8 @@ pin_project! {
         held: Option<B::Data>,
         // The inner body ended (or failed): it is never polled again.
         ended: bool,
+        // The last poll found the upstream idle: the stream state may have gone cold since.
+        idle: bool,
     }
 }
 
@@ -422,6 +424,24 @@ impl StreamState {
         Poll::Ready(())
     }
 
+    /// Reads a field on each cache line that the next data frame touches (the parser's, this
+    /// state's, the slot's flag), all at once, before the upstream is polled. On a slow stream
+    /// (an event every few tens of milliseconds, among thousands of connections) all of them
+    /// have left the cache by then: so their misses overlap with each other and with the
+    /// upstream's work instead of coming one after the other as the frame is read.
+    #[inline]
+    fn warm(&self) {
+        self.parser.warm();
+        std::hint::black_box((
+            self.replay.is_some(),
+            self.heartbeat.is_some(),
+            self.checkpoints.is_some(),
+            self.session.as_ref().map(Attachment::batching),
+            self.batch.events,
+            self.oversized_ids,
+        ));
+    }
+
     /// Whole events sent from history: the stream's position moves to the last of them (its ID
     /// known from the history, so the bytes are parsed only when heartbeats need the line
     /// boundaries). Never waits: a position that turns dirty is queued or parked.
@@ -723,6 +743,7 @@ impl<B: Body> TrackingBody<B> {
             tracking: None,
             held: None,
             ended: false,
+            idle: false,
         }
     }
 
@@ -732,6 +753,7 @@ impl<B: Body> TrackingBody<B> {
             tracking: Some(Box::new(tracking)),
             held: None,
             ended: false,
+            idle: false,
         }
     }
 
@@ -742,6 +764,7 @@ impl<B: Body> TrackingBody<B> {
             ended: tracking.is_none(),
             tracking: tracking.map(Box::new),
             held: None,
+            idle: false,
         }
     }
 
@@ -842,6 +865,9 @@ where
                 }
             }
         }
+        if std::mem::take(this.idle) {
+            tracking.warm();
+        }
         while this.held.is_none() {
             let Some(inner) = this.inner.as_mut().as_pin_mut() else {
                 // Relayed from the task that reads the upstream, or answered from history (then
@@ -894,6 +920,7 @@ where
                     return polled;
                 }
                 Poll::Pending => {
+                    *this.idle = true;
                     return tracking
                         .poll_heartbeat(cx)
                         .map(|comment| Some(Ok(Frame::data(comment.into()))));

@@ -389,6 +389,24 @@ impl SseParser {
         self.oversized_ids
     }
 
+    /// Reads a field on each cache line that parsing an event touches (see
+    /// `StreamState::warm`).
+    #[inline]
+    pub(crate) fn warm(&self) {
+        let ids = match &self.ids {
+            Ids::Raw { ids, newest } => (ids[0].is_empty(), ids[1].is_empty(), *newest),
+            Ids::Text { .. } => (false, false, 0),
+        };
+        std::hint::black_box((
+            self.value.len(),
+            ids,
+            self.oversized_ids,
+            self.max_id_len,
+            self.has_data,
+            self.name_len,
+        ));
+    }
+
     /// How many `event` values were ignored because they were longer than the cap.
     pub fn oversized_event_types(&self) -> u64 {
         self.oversized_event_types

@@ -5,7 +5,9 @@
 //! in batches (`recv_many`), writes each session's *newest* state once per flush (on a timer,
 //! or early when `max_batch` sessions wait), retries failures in due-time order with exponential
 //! backoff, stops calling a failing store for a cool-down (circuit breaker), and on shutdown
-//! closes intake for real, drains and flushes everything within a deadline.
+//! closes intake for real, drains and flushes everything within a deadline. A session written
+//! on two consecutive ticks stays with the worker until a tick finds nothing new to write, so
+//! that a stream with an event per flush interval or so does not queue it again at every event.
 //!
 //! The layer's builder starts the worker; [`WorkerHandle::spawn`] (or [`WorkerHandle::pair`],
 //! for other executors) starts one without the layer, for events from other transports.

@@ -14,8 +14,10 @@
 //! CPU time per event (user + system, from /proc), client-measured event latency p50/p99/p999,
 //! server resident memory per connection, store writes, events per write and persistence lag
 //! (event emitted -> ID persisted) p50/p99. `--flush-ms` sets the worker's flush interval (default
-//! 50 ms, the crate's default). Linux only (reads /proc). Every loop is bounded in
-//! count and time, and only loopback addresses are used.
+//! 50 ms, the crate's default). `--connect-over MS` opens the connections evenly over that time
+//! instead of all at once (resident memory per connection depends on it: see the README).
+//! Linux only (reads /proc). Every loop is bounded in count and time, and only loopback
+//! addresses are used.
 
 use std::{
     convert::Infallible,
@@ -54,6 +56,8 @@ struct Args {
     rounds: usize,
     modes: Vec<String>,
     flush_ms: u64,
+    /// Milliseconds over which the connections are opened, evenly (0: all at once).
+    connect_over_ms: u64,
     // Child mode.
     serve: Option<String>,
     per_connection_rate: f64,
@@ -68,6 +72,7 @@ fn parse_args() -> Args {
         rounds: 2,
         modes: vec!["bare".into(), "tracked".into()],
         flush_ms: 50,
+        connect_over_ms: 0,
         serve: None,
         per_connection_rate: 0.0,
     };
@@ -88,6 +93,7 @@ fn parse_args() -> Args {
             "--rounds" => args.rounds = value.parse().expect("rounds"),
             "--modes" => args.modes = value.split(',').map(str::to_owned).collect(),
             "--flush-ms" => args.flush_ms = value.parse().expect("milliseconds"),
+            "--connect-over" => args.connect_over_ms = value.parse().expect("milliseconds"),
             "--serve" => args.serve = Some(value),
             "--per-connection-rate" => args.per_connection_rate = value.parse().expect("rate"),
             other => panic!("unknown argument {other}"),
@@ -440,9 +446,16 @@ fn run(
         latencies: Mutex::new(Vec::new()),
     });
     let addr = server.addr;
+    // Opened all at once, or evenly over `--connect-over` (the warm-up starts after the last).
+    let gap = Duration::from_millis(args.connect_over_ms) / connections.max(1) as u32;
+    let opening = Instant::now();
     let tasks: Vec<_> = (0..connections)
         .map(|i| {
             let shared = shared.clone();
+            if !gap.is_zero() {
+                let due = opening + gap * i as u32;
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            }
             runtime.spawn(connection(addr, format!("session-{i}"), shared))
         })
         .collect();
@@ -502,8 +515,13 @@ fn main() {
     } else {
         format!("{} events/s in total", args.rate)
     };
+    let opened = if args.connect_over_ms == 0 {
+        "connections opened at once".to_owned()
+    } else {
+        format!("connections opened over {} ms", args.connect_over_ms)
+    };
     println!(
-        "e2e: {}, {} s measured after {} s warm-up, {} rounds A (bare) B (tracked), flush interval {} ms; {} cores",
+        "e2e: {}, {opened}, {} s measured after {} s warm-up, {} rounds A (bare) B (tracked), flush interval {} ms; {} cores",
         rate,
         args.seconds,
         args.warmup,

@@ -85,3 +85,51 @@ fn a_session_with_events_every_tick_is_not_queued_again() {
         assert_eq!(worker.flush().await.unwrap().failed(), 0);
     });
 }
+
+/// A session the worker keeps between ticks (written on consecutive ones) gives nothing back
+/// after a forget, and is released by the shutdown: an event after it is counted as dropped,
+/// not silently kept as if the worker still had the session.
+#[test]
+fn a_kept_session_is_released_by_forget_and_by_shutdown() {
+    with_metrics(|metrics| async move {
+        let interval = Duration::from_millis(50);
+        let store = MemoryStore::new();
+        let worker = WorkerHandle::spawn(
+            store.clone(),
+            WorkerConfig::default().flush_interval(interval),
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let (a, b) = (sid("a"), sid("b"));
+        for n in ["1", "2"] {
+            worker.record(&a, &events(), Some(n));
+            worker.record(&b, &events(), Some(n));
+            tokio::time::sleep(interval).await;
+        }
+        assert_eq!(stored(&store, &a).as_deref(), Some("2"));
+        assert_eq!(stored(&store, &b).as_deref(), Some("2"));
+
+        // Recorded while kept, then forgotten: nothing of it is written, on any later tick.
+        // (`b` gets an event every tick meanwhile, so the worker keeps it.)
+        worker.record(&a, &events(), Some("3"));
+        worker.forget(&a).await.unwrap();
+        for n in ["b3", "b4", "b5"] {
+            worker.record(&b, &events(), Some(n));
+            tokio::time::sleep(interval).await;
+        }
+        assert_eq!(stored(&store, &a), None);
+        // The session's later events are tracked afresh.
+        worker.record(&a, &events(), Some("4"));
+        worker.record(&b, &events(), Some("b6"));
+        tokio::time::sleep(interval).await;
+        assert_eq!(stored(&store, &a).as_deref(), Some("4"));
+
+        // `b` is kept (written on this tick and the one before, clean) when the worker shuts
+        // down: nothing is left unwritten, and it is released.
+        assert_eq!(stored(&store, &b).as_deref(), Some("b6"));
+        let report = worker.shutdown(Duration::from_secs(1)).await.unwrap();
+        assert!(report.unpersisted().is_empty());
+        assert_eq!(metrics.counter(m::DROPPED_AFTER_SHUTDOWN), 0);
+        worker.record(&b, &events(), Some("6"));
+        assert_eq!(metrics.counter(m::DROPPED_AFTER_SHUTDOWN), 1);
+    });
+}

@@ -64,7 +64,7 @@ impl IdBuf {
         }
     }
 
-    /// Whether the bytes are `value`; inline for IDs of up to 16 bytes (a call to `memcmp` cost
+    /// Whether the bytes are `value`; inline for IDs of up to 32 bytes (a call to `memcmp` cost
     /// more than the compare).
     #[inline]
     pub(crate) fn holds(&self, value: &[u8]) -> bool {
@@ -81,6 +81,7 @@ impl IdBuf {
             }
             4..8 => half(held, 0) == half(value, 0) && half(held, n - 4) == half(value, n - 4),
             8..=16 => word(held, 0) == word(value, 0) && word(held, n - 8) == word(value, n - 8),
+            17..=32 => wide(held, 0) == wide(value, 0) && wide(held, n - 16) == wide(value, n - 16),
             _ => held == value,
         }
     }
@@ -95,7 +96,7 @@ impl IdBuf {
     }
 }
 
-/// `to.copy_from_slice(from)` (same lengths), inline for up to 16 bytes: a call to `memcpy`
+/// `to.copy_from_slice(from)` (same lengths), inline for up to 32 bytes: a call to `memcpy`
 /// cost more than the copy.
 #[inline]
 fn copy_short(to: &mut [u8], from: &[u8]) {
@@ -111,6 +112,10 @@ fn copy_short(to: &mut [u8], from: &[u8]) {
             to[..8].copy_from_slice(&word(from, 0).to_ne_bytes());
             to[n - 8..].copy_from_slice(&word(from, n - 8).to_ne_bytes());
         }
+        17..=32 => {
+            to[..16].copy_from_slice(&wide(from, 0).to_ne_bytes());
+            to[n - 16..].copy_from_slice(&wide(from, n - 16).to_ne_bytes());
+        }
         _ => to.copy_from_slice(from),
     }
 }
@@ -121,6 +126,14 @@ pub(crate) fn word(s: &[u8], at: usize) -> u64 {
     s.get(at..at + 8)
         .and_then(|w| w.try_into().ok())
         .map_or(0, u64::from_ne_bytes)
+}
+
+/// The sixteen bytes at `at` (0 past the end: callers stay in bounds).
+#[inline(always)]
+fn wide(s: &[u8], at: usize) -> u128 {
+    s.get(at..at + 16)
+        .and_then(|w| w.try_into().ok())
+        .map_or(0, u128::from_ne_bytes)
 }
 
 /// The four bytes at `at`.

@@ -85,7 +85,7 @@ struct SlotState {
     /// lingering list).
     queued: bool,
     /// The worker's tick of the latest paced write (0: none yet), to tell a session written on
-    /// consecutive ticks (see `mark_persisted_on_tick`).
+    /// consecutive ticks (see `mark_written`).
     written_tick: u32,
     dedup: DedupWindow,
 }
@@ -167,7 +167,7 @@ impl SlotState {
     }
 }
 
-/// What a paced write left in a slot (see [`Slot::mark_persisted_on_tick`]).
+/// What a paced write left in a slot (see [`Slot::mark_written`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Written {
     /// Newer events arrived meanwhile: still queued, to write again.
@@ -450,22 +450,21 @@ impl Slot {
     /// Marks a snapshot as written. Returns `true` if newer events arrived meanwhile (the slot
     /// stays queued and must be written again), `false` if the slot is now clean.
     pub(crate) fn mark_persisted(&self, seq: u64) -> bool {
-        let mut st = self.lock();
-        st.persisted_seq = st.persisted_seq.max(seq);
-        let dirty = st.seq > st.persisted_seq;
-        st.queued = dirty;
-        dirty
+        self.mark_written(seq, None) == Written::Dirty
     }
 
-    /// Marks a snapshot as written by the worker's paced tick number `tick` (never 0). Unlike
-    /// [`mark_persisted`](Self::mark_persisted), a session also written on the tick before
-    /// stays with the worker while clean ([`Written::Hot`]): its stream is likely to record
-    /// more before the next tick, and need not queue it again.
-    pub(crate) fn mark_persisted_on_tick(&self, seq: u64, tick: u32) -> Written {
+    /// Marks a snapshot as written, by the worker's paced tick number `tick` (never 0), or by
+    /// an explicit flush or the shutdown (`None`). A session written on this tick and the one
+    /// before stays with the worker while clean ([`Written::Hot`]): its stream is likely to
+    /// record more before the next tick, and need not queue it again.
+    pub(crate) fn mark_written(&self, seq: u64, tick: Option<u32>) -> Written {
         let mut st = self.lock();
         st.persisted_seq = st.persisted_seq.max(seq);
-        let hot = st.written_tick != 0 && tick.wrapping_sub(st.written_tick) == 1;
-        st.written_tick = tick;
+        let mut hot = false;
+        if let Some(tick) = tick {
+            hot = st.written_tick != 0 && tick.wrapping_sub(st.written_tick) == 1;
+            st.written_tick = tick;
+        }
         let written = if st.seq > st.persisted_seq {
             Written::Dirty
         } else if hot {
@@ -755,16 +754,16 @@ mod tests {
         // Written on tick 7: released, as a session written once.
         assert!(rec(&s, &h, "1").enqueue);
         let snap = s.snapshot(SystemTime::now()).unwrap();
-        assert_eq!(s.mark_persisted_on_tick(snap.seq, 7), Written::Clean);
+        assert_eq!(s.mark_written(snap.seq, Some(7)), Written::Clean);
         assert!(!s.is_queued());
         // Written again on tick 9 (not the next one): released again.
         assert!(rec(&s, &h, "2").enqueue);
         let snap = s.snapshot(SystemTime::now()).unwrap();
-        assert_eq!(s.mark_persisted_on_tick(snap.seq, 9), Written::Clean);
+        assert_eq!(s.mark_written(snap.seq, Some(9)), Written::Clean);
         // Written on tick 10, right after 9: kept, so the next event needs no queue.
         assert!(rec(&s, &h, "3").enqueue);
         let snap = s.snapshot(SystemTime::now()).unwrap();
-        assert_eq!(s.mark_persisted_on_tick(snap.seq, 10), Written::Hot);
+        assert_eq!(s.mark_written(snap.seq, Some(10)), Written::Hot);
         assert!(s.is_queued());
         assert!(
             !rec(&s, &h, "4").enqueue,
@@ -773,7 +772,7 @@ mod tests {
         // Tick 11 writes it (kept again, as it keeps getting events).
         let snap = s.snapshot(SystemTime::now()).unwrap();
         assert_eq!(snap.update.last_event_id.as_str(), Some("4"));
-        assert_eq!(s.mark_persisted_on_tick(snap.seq, 11), Written::Hot);
+        assert_eq!(s.mark_written(snap.seq, Some(11)), Written::Hot);
         // Tick 12 finds nothing new: the worker releases it, and the next event queues it.
         assert!(s.snapshot(SystemTime::now()).is_none());
         assert!(!s.mark_persisted(0));
@@ -782,7 +781,7 @@ mod tests {
         // Events during a write still keep it dirty, hot or not.
         let snap = s.snapshot(SystemTime::now()).unwrap();
         assert!(!rec(&s, &h, "6").enqueue);
-        assert_eq!(s.mark_persisted_on_tick(snap.seq, 13), Written::Dirty);
+        assert_eq!(s.mark_written(snap.seq, Some(13)), Written::Dirty);
         assert!(s.is_queued());
     }
 

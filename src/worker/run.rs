@@ -45,7 +45,7 @@ pub(crate) struct Worker {
     /// (a reference count, the channel's shared counters, cache lines the worker's core wrote
     /// last). Slower streams are released after each write, as before.
     lingering: Vec<Arc<Slot>>,
-    /// Paced ticks so far (wrapping, never 0), for `Slot::mark_persisted_on_tick`.
+    /// Paced ticks so far (wrapping, never 0), for `Slot::mark_written`.
     tick: u32,
     retries: RetryHeap,
     breaker: Breaker,
@@ -443,18 +443,14 @@ impl Worker {
                     .histogram(m::COALESCE_RATIO)
                     .record(events as f64 / n as f64);
                 self.breaker.succeeded();
+                // Only paced writes keep sessions (see `lingering`).
+                let tick = (mode == FlushMode::Paced).then_some(self.tick);
                 for ((slot, _), seq) in slots.into_iter().zip(seqs) {
-                    if mode == FlushMode::Paced {
-                        match slot.mark_persisted_on_tick(seq, self.tick) {
-                            Written::Dirty => again.push((slot, 0)),
-                            Written::Hot => self.lingering.push(slot),
-                            Written::Clean => self.tracker.registry.refresh(&slot),
-                        }
-                    } else if slot.mark_persisted(seq) {
-                        again.push((slot, 0));
-                    } else {
+                    match slot.mark_written(seq, tick) {
+                        Written::Dirty => again.push((slot, 0)),
+                        Written::Hot => self.lingering.push(slot),
                         // Clean: idle if no stream holds it, and then free to forget.
-                        self.tracker.registry.refresh(&slot);
+                        Written::Clean => self.tracker.registry.refresh(&slot),
                     }
                 }
                 (n, 0)

@@ -38,21 +38,26 @@ fn queue_full_parks_session_and_next_tick_persists_it() {
     });
 }
 
+/// The flush interval of the tests of kept sessions.
+const TICK: Duration = Duration::from_millis(50);
+
+/// A worker over a memory store ticking every [`TICK`], past its immediate first tick.
+async fn ticking(config: WorkerConfig) -> (MemoryStore, WorkerHandle) {
+    let store = MemoryStore::new();
+    let worker = WorkerHandle::spawn(store.clone(), config.flush_interval(TICK));
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    (store, worker)
+}
+
 /// A session written on consecutive ticks stays with the worker while its events keep coming:
 /// they need no trip through the queue (here a full one would park them). After a tick without
 /// events it is released, and the next event is queued again.
 #[test]
 fn a_session_with_events_every_tick_is_not_queued_again() {
     with_metrics(|metrics| async move {
-        let interval = Duration::from_millis(50);
-        let store = MemoryStore::new();
-        let config = WorkerConfig::default()
-            .queue_capacity(1)
-            .flush_interval(interval);
-        let worker = WorkerHandle::spawn(store.clone(), config);
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        let (store, worker) = ticking(WorkerConfig::default().queue_capacity(1)).await;
         let (hot, other) = (sid("hot"), sid("other"));
-        let tick = || tokio::time::sleep(interval);
+        let tick = || tokio::time::sleep(TICK);
 
         // Written on two consecutive ticks: from then on the worker keeps it.
         worker.record(&hot, &events(), Some("1"));
@@ -92,18 +97,12 @@ fn a_session_with_events_every_tick_is_not_queued_again() {
 #[test]
 fn a_kept_session_is_released_by_forget_and_by_shutdown() {
     with_metrics(|metrics| async move {
-        let interval = Duration::from_millis(50);
-        let store = MemoryStore::new();
-        let worker = WorkerHandle::spawn(
-            store.clone(),
-            WorkerConfig::default().flush_interval(interval),
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        let (store, worker) = ticking(WorkerConfig::default()).await;
         let (a, b) = (sid("a"), sid("b"));
         for n in ["1", "2"] {
             worker.record(&a, &events(), Some(n));
             worker.record(&b, &events(), Some(n));
-            tokio::time::sleep(interval).await;
+            tokio::time::sleep(TICK).await;
         }
         assert_eq!(stored(&store, &a).as_deref(), Some("2"));
         assert_eq!(stored(&store, &b).as_deref(), Some("2"));
@@ -114,13 +113,13 @@ fn a_kept_session_is_released_by_forget_and_by_shutdown() {
         worker.forget(&a).await.unwrap();
         for n in ["b3", "b4", "b5"] {
             worker.record(&b, &events(), Some(n));
-            tokio::time::sleep(interval).await;
+            tokio::time::sleep(TICK).await;
         }
         assert_eq!(stored(&store, &a), None);
         // The session's later events are tracked afresh.
         worker.record(&a, &events(), Some("4"));
         worker.record(&b, &events(), Some("b6"));
-        tokio::time::sleep(interval).await;
+        tokio::time::sleep(TICK).await;
         assert_eq!(stored(&store, &a).as_deref(), Some("4"));
 
         // `b` is kept (written on this tick and the one before, clean) when the worker shuts

@@ -116,10 +116,11 @@ impl Appending<'_> {
     fn event(&mut self, part: &[u8], d: &Dispatch<'_>) {
         let bounds = self.histories.bounds();
         let histories = self.histories;
-        self.state.write(part, bounds, |n| histories.may_grow(n));
         let before = self.state.next_seq();
         self.state
-            .commit(d.last_event_id_bytes(), d.id_set(), bounds);
+            .append(part, d.last_event_id_bytes(), d.id_set(), bounds, |n| {
+                histories.may_grow(n)
+            });
         if let Some(outgoing) = &mut self.outgoing
             && self.state.next_seq() > before
             && let Some((bytes, id, seq)) = self.state.newest_for_store()
@@ -147,7 +148,10 @@ impl Appending<'_> {
         }
         self.histories.note(appended);
         self.history.wake_followers();
-        if let Some(over) = self.histories.over_cap() {
+        // Only growth can pass the global cap (and whoever grew checks it).
+        if appended.delta > 0
+            && let Some(over) = self.histories.over_cap()
+        {
             // Finished histories make room first, then the largest detached streams; then this
             // one gives up its oldest.
             self.histories.enforce_cap();
@@ -519,26 +523,56 @@ impl StreamState {
                     dirty |= batch.record(session, d);
                 }
             }),
-            (checkpoints, producer) => {
-                let mut history = producer.map(Producer::begin);
+            (None, Some(producer)) => {
+                // Replay without checkpoints, the usual case: a closure with nothing else in it.
+                let mut history = producer.begin();
                 let mut start = 0;
                 parser.feed(chunk, |d| {
                     if d.is_event() || d.id_set() {
-                        let id = d.id_set().then(|| d.last_event_id_bytes());
                         dirty |= batch.record(session, d);
-                        if let (Some(id), Some(checkpoints)) = (id, checkpoints.as_mut()) {
-                            checkpoints.record(&String::from_utf8_lossy(id), Instant::now());
-                        }
-                        if let Some(history) = &mut history {
-                            history.event(&chunk[start..d.chunk_offset()], d);
-                            start = d.chunk_offset();
-                        }
+                        history.event(&chunk[start..d.chunk_offset()], d);
+                        start = d.chunk_offset();
                     }
                 });
-                if let Some(history) = history {
-                    history.end(&chunk[start..]);
+                history.end(&chunk[start..]);
+            }
+            (checkpoints, producer) => {
+                dirty = Self::feed_keeping(parser, session, batch, checkpoints, producer, chunk);
+            }
+        }
+        dirty
+    }
+
+    /// [`feed`](Self::feed) with checkpoints (and perhaps a history) to keep: out of line,
+    /// since each way of feeding carries its own copy of the parser's loop and this one is
+    /// rarer (checkpoints come with at-least-once resume).
+    #[inline(never)]
+    fn feed_keeping(
+        parser: &mut SseParser,
+        session: &Attachment,
+        batch: &mut Batch,
+        checkpoints: &mut Option<Box<Checkpoints>>,
+        producer: Option<&mut Producer>,
+        chunk: &[u8],
+    ) -> bool {
+        let mut dirty = false;
+        let mut start = 0;
+        let mut history = producer.map(Producer::begin);
+        parser.feed(chunk, |d| {
+            if d.is_event() || d.id_set() {
+                let id = d.id_set().then(|| d.last_event_id_bytes());
+                dirty |= batch.record(session, d);
+                if let (Some(id), Some(checkpoints)) = (id, checkpoints.as_mut()) {
+                    checkpoints.record(&String::from_utf8_lossy(id), Instant::now());
+                }
+                if let Some(history) = &mut history {
+                    history.event(&chunk[start..d.chunk_offset()], d);
+                    start = d.chunk_offset();
                 }
             }
+        });
+        if let Some(history) = history {
+            history.end(&chunk[start..]);
         }
         dirty
     }

@@ -196,9 +196,9 @@ impl ReplayConfig {
     /// than this is not kept at all, and the stream has a gap from then on (an ID before it is
     /// answered as too old).
     ///
-    /// Defaults to 1 MiB.
+    /// Defaults to 1 MiB; at most 1 GiB (a larger value is taken as 1 GiB).
     pub fn max_bytes(mut self, n: usize) -> Self {
-        self.max_bytes = n.max(1);
+        self.max_bytes = n.clamp(1, MAX_BYTES);
         self
     }
 
@@ -353,6 +353,10 @@ impl ReplayConfig {
         }
     }
 }
+
+/// The largest [`ReplayConfig::max_bytes`]: a stream's byte ring then stays under 4 GiB, so
+/// that its event records keep 32-bit offsets.
+pub(crate) const MAX_BYTES: usize = 1 << 30;
 
 /// Events waiting for the history store, at most.
 const OUTBOX_EVENTS: usize = 65_536;

@@ -31,28 +31,57 @@ const MIN_RING: usize = 256;
 /// One retained event (16 bytes: one is written per event).
 #[derive(Debug, Clone, Copy)]
 struct Meta {
-    /// Logical offset in the byte ring where the event's bytes end (they start where the
-    /// previous event's end).
-    end: u64,
-    /// Where its ID ends in the ID ring, as the low 32 bits of the logical offset (the ring
-    /// holds far less than 4 GiB, so the offset is found again from the ring's end).
-    id_end: u32,
-    /// Length of its ID; [`NO_ID`] when the event's block did not set one (IDs are stored only
-    /// for events that set one).
+    /// Where the event's bytes end in the byte ring (they start where the previous event's
+    /// end), as the low 32 bits of the logical offset: the ring holds less than 4 GiB (see
+    /// [`MAX_BYTES`](super::MAX_BYTES)), so the offset is found again from the ring's end.
+    end: u32,
+    /// Length of its ID; [`NO_ID`] when the event's block did not set one.
     id_len: u32,
+    /// An ID of up to [`INLINE_ID`] bytes, in place (most IDs: counters, short timestamps). A
+    /// longer one is kept in the ID ring: then these bytes are a `u64` (native order) whose low
+    /// 32 bits are those of the logical offset where it ends there.
+    id: [u8; INLINE_ID],
 }
 
 /// [`Meta::id_len`] of an event whose block had no `id` field.
 const NO_ID: u32 = u32::MAX;
 
+/// IDs of up to this many bytes are kept in their event's record, not in the ID ring.
+const INLINE_ID: usize = 8;
+
 impl Default for Meta {
     fn default() -> Self {
         Self {
             end: 0,
-            id_end: 0,
             id_len: NO_ID,
+            id: [0; INLINE_ID],
         }
     }
+}
+
+/// The full logical offset in `ring` whose low 32 bits are `low` (within 4 GiB before its end).
+#[inline]
+fn logical(ring: &ByteRing, low: u32) -> u64 {
+    ring.end() - u64::from((ring.end() as u32).wrapping_sub(low))
+}
+
+/// An ID of up to [`INLINE_ID`] bytes, zero-padded: built in a register from at most three
+/// loads (written byte by byte, the record would be read back before those writes could be
+/// forwarded, a stall longer than the whole append).
+#[inline]
+fn in_place(id: &[u8]) -> [u8; INLINE_ID] {
+    let n = id.len();
+    let byte = |i: usize| u64::from(id[i]) << (8 * i);
+    let half = |i: usize| {
+        u64::from(u32::from_le_bytes([id[i], id[i + 1], id[i + 2], id[i + 3]])) << (8 * i)
+    };
+    let word = match n {
+        0 => 0,
+        1..4 => byte(0) | byte(n / 2) | byte(n - 1),
+        4..8 => half(0) | half(n - 4),
+        _ => u64::from_le_bytes(id[..INLINE_ID].try_into().unwrap_or_default()),
+    };
+    word.to_le_bytes()
 }
 
 impl Meta {
@@ -60,15 +89,33 @@ impl Meta {
         self.id_len != NO_ID
     }
 
-    /// Logical end of its ID in `ids` (also for an event without one: where it would end).
-    fn id_end(&self, ids: &ByteRing) -> u64 {
-        ids.end() - u64::from((ids.end() as u32).wrapping_sub(self.id_end))
+    /// Whether its ID is kept in the ID ring.
+    fn id_in_ring(&self) -> bool {
+        self.sets_id() && self.id_len as usize > INLINE_ID
     }
 
-    /// Logical range of its ID in `ids`, if its block set one.
-    fn id_range(&self, ids: &ByteRing) -> Option<(u64, u64)> {
-        let end = self.id_end(ids);
-        self.sets_id().then(|| (end - u64::from(self.id_len), end))
+    /// Logical offset in the byte ring where its bytes end.
+    #[inline]
+    fn end(&self, bytes: &ByteRing) -> u64 {
+        logical(bytes, self.end)
+    }
+
+    /// Logical end of its ID in `ids` (only for an ID kept there).
+    #[inline]
+    fn id_end(&self, ids: &ByteRing) -> u64 {
+        logical(ids, u64::from_ne_bytes(self.id) as u32)
+    }
+
+    /// The ID its block set, if any, as at most two slices (one unless it wraps in the ring).
+    fn id<'a>(&'a self, ids: &'a ByteRing) -> Option<(&'a [u8], &'a [u8])> {
+        if !self.sets_id() {
+            None
+        } else if self.id_in_ring() {
+            let end = self.id_end(ids);
+            Some(ids.slices(end - u64::from(self.id_len), end))
+        } else {
+            Some((&self.id[..self.id_len as usize], &[]))
+        }
     }
 }
 
@@ -329,6 +376,45 @@ impl State {
         self.bytes.push(part);
     }
 
+    /// A whole event, `part` being the last of its bytes: [`write`](Self::write) then
+    /// [`commit`](Self::commit), in one pass for the usual case (the event came in one chunk,
+    /// the ring has room, its ID, if any, fits its record).
+    #[inline]
+    pub(crate) fn append(
+        &mut self,
+        part: &[u8],
+        id: &[u8],
+        id_set: bool,
+        bounds: Bounds,
+        room: impl Fn(usize) -> bool,
+    ) {
+        let usual = !(self.oversized || self.dropped)
+            && self.committed == self.bytes.end()
+            && part.len() <= self.bytes.spare()
+            && self.bytes.len() + part.len() <= bounds.max_bytes
+            && id.len() <= INLINE_ID;
+        if !usual {
+            self.write(part, bounds, room);
+            self.commit(id, id_set, bounds);
+            return;
+        }
+        self.bytes.push(part);
+        while self.events.len() >= bounds.max_events {
+            self.evict_front();
+        }
+        let (id_len, id) = if id_set {
+            (id.len() as u32, in_place(id))
+        } else {
+            (NO_ID, [0; INLINE_ID])
+        };
+        self.events.push_back(Meta {
+            end: self.bytes.end() as u32,
+            id_len,
+            id,
+        });
+        self.committed = self.bytes.end();
+    }
+
     /// The event being received is complete: it is retained with its ID (`id_set`: its block
     /// set `id`), as the stream's raw bytes (decoded, with replacement characters if they are
     /// not UTF-8, only where read). Evicts the oldest events beyond the bounds.
@@ -343,14 +429,6 @@ impl State {
         }
         // An ID of 4 GiB or more (a parser allowed it, and the byte cap too) is not kept.
         let id_set = id_set && id.len() < NO_ID as usize;
-        let id_len = if id_set { id.len() } else { 0 };
-        if id_set {
-            if self.ids.spare() < id_len {
-                let needed = self.ids.len() + id_len;
-                self.ids.resize(needed.max(self.ids.capacity() * 2).max(64));
-            }
-            self.ids.push(id);
-        }
         if self.events.len() >= bounds.max_events {
             // A full history: the oldest makes room first, so the records never grow past
             // the bound.
@@ -358,12 +436,31 @@ impl State {
                 self.evict_front();
             }
         }
+        // The record is built just before it is written, so that it stays in registers.
+        let (id_len, id) = if !id_set {
+            (NO_ID, [0; INLINE_ID])
+        } else if id.len() <= INLINE_ID {
+            (id.len() as u32, in_place(id))
+        } else {
+            (id.len() as u32, self.keep_long_id(id))
+        };
         self.events.push_back(Meta {
-            end: self.bytes.end(),
-            id_end: self.ids.end() as u32,
-            id_len: if id_set { id_len as u32 } else { NO_ID },
+            end: self.bytes.end() as u32,
+            id_len,
+            id,
         });
         self.committed = self.bytes.end();
+    }
+
+    /// An ID longer than [`INLINE_ID`] goes to the ID ring; returns its record's `id` (where
+    /// it ends there).
+    fn keep_long_id(&mut self, id: &[u8]) -> [u8; INLINE_ID] {
+        if self.ids.spare() < id.len() {
+            let needed = self.ids.len() + id.len();
+            self.ids.resize(needed.max(self.ids.capacity() * 2).max(64));
+        }
+        self.ids.push(id);
+        u64::from(self.ids.end() as u32).to_ne_bytes()
     }
 
     /// What the appends since the last call did: the change of the bytes this history holds
@@ -388,15 +485,14 @@ impl State {
         let meta = *self.events.back()?;
         let start = match self.events.len() {
             1 => self.bytes.start(),
-            n => self.events[n - 2].end,
+            n => self.events[n - 2].end(&self.bytes),
         };
-        let (a, b) = self.bytes.slices(start, meta.end);
+        let (a, b) = self.bytes.slices(start, meta.end(&self.bytes));
         let mut bytes = BytesMut::with_capacity(a.len() + b.len());
         bytes.extend_from_slice(a);
         bytes.extend_from_slice(b);
         self.stamp = crate::clock::stamp(self.stamp);
-        let id = if let Some((from, to)) = meta.id_range(&self.ids) {
-            let (a, b) = self.ids.slices(from, to);
+        let id = if let Some((a, b)) = meta.id(&self.ids) {
             Some(std::sync::Arc::from(
                 String::from_utf8_lossy(&[a, b].concat()).as_ref(),
             ))
@@ -416,8 +512,10 @@ impl State {
         let Some(meta) = self.events.pop_front() else {
             return;
         };
-        self.bytes.pop_to(meta.end);
-        self.ids.pop_to(meta.id_end(&self.ids));
+        self.bytes.pop_to(meta.end(&self.bytes));
+        if meta.id_in_ring() {
+            self.ids.pop_to(meta.id_end(&self.ids));
+        }
         self.gap = true;
         self.unreported_evictions += 1;
     }
@@ -431,13 +529,13 @@ impl State {
         let decoded = id.contains(char::REPLACEMENT_CHARACTER);
         let id = id.as_bytes();
         for (i, meta) in self.events.iter().enumerate().rev() {
-            let Some((from, to)) = meta.id_range(&self.ids) else {
+            let Some((a, b)) = meta.id(&self.ids) else {
                 continue;
             };
-            let found = if meta.id_len as usize == id.len() && self.ids.equals(from, to, id) {
+            let found = if a.len() + b.len() == id.len() && id.starts_with(a) && &id[a.len()..] == b
+            {
                 true
             } else if decoded {
-                let (a, b) = self.ids.slices(from, to);
                 String::from_utf8_lossy(&[a, b].concat()).as_bytes() == id
             } else {
                 false
@@ -456,8 +554,7 @@ impl State {
     /// Calls `f` with every ID the retained events set.
     pub(crate) fn for_each_id(&self, mut f: impl FnMut(&[u8])) {
         let mut joined = Vec::new();
-        for (from, to) in self.events.iter().filter_map(|m| m.id_range(&self.ids)) {
-            let (a, b) = self.ids.slices(from, to);
+        for (a, b) in self.events.iter().filter_map(|m| m.id(&self.ids)) {
             let id = if b.is_empty() {
                 a
             } else {
@@ -483,8 +580,8 @@ impl State {
             .iter()
             .take(upto + 1)
             .rev()
-            .find_map(|m| m.id_range(&self.ids))?;
-        let (a, b) = self.ids.slices(meta.0, meta.1);
+            .find_map(|m| m.id(&self.ids))?;
+        let (a, b) = meta;
         Some(String::from_utf8_lossy(&[a, b].concat()).into_owned())
     }
 
@@ -511,13 +608,13 @@ impl State {
         let from = if start_ix == 0 {
             self.bytes.start()
         } else {
-            self.events[start_ix - 1].end
+            self.events[start_ix - 1].end(&self.bytes)
         };
         let mut last = start_ix;
-        while last + 1 < end_ix && self.events[last + 1].end - from <= limit as u64 {
+        while last + 1 < end_ix && self.events[last + 1].end(&self.bytes) - from <= limit as u64 {
             last += 1;
         }
-        let to = self.events[last].end;
+        let to = self.events[last].end(&self.bytes);
         let (a, b) = self.bytes.slices(from, to);
         let mut out = BytesMut::with_capacity(a.len() + b.len());
         out.extend_from_slice(a);
@@ -687,5 +784,69 @@ mod tests {
         let (bytes, last) = st.read_after(None, None, 1 << 20).unwrap();
         assert!(bytes.ends_with(b"id: 19\ndata: x\n\n"));
         assert_eq!(last, 18);
+    }
+
+    /// IDs of every length, in place (up to 8 bytes) or in the ID ring, among events without
+    /// one, appended whole or in parts, through many wraps of both rings: each is found,
+    /// listed and read back as set.
+    #[test]
+    fn short_and_long_ids_are_kept_through_wraps_and_evictions() {
+        let bounds = Bounds {
+            max_events: 7,
+            max_bytes: 1 << 10,
+        };
+        let h = history();
+        let mut st = h.lock();
+        // (id set by the event, if any), for the events retained.
+        let mut model: std::collections::VecDeque<Option<String>> = Default::default();
+        for i in 0..300usize {
+            let id = (i % 5 != 4).then(|| "abcdefghijklmnopqrstuvwxyz"[..i % 21].to_string());
+            let bytes = match &id {
+                Some(id) => format!("id: {id}\ndata: {i}\n\n"),
+                None => format!("data: {i}\n\n"),
+            };
+            let id_bytes = id.as_deref().unwrap_or("").as_bytes();
+            match i % 3 {
+                // In one piece: the usual path.
+                0 => st.append(bytes.as_bytes(), id_bytes, id.is_some(), bounds, |_| true),
+                // Its start in an earlier chunk.
+                1 => {
+                    let (a, b) = bytes.as_bytes().split_at(4);
+                    st.write(a, bounds, |_| true);
+                    st.append(b, id_bytes, id.is_some(), bounds, |_| true);
+                }
+                _ => {
+                    st.write(bytes.as_bytes(), bounds, |_| true);
+                    st.commit(id_bytes, id.is_some(), bounds);
+                }
+            }
+            model.push_back(id);
+            if model.len() > bounds.max_events {
+                model.pop_front();
+            }
+            assert_eq!(st.len(), model.len());
+            let first = st.first_seq();
+            let mut listed = Vec::new();
+            st.for_each_id(|id| listed.push(String::from_utf8(id.to_vec()).unwrap()));
+            let expected: Vec<String> = model.iter().flatten().cloned().collect();
+            assert_eq!(listed, expected, "event {i}");
+            let mut in_effect = None;
+            for (k, id) in model.iter().enumerate() {
+                let seq = first + k as u64;
+                if let Some(id) = id {
+                    in_effect = Some(id.clone());
+                    // The newest event that set it.
+                    let newest = model.iter().rposition(|m| m.as_ref() == Some(id)).unwrap();
+                    assert_eq!(st.find(id), Found::At(first + newest as u64), "{id:?}");
+                }
+                assert_eq!(st.id_at(seq), in_effect, "event {i}, seq {seq}");
+            }
+            let (bytes, last) = st
+                .read_after(Some(st.next_seq() - 2), None, 1 << 20)
+                .unwrap();
+            assert_eq!(last, st.next_seq() - 1);
+            assert!(bytes.ends_with(format!("data: {i}\n\n").as_bytes()));
+        }
+        assert!(st.ids.capacity() > 0, "long IDs went to the ring");
     }
 }

@@ -842,7 +842,7 @@ mod tests {
                 assert_eq!(st.id_at(seq), in_effect, "event {i}, seq {seq}");
             }
             let (bytes, last) = st
-                .read_after(Some(st.next_seq() - 2), None, 1 << 20)
+                .read_after(st.next_seq().checked_sub(2), None, 1 << 20)
                 .unwrap();
             assert_eq!(last, st.next_seq() - 1);
             assert!(bytes.ends_with(format!("data: {i}\n\n").as_bytes()));

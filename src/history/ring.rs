@@ -88,6 +88,14 @@ impl ByteRing {
         self.end += bytes.len() as u64;
     }
 
+    /// An empty ring whose logical offsets start at `offset` (tests: offsets near 2^32).
+    #[cfg(test)]
+    pub(crate) fn start_at(&mut self, offset: u64) {
+        debug_assert_eq!(self.len(), 0);
+        self.start = offset;
+        self.end = offset;
+    }
+
     /// Drops the bytes before logical offset `to`.
     #[inline]
     pub(crate) fn pop_to(&mut self, to: u64) {

@@ -392,7 +392,7 @@ impl State {
             && self.committed == self.bytes.end()
             && part.len() <= self.bytes.spare()
             && self.bytes.len() + part.len() <= bounds.max_bytes
-            && id.len() <= INLINE_ID;
+            && (!id_set || id.len() <= INLINE_ID);
         if !usual {
             self.write(part, bounds, room);
             self.commit(id, id_set, bounds);
@@ -658,6 +658,9 @@ impl State {
         self.ids = ByteRing::default();
         self.events.clear();
         self.committed = 0;
+        // Nothing is held any more, its own struct included: what is accounted for is given
+        // back once, and a producer still appending reports nothing after this.
+        self.fixed = 0;
         std::mem::take(&mut self.accounted)
     }
 
@@ -791,21 +794,39 @@ mod tests {
     /// listed and read back as set.
     #[test]
     fn short_and_long_ids_are_kept_through_wraps_and_evictions() {
+        // Both rings start just below a multiple of 2^32, so that the records' 32-bit offsets
+        // wrap during the run.
+        for start in [0, (1 << 32) - 1500, (5 << 32) - 700] {
+            ids_kept_from(start);
+        }
+    }
+
+    fn ids_kept_from(start: u64) {
         let bounds = Bounds {
             max_events: 7,
             max_bytes: 1 << 10,
         };
         let h = history();
         let mut st = h.lock();
+        st.bytes.start_at(start);
+        st.ids.start_at(start + 3);
+        st.committed = start;
         // (id set by the event, if any), for the events retained.
         let mut model: std::collections::VecDeque<Option<String>> = Default::default();
+        let mut last_set = String::new();
+        // The retained events' bytes.
+        let mut texts: std::collections::VecDeque<String> = Default::default();
         for i in 0..300usize {
             let id = (i % 5 != 4).then(|| "abcdefghijklmnopqrstuvwxyz"[..i % 21].to_string());
             let bytes = match &id {
                 Some(id) => format!("id: {id}\ndata: {i}\n\n"),
                 None => format!("data: {i}\n\n"),
             };
-            let id_bytes = id.as_deref().unwrap_or("").as_bytes();
+            // As the parser reports it: an event without `id` carries the last ID set.
+            if let Some(id) = &id {
+                last_set = id.clone();
+            }
+            let id_bytes = last_set.as_bytes();
             match i % 3 {
                 // In one piece: the usual path.
                 0 => st.append(bytes.as_bytes(), id_bytes, id.is_some(), bounds, |_| true),
@@ -821,8 +842,10 @@ mod tests {
                 }
             }
             model.push_back(id);
+            texts.push_back(bytes.clone());
             if model.len() > bounds.max_events {
                 model.pop_front();
+                texts.pop_front();
             }
             assert_eq!(st.len(), model.len());
             let first = st.first_seq();
@@ -845,8 +868,44 @@ mod tests {
                 .read_after(st.next_seq().checked_sub(2), None, 1 << 20)
                 .unwrap();
             assert_eq!(last, st.next_seq() - 1);
-            assert!(bytes.ends_with(format!("data: {i}\n\n").as_bytes()));
+            assert_eq!(bytes, texts.back().unwrap().as_bytes(), "event {i}");
+            let (all, _) = st.read_after(None, None, 1 << 20).unwrap();
+            assert_eq!(
+                all,
+                texts
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<String>()
+                    .as_bytes(),
+                "event {i}"
+            );
+            let (newest, newest_id, _) = st.newest_for_store().unwrap();
+            assert_eq!(newest, texts.back().unwrap().as_bytes());
+            assert_eq!(newest_id.as_deref(), model.back().unwrap().as_deref());
+            // The ID ring holds the retained long IDs and nothing else.
+            let long: usize = model
+                .iter()
+                .flatten()
+                .map(String::len)
+                .filter(|&n| n > INLINE_ID)
+                .sum();
+            assert_eq!(st.ids.len(), long, "event {i}");
         }
         assert!(st.ids.capacity() > 0, "long IDs went to the ring");
+    }
+
+    /// A dropped history gives its bytes back once: a producer still appending to it reports
+    /// nothing more.
+    #[test]
+    fn a_dropped_history_accounts_for_nothing_after() {
+        let h = history();
+        let mut st = h.lock();
+        event(&mut st, "1");
+        let held = st.take_appended().delta;
+        assert!(held > 0);
+        assert_eq!(st.drop_all(), held as usize);
+        event(&mut st, "2");
+        assert_eq!(st.take_appended(), Appended::default());
+        assert_eq!(st.len(), 0);
     }
 }

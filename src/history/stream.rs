@@ -528,6 +528,18 @@ impl State {
         // characters, and comes back that way.
         let decoded = id.contains(char::REPLACEMENT_CHARACTER);
         let id = id.as_bytes();
+        if !decoded && id.len() <= INLINE_ID {
+            // Only an ID kept in place can be this one: compared as one word with each record.
+            let (len, key) = (id.len() as u32, in_place(id));
+            if let Some(i) = self
+                .events
+                .iter()
+                .rposition(|meta| meta.id_len == len && meta.id == key)
+            {
+                return Found::At(self.first_seq() + i as u64);
+            }
+            return self.not_found();
+        }
         for (i, meta) in self.events.iter().enumerate().rev() {
             let Some((a, b)) = meta.id(&self.ids) else {
                 continue;
@@ -544,6 +556,11 @@ impl State {
                 return Found::At(self.first_seq() + i as u64);
             }
         }
+        self.not_found()
+    }
+
+    /// What an ID that is not retained may be.
+    fn not_found(&self) -> Found {
         if self.gap {
             Found::Evicted
         } else {
@@ -611,7 +628,9 @@ impl State {
             self.events[start_ix - 1].end(&self.bytes)
         };
         let mut last = start_ix;
-        while last + 1 < end_ix && self.events[last + 1].end(&self.bytes) - from <= limit as u64 {
+        // Distances within the ring fit 32 bits: compared there, with no offset to rebuild.
+        let (from_low, limit) = (from as u32, u32::try_from(limit).unwrap_or(u32::MAX));
+        while last + 1 < end_ix && self.events.at(last + 1).end.wrapping_sub(from_low) <= limit {
             last += 1;
         }
         let to = self.events[last].end(&self.bytes);

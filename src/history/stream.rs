@@ -541,6 +541,10 @@ impl State {
             return self.not_found();
         }
         for (i, meta) in self.events.iter().enumerate().rev() {
+            if !decoded && meta.id_len as usize != id.len() {
+                // Not this one (or no ID at all): nothing to read from the ring.
+                continue;
+            }
             let Some((a, b)) = meta.id(&self.ids) else {
                 continue;
             };
@@ -592,13 +596,11 @@ impl State {
     /// any.
     pub(crate) fn id_at(&self, seq: u64) -> Option<String> {
         let upto = usize::try_from(seq.checked_sub(self.first_seq())?).ok()?;
-        let meta = self
-            .events
-            .iter()
-            .take(upto + 1)
+        // From `seq` back, by index: `iter().take(..).rev()` stepped through every record after
+        // it first, which made a replay of N events O(N^2 / page).
+        let (a, b) = (0..=upto.min(self.events.len().checked_sub(1)?))
             .rev()
-            .find_map(|m| m.id(&self.ids))?;
-        let (a, b) = meta;
+            .find_map(|i| self.events.at(i).id(&self.ids))?;
         Some(String::from_utf8_lossy(&[a, b].concat()).into_owned())
     }
 

@@ -378,7 +378,7 @@ impl State {
 
     /// A whole event, `part` being the last of its bytes: [`write`](Self::write) then
     /// [`commit`](Self::commit), in one pass for the usual case (the event came in one chunk,
-    /// the ring has room, its ID, if any, fits its record).
+    /// the rings have room).
     #[inline]
     pub(crate) fn append(
         &mut self,
@@ -392,7 +392,7 @@ impl State {
             && self.committed == self.bytes.end()
             && part.len() <= self.bytes.spare()
             && self.bytes.len() + part.len() <= bounds.max_bytes
-            && (!id_set || id.len() <= INLINE_ID);
+            && (!id_set || id.len() <= INLINE_ID || id.len() <= self.ids.spare());
         if !usual {
             self.write(part, bounds, room);
             self.commit(id, id_set, bounds);
@@ -402,10 +402,12 @@ impl State {
         while self.events.len() >= bounds.max_events {
             self.evict_front();
         }
-        let (id_len, id) = if id_set {
+        let (id_len, id) = if !id_set {
+            (NO_ID, [0; INLINE_ID])
+        } else if id.len() <= INLINE_ID {
             (id.len() as u32, in_place(id))
         } else {
-            (NO_ID, [0; INLINE_ID])
+            (id.len() as u32, self.keep_long_id(id))
         };
         self.events.push_back(Meta {
             end: self.bytes.end() as u32,

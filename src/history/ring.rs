@@ -122,6 +122,12 @@ impl ByteRing {
             (&self.buf[begin..], &self.buf[..n - (cap - begin)])
         }
     }
+
+    /// Whether the bytes from `from` to `to` equal `other`.
+    pub(crate) fn equals(&self, from: u64, to: u64, other: &[u8]) -> bool {
+        let (a, b) = self.slices(from, to);
+        a.len() + b.len() == other.len() && other.starts_with(a) && &other[a.len()..] == b
+    }
 }
 
 /// A ring of records addressed by sequence numbers that only grow: the record of `seq` (for
@@ -252,6 +258,8 @@ mod tests {
         assert_eq!((ring.start(), ring.end(), ring.len()), (4, 10, 6));
         assert_eq!(read(&ring, 4, 10), b"efghij");
         assert_eq!(read(&ring, 7, 9), b"hi");
+        assert!(ring.equals(6, 10, b"ghij"));
+        assert!(!ring.equals(6, 10, b"ghiX"));
         ring.resize(16); // unwraps
         ring.push(b"klmnop");
         assert_eq!(read(&ring, 4, 16), b"efghijklmnop");

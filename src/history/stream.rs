@@ -547,17 +547,20 @@ impl State {
                 // Not this one (or no ID at all): nothing to read from the ring.
                 continue;
             }
-            let Some((a, b)) = meta.id(&self.ids) else {
-                continue;
-            };
-            let found = if a.len() + b.len() == id.len() && id.starts_with(a) && &id[a.len()..] == b
-            {
-                true
-            } else if decoded {
-                String::from_utf8_lossy(&[a, b].concat()).as_bytes() == id
-            } else {
+            let found = if !meta.sets_id() {
                 false
+            } else if meta.id_in_ring() {
+                let end = meta.id_end(&self.ids);
+                self.ids.equals(end - u64::from(meta.id_len), end, id)
+            } else {
+                meta.id[..meta.id_len as usize] == *id
             };
+            // Not the raw bytes: perhaps what the client decoded them to.
+            let found = found
+                || (decoded
+                    && meta.id(&self.ids).is_some_and(|(a, b)| {
+                        String::from_utf8_lossy(&[a, b].concat()).as_bytes() == id
+                    }));
             if found {
                 return Found::At(self.first_seq() + i as u64);
             }

@@ -399,22 +399,7 @@ impl State {
             return;
         }
         self.bytes.push(part);
-        while self.events.len() >= bounds.max_events {
-            self.evict_front();
-        }
-        let (id_len, id) = if !id_set {
-            (NO_ID, [0; INLINE_ID])
-        } else if id.len() <= INLINE_ID {
-            (id.len() as u32, in_place(id))
-        } else {
-            (id.len() as u32, self.keep_long_id(id))
-        };
-        self.events.push_back(Meta {
-            end: self.bytes.end() as u32,
-            id_len,
-            id,
-        });
-        self.committed = self.bytes.end();
+        self.keep_event(id, id_set, bounds);
     }
 
     /// The event being received is complete: it is retained with its ID (`id_set`: its block
@@ -431,12 +416,16 @@ impl State {
         }
         // An ID of 4 GiB or more (a parser allowed it, and the byte cap too) is not kept.
         let id_set = id_set && id.len() < NO_ID as usize;
-        if self.events.len() >= bounds.max_events {
-            // A full history: the oldest makes room first, so the records never grow past
-            // the bound.
-            while self.events.len() >= bounds.max_events {
-                self.evict_front();
-            }
+        self.keep_event(id, id_set, bounds);
+    }
+
+    /// The bytes up to the ring's end are a complete event: its record goes after the others
+    /// (the oldest make room first, so the records never grow past the bound). Inlined into
+    /// both callers, as the code it replaces was: a call per event costs on the append path.
+    #[inline(always)]
+    fn keep_event(&mut self, id: &[u8], id_set: bool, bounds: Bounds) {
+        while self.events.len() >= bounds.max_events {
+            self.evict_front();
         }
         // The record is built just before it is written, so that it stays in registers.
         let (id_len, id) = if !id_set {

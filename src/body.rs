@@ -211,7 +211,8 @@ pub(crate) struct StreamState {
 
 /// A stream's events not yet in its session's slot. While the slot allows it
 /// (`Slot::batching`: it is with the worker and its duplicate window is not armed), events are
-/// counted here, with no lock and no clock read per event, and handed over as one
+/// counted here, with no lock and no clock read per event (plain whole events in bulk, with the
+/// flag read once per frame: see `SseParser::scan_plain`), and handed over as one
 /// (`Slot::publish`, versioned by when the first of them was seen) when the upstream goes
 /// idle, when the slot stops allowing it (the worker wrote it, a seam armed its window, an
 /// event repeats its ID), and when the stream ends. So a slot lags its stream by at most the
@@ -254,6 +255,21 @@ impl Batch {
             dirty = self.publish(session, newest);
         }
         dirty | session.record(id)
+    }
+
+    /// Adds `events` events (`ids` of them with an `id` field) that the parser read as plain
+    /// blocks while the slot takes batches, as [`record`](Self::record) does one by one.
+    #[inline]
+    fn add(&mut self, session: &Attachment, events: u64, ids: u64) {
+        if events == 0 {
+            return;
+        }
+        if self.events == 0 {
+            self.seen = crate::clock::wall_nanos();
+            self.generation = session.generation();
+        }
+        self.events += events;
+        self.ids += ids;
     }
 
     /// Hands the batch (not empty) over; `newest` is the stream's newest ID. `true` if the
@@ -518,11 +534,23 @@ impl StreamState {
         };
         let mut dirty = false;
         match (checkpoints, producer) {
-            (None, None) => parser.feed(chunk, |d| {
-                if d.is_event() || d.id_set() {
-                    dirty |= batch.record(session, d);
+            (None, None) => {
+                // While the slot takes batches, plain whole events are counted in bulk; the
+                // rest (from the first block that is not plain) goes through `feed`.
+                let mut rest = chunk;
+                if session.batching() {
+                    let scanned = parser.scan_plain(chunk);
+                    batch.add(session, scanned.events, scanned.ids);
+                    rest = &chunk[scanned.read..];
                 }
-            }),
+                if !rest.is_empty() {
+                    parser.feed(rest, |d| {
+                        if d.is_event() || d.id_set() {
+                            dirty |= batch.record(session, d);
+                        }
+                    });
+                }
+            }
             (None, Some(producer)) => {
                 // Replay without checkpoints, the usual case: a closure with nothing else in it.
                 let mut history = producer.begin();

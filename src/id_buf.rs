@@ -49,7 +49,7 @@ impl IdBuf {
     }
 
     /// Replaces the bytes with `value`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn set(&mut self, value: &[u8]) {
         match self {
             Self::Heap(vec) => {
@@ -66,7 +66,7 @@ impl IdBuf {
 
     /// Whether the bytes are `value`; inline for IDs of up to 32 bytes (a call to `memcmp` cost
     /// more than the compare).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn holds(&self, value: &[u8]) -> bool {
         let held = self.as_slice();
         let n = held.len();
@@ -98,7 +98,7 @@ impl IdBuf {
 
 /// `to.copy_from_slice(from)` (same lengths), inline for up to 32 bytes: a call to `memcpy`
 /// cost more than the copy.
-#[inline]
+#[inline(always)]
 fn copy_short(to: &mut [u8], from: &[u8]) {
     let n = from.len();
     match n {

@@ -314,6 +314,17 @@ impl<'a> Dispatch<'a> {
     }
 }
 
+/// What [`SseParser::scan_plain`] read.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Scanned {
+    /// Bytes read from the start of the chunk (up to the start of a block).
+    pub(crate) read: usize,
+    /// Blocks with data or an `id`, in those bytes.
+    pub(crate) events: u64,
+    /// Blocks with an `id` among them.
+    pub(crate) ids: u64,
+}
+
 impl SseParser {
     /// A parser for a new stream, with the default caps of 1 KiB for `id` and `event` values.
     pub fn new() -> Self {
@@ -482,6 +493,90 @@ impl SseParser {
                 }
             }
         }
+    }
+
+    /// Tracking mode's fast path (crate-internal): reads whole blocks from the start of `chunk`
+    /// while they are plain, and commits each as [`feed`](Self::feed) would, without a dispatch
+    /// per block. Plain: the parser is at the start of a block; lines end with LF; the lines
+    /// are `data`, comments, an `event` within its cap, fields that change nothing, and `id`
+    /// values that are not empty, within the cap, free of NUL and not the last event ID again.
+    /// It stops at the start of the first block that is not (or that the chunk does not end),
+    /// for `feed` to read from there. The blocks it read are counted when they have data or an
+    /// ID (the blocks the layer records).
+    #[inline]
+    pub(crate) fn scan_plain(&mut self, chunk: &[u8]) -> Scanned {
+        let mut done = Scanned::default();
+        let at_block_start = matches!(self.state, State::LineStart)
+            && !self.after_cr
+            && self.bom_matched.is_none()
+            && !self.has_data
+            && !self.id_in_block
+            && !self.commit_pending;
+        let Ids::Raw { ids, newest } = &mut self.ids else {
+            return done;
+        };
+        if !at_block_start {
+            return done;
+        }
+        let (max_id, max_event) = (self.max_id_len as usize, self.max_event_type_len as usize);
+        let mut rest = chunk;
+        // The current block: whether it has data, and its ID.
+        let mut has_data = false;
+        let mut id: Option<&[u8]> = None;
+        while let Some(&first) = rest.first() {
+            if first == b'\n' {
+                // A blank line: the block dispatches.
+                if let Some(value) = id.take() {
+                    let last = usize::from(*newest);
+                    if ids[last].holds(value) {
+                        break; // A repeated ID: `feed` reports it.
+                    }
+                    ids[1 - last].set(value);
+                    *newest = 1 - *newest;
+                    done.ids += 1;
+                    done.events += 1;
+                } else if has_data {
+                    done.events += 1;
+                }
+                has_data = false;
+                rest = &rest[1..];
+                done.read = chunk.len() - rest.len();
+                continue;
+            }
+            // The line's first bytes, read as one word: a field name and its colon are told
+            // apart by masked compares (the bytes matched hold no line break, so they are the
+            // line's own). Fewer than eight bytes left: `feed` reads them.
+            let Some(head) = rest.first_chunk::<8>() else {
+                break;
+            };
+            let head = u64::from_le_bytes(*head);
+            let Some(len) = find_lf(rest) else {
+                break; // The chunk ends inside the line, or the line ends with CR.
+            };
+            let line = &rest[..len];
+            if head & MASK[5] == DATA_COLON || (len == 4 && head & MASK[4] == DATA) {
+                has_data = true;
+            } else if head & MASK[3] == ID_COLON {
+                let value = line.get(3..).unwrap_or_default();
+                let value = value.strip_prefix(b" ").unwrap_or(value);
+                if value.is_empty() || value.len() > max_id || has_nul(value) {
+                    break;
+                }
+                id = Some(value);
+            } else if head & MASK[6] == EVENT_COLON {
+                if len - 6 - usize::from(line.get(6) == Some(&b' ')) > max_event {
+                    break;
+                }
+            } else if head & MASK[2] == ID || head & MASK[5] == RETRY {
+                // An `id` without a colon may clear the last event ID, `retry` sets the
+                // reconnection time: both are left to `feed`.
+                break;
+            }
+            // Anything else: comments, `data`-like names, an `event` without a colon, fields
+            // that change nothing.
+            rest = rest.get(len + 1..).unwrap_or_default();
+        }
+        done
     }
 
     /// Ends the stream: an unterminated final block is discarded, as the spec requires.
@@ -880,6 +975,45 @@ fn has_nul(value: &[u8]) -> bool {
         }
         _ => memchr::memchr(0, value).is_some(),
     }
+}
+
+/// Line prefixes as little-endian words (see [`SseParser::scan_plain`]).
+const DATA_COLON: u64 = u64::from_le_bytes(*b"data:\0\0\0");
+const DATA: u64 = u64::from_le_bytes(*b"data\0\0\0\0");
+const ID_COLON: u64 = u64::from_le_bytes(*b"id:\0\0\0\0\0");
+const ID: u64 = u64::from_le_bytes(*b"id\0\0\0\0\0\0");
+const EVENT_COLON: u64 = u64::from_le_bytes(*b"event:\0\0");
+const RETRY: u64 = u64::from_le_bytes(*b"retry\0\0\0");
+/// `MASK[n]`: the first `n` bytes of a little-endian word.
+const MASK: [u64; 8] = [
+    0,
+    0xFF,
+    0xFFFF,
+    0xFF_FFFF,
+    0xFFFF_FFFF,
+    0xFF_FFFF_FFFF,
+    0xFFFF_FFFF_FFFF,
+    0xFF_FFFF_FFFF_FFFF,
+];
+
+/// The length of the line at the start of `bytes` if it ends with LF (`None` if it ends with
+/// CR, or not in `bytes`). Inline, for [`SseParser::scan_plain`].
+#[inline(always)]
+fn find_lf(bytes: &[u8]) -> Option<usize> {
+    #[cfg(target_arch = "x86_64")]
+    if bytes.len() >= 16
+        && let Some(eol) = memchr::arch::x86_64::sse2::memchr::Two::new(b'\n', b'\r')
+    {
+        const HEAD: usize = 64;
+        let at = match eol.find(&bytes[..bytes.len().min(HEAD)]) {
+            Some(at) => at,
+            None if bytes.len() > HEAD => HEAD + memchr::memchr2(b'\n', b'\r', &bytes[HEAD..])?,
+            None => return None,
+        };
+        return (bytes[at] == b'\n').then_some(at);
+    }
+    let at = find_eol(bytes)?;
+    (bytes[at] == b'\n').then_some(at)
 }
 
 /// The field a name stands for.
@@ -1474,5 +1608,165 @@ mod tests {
         let seen = parse(&[b"\n\n"]);
         assert_eq!(seen.len(), 2);
         assert!(seen.iter().all(|s| !s.event && s.id.is_empty()));
+    }
+
+    /// What the layer takes from a tracking parser after each chunk: events and IDs recorded
+    /// (those repeating the last ID apart), the last event ID, oversized IDs, and whether it is
+    /// at a line boundary.
+    #[derive(Debug, Default, PartialEq, Eq)]
+    struct Taken {
+        events: u64,
+        ids: u64,
+        repeated: u64,
+        last: Vec<u8>,
+        oversized: u64,
+        boundary: bool,
+    }
+
+    /// Feeds `chunks` to a tracking parser, with or without `scan_plain` first on each chunk,
+    /// and returns what the layer takes after each one.
+    fn take(chunks: &[&[u8]], scan: bool, max_id: usize) -> Vec<Taken> {
+        let mut parser = SseParser::new().max_id_len(max_id).for_tracking();
+        parser.max_event_type_len = 6;
+        let mut taken = Taken::default();
+        let mut after = Vec::new();
+        for chunk in chunks {
+            let mut rest = *chunk;
+            if scan {
+                let scanned = parser.scan_plain(chunk);
+                taken.events += scanned.events;
+                taken.ids += scanned.ids;
+                rest = &chunk[scanned.read..];
+            }
+            parser.feed(rest, |d| {
+                if d.is_event() || d.id_set() {
+                    if d.id_repeated() {
+                        taken.repeated += 1;
+                    } else {
+                        taken.events += 1;
+                        taken.ids += u64::from(d.id_set());
+                    }
+                }
+            });
+            taken.last = parser.last_event_id_bytes().to_vec();
+            taken.oversized = parser.oversized_ids();
+            taken.boundary = parser.at_line_boundary();
+            after.push(Taken {
+                last: taken.last.clone(),
+                ..taken
+            });
+        }
+        after
+    }
+
+    /// Streams of whole lines with the common fields and, now and then (`rare` is their weight
+    /// against ~40 for the common ones), what the fast path leaves to `feed`: CR, empty,
+    /// oversized or NUL-holding IDs, `id` without a colon, `retry`, long event types, a byte
+    /// order mark. Repeated IDs come up by themselves.
+    fn sse_bytes(rare: u32) -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let field = prop_oneof![
+            10 => Just(&b"data: x"[..]),
+            2 => Just(&b"data"[..]),
+            1 => Just(&b"dat"[..]),
+            1 => Just(&b"data:"[..]),
+            2 => Just(&b"id: 1"[..]),
+            2 => Just(&b"id:2"[..]),
+            2 => Just(&b"id: 3456"[..]),
+            2 => Just(&b"id: 12345678"[..]),
+            2 => Just(&b"id: 87654321"[..]),
+            2 => Just(&b"id: 0123456789abcdefXYZ"[..]),
+            4 => Just(&b"event: tick"[..]),
+            1 => Just(&b"event"[..]),
+            2 => Just(&b": comment"[..]),
+            1 => Just(&b"other: field"[..]),
+            8 => Just(&b""[..]),
+            rare => Just(&b"id"[..]),
+            rare => Just(&b"id:"[..]),
+            rare => Just(&b"id: "[..]),
+            rare => Just(&b"id: a\0bcdefgh"[..]),
+            rare => Just(&b"idx: 2"[..]),
+            rare => Just(&b"event: much-too-long"[..]),
+            rare => Just(&b"retry: 10"[..]),
+        ];
+        let end = prop_oneof![
+            60 => Just(&b"\n"[..]),
+            rare => Just(&b"\r"[..]),
+            rare => Just(&b"\r\n"[..]),
+        ];
+        let line = (field, end).prop_map(|(f, e)| [f, e].concat());
+        (
+            proptest::bool::weighted(0.1),
+            proptest::collection::vec(line, 0..80),
+        )
+            .prop_map(|(bom, lines)| {
+                let mut stream = if bom {
+                    b"\xEF\xBB\xBF".to_vec()
+                } else {
+                    Vec::new()
+                };
+                stream.extend(lines.concat());
+                stream
+            })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// The fast path reads exactly what `feed` would: the same events, IDs, repeats, last
+        /// event ID, oversized IDs and line boundary after every chunk, however the stream is
+        /// cut.
+        #[test]
+        fn scan_plain_takes_what_feed_takes(
+            stream in proptest::prop_oneof![3 => sse_bytes(1), 1 => sse_bytes(6)],
+            cuts in proptest::collection::vec(0usize..600, 0..8),
+            at_blocks in proptest::collection::vec(proptest::bool::weighted(0.8), 64),
+            max_id in proptest::prop_oneof![proptest::strategy::Just(8usize), proptest::strategy::Just(1024)],
+        ) {
+            // Cut anywhere, and at most block boundaries (as servers send events, one a frame).
+            let blocks = (2..=stream.len()).filter(|&i| stream[i - 2] == b'\n' && stream[i - 1] == b'\n');
+            let mut cuts: Vec<usize> = cuts
+                .into_iter()
+                .map(|c| c.min(stream.len()))
+                .chain(blocks.zip(at_blocks.iter().cycle()).filter(|(_, cut)| **cut).map(|(i, _)| i))
+                .collect();
+            cuts.sort_unstable();
+            let mut chunks = Vec::new();
+            let mut at = 0;
+            for cut in cuts.into_iter().chain([stream.len()]) {
+                chunks.push(&stream[at..cut]);
+                at = cut;
+            }
+            proptest::prop_assert_eq!(take(&chunks, true, max_id), take(&chunks, false, max_id));
+        }
+    }
+
+    #[test]
+    fn scan_plain_reads_whole_plain_blocks_and_stops_at_the_first_other() {
+        let mut parser = SseParser::new().for_tracking();
+        parser.feed(b"", |_| {}); // The start of the stream (no byte order mark) is decided...
+        parser.feed(b": start\n", |_| {}); // ...by a first line.
+        let chunk: &[u8] =
+            b"id: 00000001\nevent: tick\ndata: one\n\ndata: two\n\nid: 2\r\ndata\n\n";
+        let scanned = parser.scan_plain(chunk);
+        // Two plain blocks; the third ends a line with CR.
+        assert_eq!(
+            scanned,
+            Scanned {
+                read: 47,
+                events: 2,
+                ids: 1
+            }
+        );
+        assert_eq!(
+            &chunk[..scanned.read],
+            b"id: 00000001\nevent: tick\ndata: one\n\ndata: two\n\n"
+        );
+        assert_eq!(parser.last_event_id_bytes(), b"00000001");
+        // The same ID again: left to `feed`, which reports the repeat.
+        assert_eq!(
+            parser.scan_plain(b"id: 00000001\ndata: x\n\n"),
+            Scanned::default()
+        );
     }
 }

@@ -534,23 +534,11 @@ impl StreamState {
         };
         let mut dirty = false;
         match (checkpoints, producer) {
-            (None, None) => {
-                // While the slot takes batches, plain whole events are counted in bulk; the
-                // rest (from the first block that is not plain) goes through `feed`.
-                let mut rest = chunk;
-                if session.batching() {
-                    let scanned = parser.scan_plain(chunk);
-                    batch.add(session, scanned.events, scanned.ids);
-                    rest = &chunk[scanned.read..];
+            (None, None) => parser.feed(chunk, |d| {
+                if d.is_event() || d.id_set() {
+                    dirty |= batch.record(session, d);
                 }
-                if !rest.is_empty() {
-                    parser.feed(rest, |d| {
-                        if d.is_event() || d.id_set() {
-                            dirty |= batch.record(session, d);
-                        }
-                    });
-                }
-            }
+            }),
             (None, Some(producer)) => {
                 // Replay without checkpoints, the usual case: a closure with nothing else in it.
                 let mut history = producer.begin();
@@ -605,11 +593,39 @@ impl StreamState {
         dirty
     }
 
+    /// While the stream's slot takes batches (and no history or checkpoint needs each event),
+    /// counts the plain whole events at the start of `chunk` in bulk (see
+    /// [`SseParser::scan_plain`]) and returns the rest, for [`feed`](Self::feed).
+    #[inline(always)]
+    fn scan<'c>(&mut self, chunk: &'c [u8], store: bool) -> &'c [u8] {
+        let Self {
+            parser,
+            session,
+            checkpoints,
+            replay,
+            batch,
+            ..
+        } = self;
+        let Some(session) = session.as_ref() else {
+            return chunk;
+        };
+        if checkpoints.is_some()
+            || (store && replay.as_ref().is_some_and(|r| r.producer.is_some()))
+            || !session.batching()
+        {
+            return chunk;
+        }
+        let scanned = parser.scan_plain(chunk);
+        batch.add(session, scanned.events, scanned.ids);
+        &chunk[scanned.read..]
+    }
+
     /// Feeds a data frame to the parser.
     fn feed_buf<D: Buf>(&mut self, data: &D, store: bool) -> Fed {
         let chunk = data.chunk();
         let dirty = if chunk.len() == data.remaining() {
-            self.feed(chunk, store)
+            let rest = self.scan(chunk, store);
+            !rest.is_empty() && self.feed(rest, store)
         } else {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let n = data.chunks_vectored(&mut slices);

@@ -86,6 +86,32 @@ impl IdBuf {
         }
     }
 
+    /// [`holds`](Self::holds) for a `value` of 8 to 16 bytes whose first and last eight bytes
+    /// the caller has read already (`first`, `last`).
+    #[inline(always)]
+    pub(crate) fn holds_words(&self, value: &[u8], first: u64, last: u64) -> bool {
+        let n = value.len();
+        debug_assert!((8..=16).contains(&n));
+        let held = self.as_slice();
+        held.len() == n && word(held, 0) == first && word(held, n - 8) == last
+    }
+
+    /// [`set`](Self::set) for a `value` of 8 to 16 bytes whose first and last eight bytes the
+    /// caller has read already (`first`, `last`).
+    #[inline(always)]
+    pub(crate) fn set_words(&mut self, value: &[u8], first: u64, last: u64) {
+        let n = value.len();
+        debug_assert!((8..=16).contains(&n));
+        match self {
+            Self::Inline { len, bytes } => {
+                bytes[..8].copy_from_slice(&first.to_ne_bytes());
+                bytes[n - 8..n].copy_from_slice(&last.to_ne_bytes());
+                *len = n as u8;
+            }
+            Self::Heap(_) => self.set(value),
+        }
+    }
+
     /// Heap bytes held (for memory accounting in tests).
     #[cfg(test)]
     pub(crate) fn heap_capacity(&self) -> usize {

@@ -528,10 +528,27 @@ impl SseParser {
                 // A blank line: the block dispatches.
                 if let Some(value) = id.take() {
                     let last = usize::from(*newest);
-                    if ids[last].holds(value) {
-                        break; // A repeated ID: `feed` reports it.
+                    // IDs of 8 to 16 bytes (most counters and timestamps): two words, read
+                    // once for the NUL check, the compare and the copy.
+                    if (8..=16).contains(&value.len()) {
+                        let n = value.len();
+                        let (first, tail) = (
+                            crate::id_buf::word(value, 0),
+                            crate::id_buf::word(value, n - 8),
+                        );
+                        if has_zero_byte(first)
+                            || has_zero_byte(tail)
+                            || ids[last].holds_words(value, first, tail)
+                        {
+                            break; // A NUL (the ID is ignored) or a repeat: `feed` reports it.
+                        }
+                        ids[1 - last].set_words(value, first, tail);
+                    } else {
+                        if has_nul(value) || ids[last].holds(value) {
+                            break; // A NUL (the ID is ignored) or a repeat: `feed` reports it.
+                        }
+                        ids[1 - last].set(value);
                     }
-                    ids[1 - last].set(value);
                     *newest = 1 - *newest;
                     done.ids += 1;
                     done.events += 1;
@@ -559,7 +576,7 @@ impl SseParser {
             } else if head & MASK[3] == ID_COLON {
                 let value = line.get(3..).unwrap_or_default();
                 let value = value.strip_prefix(b" ").unwrap_or(value);
-                if value.is_empty() || value.len() > max_id || has_nul(value) {
+                if value.is_empty() || value.len() > max_id {
                     break;
                 }
                 id = Some(value);
@@ -959,6 +976,14 @@ impl SseParser {
         self.id_in_block = false;
         self.has_data = false;
     }
+}
+
+/// Whether one of the eight bytes of `w` is zero.
+#[inline(always)]
+fn has_zero_byte(w: u64) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    w.wrapping_sub(ONES) & !w & HIGHS != 0
 }
 
 /// Whether `value` holds a NUL byte (an `id` that does is ignored). Up to 16 bytes in two

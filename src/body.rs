@@ -113,14 +113,13 @@ impl Producer {
 
 impl Appending<'_> {
     /// An event ends the part `part` of the chunk (its earlier parts came with earlier chunks).
-    fn event(&mut self, part: &[u8], d: &Dispatch<'_>) {
+    /// `last_id` is the last event ID after it, `id_set` whether the event set it.
+    fn event(&mut self, part: &[u8], last_id: &[u8], id_set: bool) {
         let bounds = self.histories.bounds();
         let histories = self.histories;
         let before = self.state.next_seq();
         self.state
-            .append(part, d.last_event_id_bytes(), d.id_set(), bounds, |n| {
-                histories.may_grow(n)
-            });
+            .append(part, last_id, id_set, bounds, |n| histories.may_grow(n));
         if let Some(outgoing) = &mut self.outgoing
             && self.state.next_seq() > before
             && let Some((bytes, id, seq)) = self.state.newest_for_store()
@@ -546,7 +545,11 @@ impl StreamState {
                 parser.feed(chunk, |d| {
                     if d.is_event() || d.id_set() {
                         dirty |= batch.record(session, d);
-                        history.event(&chunk[start..d.chunk_offset()], d);
+                        history.event(
+                            &chunk[start..d.chunk_offset()],
+                            d.last_event_id_bytes(),
+                            d.id_set(),
+                        );
                         start = d.chunk_offset();
                     }
                 });
@@ -582,7 +585,11 @@ impl StreamState {
                     checkpoints.record(&String::from_utf8_lossy(id), Instant::now());
                 }
                 if let Some(history) = &mut history {
-                    history.event(&chunk[start..d.chunk_offset()], d);
+                    history.event(
+                        &chunk[start..d.chunk_offset()],
+                        d.last_event_id_bytes(),
+                        d.id_set(),
+                    );
                     start = d.chunk_offset();
                 }
             }
@@ -593,9 +600,10 @@ impl StreamState {
         dirty
     }
 
-    /// While the stream's slot takes batches (and no history or checkpoint needs each event),
-    /// counts the plain whole events at the start of `chunk` in bulk (see
-    /// [`SseParser::scan_plain`]) and returns the rest, for [`feed`](Self::feed).
+    /// While the stream's slot takes batches (and no checkpoint needs each event), counts the
+    /// plain whole events at the start of `chunk` in bulk (see [`SseParser::scan_plain`]),
+    /// keeps them in the stream's history if it has one, and returns the rest, for
+    /// [`feed`](Self::feed).
     #[inline(always)]
     fn scan<'c>(&mut self, chunk: &'c [u8], store: bool) -> &'c [u8] {
         let Self {
@@ -609,13 +617,28 @@ impl StreamState {
         let Some(session) = session.as_ref() else {
             return chunk;
         };
-        if checkpoints.is_some()
-            || (store && replay.as_ref().is_some_and(|r| r.producer.is_some()))
-            || !session.batching()
-        {
+        if checkpoints.is_some() || !session.batching() {
             return chunk;
         }
-        let scanned = parser.scan_plain(chunk);
+        let producer = replay
+            .as_mut()
+            .and_then(|r| r.producer.as_mut())
+            .filter(|_| store);
+        let scanned = match producer {
+            None => parser.scan_plain(chunk, |_, _, _| {}),
+            Some(producer) => {
+                let mut history = producer.begin();
+                let mut start = 0;
+                let scanned = parser.scan_plain(chunk, |end, last_id, id_set| {
+                    history.event(&chunk[start..end], last_id, id_set);
+                    start = end;
+                });
+                // Blocks after the last event that were not events (comments, say) belong to
+                // the next one: kept as its start.
+                history.end(&chunk[start..scanned.read]);
+                scanned
+            }
+        };
         batch.add(session, scanned.events, scanned.ids);
         &chunk[scanned.read..]
     }

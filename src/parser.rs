@@ -503,8 +503,14 @@ impl SseParser {
     /// It stops at the start of the first block that is not (or that the chunk does not end),
     /// for `feed` to read from there. The blocks it read are counted when they have data or an
     /// ID (the blocks the layer records).
-    #[inline]
-    pub(crate) fn scan_plain(&mut self, chunk: &[u8]) -> Scanned {
+    ///
+    /// `on_event` is called for each of them with the offset in `chunk` just after its blank
+    /// line, the last event ID then, and whether the block set it.
+    #[inline(always)]
+    pub(crate) fn scan_plain<F>(&mut self, chunk: &[u8], mut on_event: F) -> Scanned
+    where
+        F: FnMut(usize, &[u8], bool),
+    {
         let mut done = Scanned::default();
         let at_block_start = matches!(self.state, State::LineStart)
             && !self.after_cr
@@ -550,13 +556,26 @@ impl SseParser {
                         ids[1 - last].set(value);
                     }
                     *newest = 1 - *newest;
+                    rest = &rest[1..];
                     done.ids += 1;
                     done.events += 1;
-                } else if has_data {
-                    done.events += 1;
+                    on_event(
+                        chunk.len() - rest.len(),
+                        ids[usize::from(*newest)].as_slice(),
+                        true,
+                    );
+                } else {
+                    rest = &rest[1..];
+                    if has_data {
+                        done.events += 1;
+                        on_event(
+                            chunk.len() - rest.len(),
+                            ids[usize::from(*newest)].as_slice(),
+                            false,
+                        );
+                    }
                 }
                 has_data = false;
-                rest = &rest[1..];
                 done.read = chunk.len() - rest.len();
                 continue;
             }
@@ -1646,6 +1665,9 @@ mod tests {
         last: Vec<u8>,
         oversized: u64,
         boundary: bool,
+        /// Every recorded event (data or an `id`), as a history keeps it: where it ends in the
+        /// stream, the last event ID then, whether it set it.
+        recorded: Vec<(usize, Vec<u8>, bool)>,
     }
 
     /// Feeds `chunks` to a tracking parser, with or without `scan_plain` first on each chunk,
@@ -1655,16 +1677,25 @@ mod tests {
         parser.max_event_type_len = 6;
         let mut taken = Taken::default();
         let mut after = Vec::new();
+        let mut base = 0;
         for chunk in chunks {
-            let mut rest = *chunk;
+            let mut read = 0;
             if scan {
-                let scanned = parser.scan_plain(chunk);
+                let recorded = &mut taken.recorded;
+                let scanned = parser.scan_plain(chunk, |end, id, set| {
+                    recorded.push((base + end, id.to_vec(), set));
+                });
                 taken.events += scanned.events;
                 taken.ids += scanned.ids;
-                rest = &chunk[scanned.read..];
+                read = scanned.read;
             }
-            parser.feed(rest, |d| {
+            parser.feed(&chunk[read..], |d| {
                 if d.is_event() || d.id_set() {
+                    taken.recorded.push((
+                        base + read + d.chunk_offset(),
+                        d.last_event_id_bytes().to_vec(),
+                        d.id_set(),
+                    ));
                     if d.id_repeated() {
                         taken.repeated += 1;
                     } else {
@@ -1673,11 +1704,13 @@ mod tests {
                     }
                 }
             });
+            base += chunk.len();
             taken.last = parser.last_event_id_bytes().to_vec();
             taken.oversized = parser.oversized_ids();
             taken.boundary = parser.at_line_boundary();
             after.push(Taken {
                 last: taken.last.clone(),
+                recorded: taken.recorded.clone(),
                 ..taken
             });
         }
@@ -1773,7 +1806,8 @@ mod tests {
         parser.feed(b": start\n", |_| {}); // ...by a first line.
         let chunk: &[u8] =
             b"id: 00000001\nevent: tick\ndata: one\n\ndata: two\n\nid: 2\r\ndata\n\n";
-        let scanned = parser.scan_plain(chunk);
+        let mut ends = Vec::new();
+        let scanned = parser.scan_plain(chunk, |end, id, set| ends.push((end, id.to_vec(), set)));
         // Two plain blocks; the third ends a line with CR.
         assert_eq!(
             scanned,
@@ -1788,9 +1822,16 @@ mod tests {
             b"id: 00000001\nevent: tick\ndata: one\n\ndata: two\n\n"
         );
         assert_eq!(parser.last_event_id_bytes(), b"00000001");
+        assert_eq!(
+            ends,
+            [
+                (36, b"00000001".to_vec(), true),
+                (47, b"00000001".to_vec(), false)
+            ]
+        );
         // The same ID again: left to `feed`, which reports the repeat.
         assert_eq!(
-            parser.scan_plain(b"id: 00000001\ndata: x\n\n"),
+            parser.scan_plain(b"id: 00000001\ndata: x\n\n", |_, _, _| {}),
             Scanned::default()
         );
     }

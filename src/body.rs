@@ -540,19 +540,29 @@ impl StreamState {
             }),
             (None, Some(producer)) => {
                 // Replay without checkpoints, the usual case: a closure with nothing else in it.
+                // Plain whole events first, while the slot takes batches (see `scan`), under
+                // the same lock.
                 let mut history = producer.begin();
                 let mut start = 0;
-                parser.feed(chunk, |d| {
-                    if d.is_event() || d.id_set() {
-                        dirty |= batch.record(session, d);
-                        history.event(
-                            &chunk[start..d.chunk_offset()],
-                            d.last_event_id_bytes(),
-                            d.id_set(),
-                        );
-                        start = d.chunk_offset();
-                    }
-                });
+                let mut read = 0;
+                if session.batching() {
+                    let scanned = parser.scan_plain(chunk, |end, last_id, id_set| {
+                        history.event(&chunk[start..end], last_id, id_set);
+                        start = end;
+                    });
+                    batch.add(session, scanned.events, scanned.ids);
+                    read = scanned.read;
+                }
+                if read < chunk.len() {
+                    parser.feed(&chunk[read..], |d| {
+                        if d.is_event() || d.id_set() {
+                            dirty |= batch.record(session, d);
+                            let end = read + d.chunk_offset();
+                            history.event(&chunk[start..end], d.last_event_id_bytes(), d.id_set());
+                            start = end;
+                        }
+                    });
+                }
                 history.end(&chunk[start..]);
             }
             (checkpoints, producer) => {
@@ -600,10 +610,10 @@ impl StreamState {
         dirty
     }
 
-    /// While the stream's slot takes batches (and no checkpoint needs each event), counts the
-    /// plain whole events at the start of `chunk` in bulk (see [`SseParser::scan_plain`]),
-    /// keeps them in the stream's history if it has one, and returns the rest, for
-    /// [`feed`](Self::feed).
+    /// While the stream's slot takes batches (and no history or checkpoint needs each event),
+    /// counts the plain whole events at the start of `chunk` in bulk (see
+    /// [`SseParser::scan_plain`]) and returns the rest, for [`feed`](Self::feed). A stream with
+    /// a history scans in `feed`, under the history's one lock for the frame.
     #[inline(always)]
     fn scan<'c>(&mut self, chunk: &'c [u8], store: bool) -> &'c [u8] {
         let Self {
@@ -617,28 +627,13 @@ impl StreamState {
         let Some(session) = session.as_ref() else {
             return chunk;
         };
-        if checkpoints.is_some() || !session.batching() {
+        if checkpoints.is_some()
+            || (store && replay.as_ref().is_some_and(|r| r.producer.is_some()))
+            || !session.batching()
+        {
             return chunk;
         }
-        let producer = replay
-            .as_mut()
-            .and_then(|r| r.producer.as_mut())
-            .filter(|_| store);
-        let scanned = match producer {
-            None => parser.scan_plain(chunk, |_, _, _| {}),
-            Some(producer) => {
-                let mut history = producer.begin();
-                let mut start = 0;
-                let scanned = parser.scan_plain(chunk, |end, last_id, id_set| {
-                    history.event(&chunk[start..end], last_id, id_set);
-                    start = end;
-                });
-                // Blocks after the last event that were not events (comments, say) belong to
-                // the next one: kept as its start.
-                history.end(&chunk[start..scanned.read]);
-                scanned
-            }
-        };
+        let scanned = parser.scan_plain(chunk, |_, _, _| {});
         batch.add(session, scanned.events, scanned.ids);
         &chunk[scanned.read..]
     }

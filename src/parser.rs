@@ -1009,13 +1009,11 @@ fn has_zero_byte(w: u64) -> bool {
 /// overlapping words, inline: the byte loop `contains` compiles to cost more than that.
 #[inline]
 fn has_nul(value: &[u8]) -> bool {
-    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
-    let zero = |w: u64| w.wrapping_sub(ONES) & !w & HIGHS != 0;
     match value.len() {
         0..8 => value.contains(&0),
         n @ 8..=16 => {
-            zero(crate::id_buf::word(value, 0)) || zero(crate::id_buf::word(value, n - 8))
+            has_zero_byte(crate::id_buf::word(value, 0))
+                || has_zero_byte(crate::id_buf::word(value, n - 8))
         }
         _ => memchr::memchr(0, value).is_some(),
     }

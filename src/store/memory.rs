@@ -223,14 +223,14 @@ impl MemoryStore {
 
     /// A copy of every live record, sorted by session and stream key.
     pub fn snapshot(&self) -> Vec<(SessionId, StreamKey, SessionRecord)> {
-        let now = SystemTime::now();
+        let cutoff = self.cutoff();
         let state = self.lock();
         let mut all: Vec<_> = state
             .map
             .keys()
             .flat_map(|session| state.chain(session.as_str()))
             .filter_map(|ix| state.records.get(ix))
-            .filter(|e| !self.expired(&e.record, now))
+            .filter(|e| !Self::expired(&e.record, cutoff))
             .map(|e| (e.session.clone(), e.stream.clone(), e.record.record()))
             .collect();
         all.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
@@ -239,11 +239,11 @@ impl MemoryStore {
 
     /// Reads a stream's record synchronously; see [`SessionStore::load`].
     pub fn get(&self, session: &SessionId, stream: &StreamKey) -> Option<SessionRecord> {
-        let now = SystemTime::now();
+        let cutoff = self.cutoff();
         let mut state = self.lock();
         let ix = state.find(session.as_str(), stream.as_str())?;
         let entry = state.records.get(ix)?;
-        if self.expired(&entry.record, now) {
+        if Self::expired(&entry.record, cutoff) {
             state.remove(ix);
             return None;
         }
@@ -290,21 +290,28 @@ impl MemoryStore {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn expired(&self, record: &Stored, now: SystemTime) -> bool {
-        now.duration_since(record.last_activity)
-            .is_ok_and(|idle| idle > self.inner.idle_ttl)
+    /// Records last written before this have been idle longer than the TTL (`None`: none can
+    /// have been, this close to the clock's origin).
+    fn cutoff(&self) -> Option<SystemTime> {
+        SystemTime::now().checked_sub(self.inner.idle_ttl)
+    }
+
+    /// Whether a record has been idle longer than the TTL: one comparison, the subtraction
+    /// made once per call in `cutoff`.
+    fn expired(record: &Stored, cutoff: Option<SystemTime>) -> bool {
+        cutoff.is_some_and(|cutoff| record.last_activity < cutoff)
     }
 
     fn apply(&self, batch: &[SessionUpdate]) {
-        let now = SystemTime::now();
+        let cutoff = self.cutoff();
         let mut guard = self.lock();
         let state = &mut *guard;
         for update in batch {
-            self.expire_front(state, now, EXPIRE_PER_WRITE);
+            self.expire_front(state, cutoff, EXPIRE_PER_WRITE);
             if let Some(ix) = state.find(update.session.as_str(), update.stream.as_str())
                 && let Some(entry) = state.records.get_mut(ix)
             {
-                if self.expired(&entry.record, now) {
+                if Self::expired(&entry.record, cutoff) {
                     entry.record = Stored::new(update);
                 } else {
                     entry.record.apply(update);
@@ -338,13 +345,13 @@ impl MemoryStore {
     }
 
     /// Removes up to `max` expired records from the front (the least recently written).
-    fn expire_front(&self, state: &mut State, now: SystemTime, max: usize) {
+    fn expire_front(&self, state: &mut State, cutoff: Option<SystemTime>, max: usize) {
         for _ in 0..max {
             let Some(front) = state.records.front() else {
                 return;
             };
             match state.records.get(front) {
-                Some(entry) if self.expired(&entry.record, now) => state.remove(front),
+                Some(entry) if Self::expired(&entry.record, cutoff) => state.remove(front),
                 _ => return,
             }
         }

@@ -56,6 +56,43 @@ pub(crate) struct Worker {
     history_touched: Option<Instant>,
     /// The history store's breaker: its writes follow the session store's rules.
     history_breaker: Breaker,
+    /// A batch's buffers (each at most `max_batch` long), kept from one paced tick to the next
+    /// while ticks write something: allocated anew per batch, those of thousands of sessions
+    /// came and went as blocks of hundreds of KiB every tick, which cost the allocator more per
+    /// write than the rest of the batch's bookkeeping. A tick that writes nothing (the worker
+    /// is idle) and an explicit flush release them, so an idle worker holds none.
+    scratch: Scratch,
+}
+
+/// See [`Worker::scratch`]. Empty between batches.
+#[derive(Default)]
+struct Scratch {
+    entries: Vec<(Arc<Slot>, u32)>,
+    slots: Vec<(Arc<Slot>, u32)>,
+    updates: Vec<SessionUpdate>,
+    seqs: Vec<u64>,
+}
+
+impl Scratch {
+    /// Frees the buffers.
+    fn release(&mut self) {
+        *self = Self::default();
+    }
+
+    /// Keeps a batch's buffers, emptied (the updates' references released now).
+    fn put_back(
+        &mut self,
+        mut slots: Vec<(Arc<Slot>, u32)>,
+        mut updates: Vec<SessionUpdate>,
+        mut seqs: Vec<u64>,
+    ) {
+        slots.clear();
+        updates.clear();
+        seqs.clear();
+        self.slots = slots;
+        self.updates = updates;
+        self.seqs = seqs;
+    }
 }
 
 impl Worker {
@@ -88,6 +125,7 @@ impl Worker {
             rand_counter: 0,
             history_touched: None,
             history_breaker,
+            scratch: Scratch::default(),
         }
     }
 
@@ -130,7 +168,10 @@ impl Worker {
                     self.collect_overflow();
                     self.collect_lingering();
                     self.collect_due_retries(Instant::now());
-                    self.flush(FlushMode::Paced, None).await;
+                    let report = self.flush(FlushMode::Paced, None).await;
+                    if report.persisted == 0 && report.failed == 0 {
+                        self.scratch.release();
+                    }
                     self.write_history(FlushMode::Paced).await;
                     // Bounded work: the fronts of the idle lists, a few hundred per shard at most.
                     self.tracker.registry.expire(EXPIRE_PER_SHARD_PER_TICK);
@@ -245,6 +286,7 @@ impl Worker {
             self.pending.push((retry.slot, retry.attempts));
         }
         let report = self.flush(FlushMode::Forced, None).await;
+        self.scratch.release();
         self.write_history(FlushMode::Forced).await;
         self.gauges();
         report
@@ -362,8 +404,12 @@ impl Worker {
                 }
             }
             let take = self.pending.len().min(self.tracker.config.max_batch);
-            let entries: Vec<_> = self.pending.drain(..take).collect();
-            let (persisted, failed) = self.write_batch(entries, &mut again, mode, timeout).await;
+            let mut entries = std::mem::take(&mut self.scratch.entries);
+            entries.extend(self.pending.drain(..take));
+            let (persisted, failed) = self
+                .write_batch(&mut entries, &mut again, mode, timeout)
+                .await;
+            self.scratch.entries = entries;
             report.persisted += persisted;
             report.failed += failed;
         }
@@ -371,25 +417,26 @@ impl Worker {
         report
     }
 
-    /// Writes one batch. Returns (written, failed) session counts.
+    /// Writes one batch, taking `entries` (left empty). Returns (written, failed) session
+    /// counts.
     async fn write_batch(
         &mut self,
-        entries: Vec<(Arc<Slot>, u32)>,
+        entries: &mut Vec<(Arc<Slot>, u32)>,
         again: &mut Vec<(Arc<Slot>, u32)>,
         mode: FlushMode,
         timeout: std::time::Duration,
     ) -> (usize, usize) {
         let now = SystemTime::now();
-        let mut slots = Vec::with_capacity(entries.len());
-        let mut updates: Vec<SessionUpdate> = Vec::with_capacity(entries.len());
-        let mut seqs = Vec::with_capacity(entries.len());
+        let mut slots = std::mem::take(&mut self.scratch.slots);
+        let mut updates = std::mem::take(&mut self.scratch.updates);
+        let mut seqs = std::mem::take(&mut self.scratch.seqs);
         let mut events = 0u64;
         // Each slot was last written by its stream's core, so each snapshot starts with cache
         // misses; touched all at once first, they are fetched in parallel, not one by one.
-        for (slot, _) in &entries {
+        for (slot, _) in entries.iter() {
             slot.warm();
         }
-        for (slot, attempts) in entries {
+        for (slot, attempts) in entries.drain(..) {
             match slot.snapshot(now) {
                 Some(snap) => {
                     events += snap.events;
@@ -408,6 +455,7 @@ impl Worker {
             }
         }
         if updates.is_empty() {
+            self.scratch.put_back(slots, updates, seqs);
             return (0, 0);
         }
         let n = updates.len();
@@ -431,7 +479,7 @@ impl Worker {
             .labels()
             .histogram(m::BATCH_SIZE)
             .record(n as f64);
-        match result {
+        let written = match result {
             Ok(()) => {
                 self.tracker
                     .labels()
@@ -445,7 +493,7 @@ impl Worker {
                 self.breaker.succeeded();
                 // Only paced writes keep sessions (see `lingering`).
                 let tick = (mode == FlushMode::Paced).then_some(self.tick);
-                for ((slot, _), seq) in slots.into_iter().zip(seqs) {
+                for ((slot, _), &seq) in slots.drain(..).zip(&seqs) {
                     match slot.mark_written(seq, tick) {
                         Written::Dirty => again.push((slot, 0)),
                         Written::Hot => self.lingering.push(slot),
@@ -458,16 +506,18 @@ impl Worker {
             Err(error) => {
                 self.tracker.labels().counter(m::FAILURES).increment(1);
                 let _enter = span.enter();
-                self.on_failure(&error, slots, mode);
+                self.on_failure(&error, slots.drain(..), mode);
                 (0, n)
             }
-        }
+        };
+        self.scratch.put_back(slots, updates, seqs);
+        written
     }
 
     fn on_failure(
         &mut self,
         error: &crate::store::StoreError,
-        slots: Vec<(Arc<Slot>, u32)>,
+        slots: impl Iterator<Item = (Arc<Slot>, u32)>,
         mode: FlushMode,
     ) {
         let tracker = self.tracker.clone();

@@ -24,7 +24,36 @@ impl Default for IdBuf {
     }
 }
 
+/// Room for an inline ID copied to an 8-byte aligned start (see [`IdBuf::with_str`]).
+#[repr(align(8))]
+struct Aligned([u8; INLINE]);
+
 impl IdBuf {
+    /// Calls `f` with the bytes as text, invalid UTF-8 replaced as by
+    /// [`String::from_utf8_lossy`].
+    ///
+    /// An inline ID is first copied to an aligned buffer: [`std::str::from_utf8`] checks ASCII
+    /// a word at a time only from an aligned start, and byte by byte before it. For the
+    /// worker's snapshot of a 19-byte ID, callgrind counted 192 instructions with
+    /// `from_utf8_lossy` (always byte by byte) and 170 with `from_utf8` in place, against 61
+    /// plus the copy from the aligned buffer. Only invalid bytes take `from_utf8_lossy`.
+    #[inline]
+    pub(crate) fn with_str<R>(&self, f: impl FnOnce(&str) -> R) -> R {
+        let mut aligned = Aligned([0; INLINE]);
+        let bytes = match self {
+            Self::Inline { len, bytes } => {
+                let n = usize::from(*len);
+                aligned.0[..n].copy_from_slice(&bytes[..n]);
+                &aligned.0[..n]
+            }
+            Self::Heap(vec) => vec.as_slice(),
+        };
+        match std::str::from_utf8(bytes) {
+            Ok(text) => f(text),
+            Err(_) => f(&String::from_utf8_lossy(bytes)),
+        }
+    }
+
     /// The bytes.
     #[inline]
     pub(crate) fn as_slice(&self) -> &[u8] {
@@ -242,6 +271,39 @@ mod tests {
             for b in &values {
                 assert_eq!(id.holds(b), a == b, "{a:?} {b:?}");
             }
+        }
+    }
+
+    #[test]
+    fn with_str_reads_the_bytes_as_from_utf8_lossy_does() {
+        let mut values: Vec<Vec<u8>> = vec![
+            Vec::new(),
+            b"42".to_vec(),
+            b"19-1764579600123456".to_vec(),
+            "caf\u{e9}-\u{1f600}".as_bytes().to_vec(),
+            b"bad \xff\xfe byte".to_vec(),
+            b"cut \xe2\x82".to_vec(),
+        ];
+        // Every length inline and on the heap, with a multi-byte character and an invalid
+        // byte at each position.
+        for n in 0..=40 {
+            let base: Vec<u8> = (0..n).map(|i| b'0' + (i % 10) as u8).collect();
+            values.push(base.clone());
+            for at in 0..n {
+                let mut invalid = base.clone();
+                invalid[at] = 0x80;
+                values.push(invalid);
+                let mut wide = base[..at].to_vec();
+                wide.extend_from_slice("\u{e9}".as_bytes());
+                wide.extend_from_slice(&base[at..]);
+                values.push(wide);
+            }
+        }
+        let mut id = IdBuf::default();
+        for value in &values {
+            id.set(value);
+            let text = id.with_str(str::to_owned);
+            assert_eq!(text, String::from_utf8_lossy(value), "{value:?}");
         }
     }
 }

@@ -436,9 +436,7 @@ impl Slot {
             update: SessionUpdate {
                 session: self.session.clone(),
                 stream: self.stream.clone(),
-                last_event_id: LastEventId::from(
-                    String::from_utf8_lossy(st.id.as_slice()).as_ref(),
-                ),
+                last_event_id: st.id.with_str(|id| LastEventId::from(id)),
                 version: st.version,
                 last_activity: st.activity,
             },

@@ -1,15 +1,16 @@
 //! Memory per tracked session, measured with a counting global allocator (in its own test
 //! binary so that it does not affect other tests).
 
+#[path = "support/counting.rs"]
+mod counting;
 mod support;
 
+use counting::live;
 use support::events;
 
 use std::{
-    alloc::{GlobalAlloc, Layout, System},
     convert::Infallible,
     pin::Pin,
-    sync::atomic::{AtomicIsize, Ordering},
     task::{Context, Poll},
 };
 
@@ -23,57 +24,6 @@ use tower_sse_tracking::{
     store::{MemoryStore, SessionRecord, SessionStore, SessionUpdate, StoreFuture},
     worker::RecordOutcome,
 };
-
-/// Counts the bytes currently allocated (requested sizes).
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: every call is forwarded to `System` unchanged; only a counter is updated.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded with the caller's layout.
-        let ptr = unsafe { System.alloc(layout) };
-        if !ptr.is_null() {
-            LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        }
-        ptr
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded with the caller's layout.
-        let ptr = unsafe { System.alloc_zeroed(layout) };
-        if !ptr.is_null() {
-            LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        }
-        ptr
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` was allocated by `System` with this layout.
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: `ptr` was allocated by `System` with this layout.
-        let new = unsafe { System.realloc(ptr, layout, new_size) };
-        if !new.is_null() {
-            LIVE.fetch_add(
-                new_size as isize - layout.size() as isize,
-                Ordering::Relaxed,
-            );
-        }
-        new
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
-
-fn live() -> isize {
-    LIVE.load(Ordering::Relaxed)
-}
 
 /// The default duplicate window (documented on `WorkerConfig::dedup_window`).
 const DEFAULT_DEDUP_WINDOW: usize = 64;

@@ -21,6 +21,9 @@ use crate::{SessionId, StreamKey};
 /// responsive to other clients during large batches.
 const CHUNK: usize = 512;
 
+/// Script runs a cluster batch keeps in flight at once (see `save_to_cluster`).
+const IN_FLIGHT: usize = 256;
+
 /// Applies updates atomically with the forward-only rule, on the server.
 ///
 /// KEYS: one hash per update's session (a session may appear more than once, once per stream).
@@ -385,8 +388,12 @@ impl RedisStore {
         }
     }
 
-    /// A batch on a cluster: one script run per slot (per `CHUNK` updates), all in flight at
-    /// once; the client routes each to the slot's primary and pipelines those of one node.
+    /// A batch on a cluster: one script run per slot (per `CHUNK` updates), `IN_FLIGHT` of them
+    /// in flight at a time; the client routes each to the slot's primary and pipelines those of
+    /// one node. Random session keys put almost every update in a slot of its own, so a batch
+    /// of thousands is thousands of runs: all sent at once, the last answers waited behind all
+    /// the others, and under load they outlasted the response timeout (which applies to each
+    /// run) although the nodes were working through them.
     async fn save_to_cluster(
         &self,
         cluster: &ClusterConnection,
@@ -400,21 +407,28 @@ impl RedisStore {
                 .or_default()
                 .push(update);
         }
-        let runs = by_slot
+        // Made up front (as `join_all` did): a lazy iterator's closures would have to live
+        // across the awaits below.
+        let runs: Vec<_> = by_slot
             .values()
             .flat_map(|updates| updates.chunks(CHUNK))
             .map(|updates| {
                 let cmd = self.apply_cmd(updates, ttl_ms);
                 let mut connection = cluster.clone();
                 async move { self.run_script(&cmd, &mut connection).await }
-            });
-        // Every run is sent before any answer is awaited; the first error is the batch's
-        // (the others were applied, and applying them again changes nothing).
-        futures_util::future::join_all(runs)
-            .await
-            .into_iter()
-            .collect::<Result<Vec<()>, _>>()
-            .map(drop)
+            })
+            .collect();
+        // Every run is tried; the first error is the batch's (the others were applied, and
+        // applying them again changes nothing).
+        use futures_util::StreamExt as _;
+        let mut first_error = None;
+        let mut results = futures_util::stream::iter(runs).buffer_unordered(IN_FLIGHT);
+        while let Some(result) = results.next().await {
+            if let Err(error) = result {
+                first_error.get_or_insert(error);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Runs the script's `EVALSHA`, loading the script first where the server lacks it.

@@ -18,7 +18,8 @@ use crate::{
     store::{
         StoreError, StoreFuture,
         redis_support::{
-            Connection, Shared, connect, connect_cluster_blocking, connect_shared_cluster, tag,
+            Connection, IN_FLIGHT, Shared, connect, connect_cluster_blocking,
+            connect_shared_cluster, tag,
         },
     },
 };
@@ -415,7 +416,8 @@ impl RedisHistory {
 
     /// Runs script calls and returns their answers in order, loading the scripts first where
     /// the server lacks them: one pipeline on one Redis; in a cluster, each call on its own (the
-    /// calls of a batch touch different slots), all in flight at once.
+    /// calls of a batch touch different slots), up to `IN_FLIGHT` at once (all at once, the
+    /// last answers of a large batch could wait behind the others past the response timeout).
     async fn run_all<T: FromRedisValue>(&self, cmds: Vec<Cmd>) -> Result<Vec<T>, StoreError> {
         if !self.inner.connection.is_cluster() {
             let mut pipe = redis::pipe();
@@ -424,13 +426,20 @@ impl RedisHistory {
             }
             return self.run(&pipe).await;
         }
-        let runs = cmds.iter().map(|cmd| async move {
-            let mut pipe = redis::pipe();
-            pipe.add_command(cmd.clone());
-            let (value,): (T,) = self.run(&pipe).await?;
-            Ok::<T, StoreError>(value)
-        });
-        futures_util::future::join_all(runs)
+        // Made up front: a lazy iterator's closures would have to live across the awaits.
+        let runs: Vec<_> = cmds
+            .iter()
+            .map(|cmd| async move {
+                let mut pipe = redis::pipe();
+                pipe.add_command(cmd.clone());
+                let (value,): (T,) = self.run(&pipe).await?;
+                Ok::<T, StoreError>(value)
+            })
+            .collect();
+        use futures_util::StreamExt as _;
+        futures_util::stream::iter(runs)
+            .buffered(IN_FLIGHT)
+            .collect::<Vec<_>>()
             .await
             .into_iter()
             .collect()

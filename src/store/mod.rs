@@ -58,7 +58,8 @@ pub use self::{error::StoreError, memory::MemoryStore};
 #[cfg(feature = "redis")]
 pub(crate) mod redis_support {
     pub(crate) use super::redis::{
-        Connection, Shared, connect, connect_cluster_blocking, connect_shared_cluster, tag,
+        Connection, IN_FLIGHT, Shared, connect, connect_cluster_blocking, connect_shared_cluster,
+        tag,
     };
 }
 

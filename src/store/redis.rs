@@ -21,8 +21,9 @@ use crate::{SessionId, StreamKey};
 /// responsive to other clients during large batches.
 const CHUNK: usize = 512;
 
-/// Script runs a cluster batch keeps in flight at once (see `save_to_cluster`).
-const IN_FLIGHT: usize = 256;
+/// Script runs a cluster batch keeps in flight at once (see `save_to_cluster`; the Redis
+/// history store's batches too).
+pub(crate) const IN_FLIGHT: usize = 256;
 
 /// Applies updates atomically with the forward-only rule, on the server.
 ///
@@ -80,9 +81,9 @@ return #KEYS
 /// [`RedisStoreBuilder::connect_cluster`] connects through redis-rs's cluster client, which
 /// follows `MOVED` and `ASK` redirections and a failover by itself. Each session's hash is then
 /// at `prefix{session key}`: the hash tag puts it in the session's own slot, so sessions spread
-/// over the shards. A batch is split by slot, one script run per slot (per 512 updates), all
-/// sent at once over the client's connections (one per node, pipelined): about one round trip
-/// per batch. The script is idempotent (applying an update twice changes nothing), so a batch
+/// over the shards. A batch is split by slot, one script run per slot (per 512 updates), up to
+/// 256 of them in flight at once over the client's connections (one per node, pipelined): a
+/// few round trips per batch. The script is idempotent (applying an update twice changes nothing), so a batch
 /// that failed on one shard is simply written again. The prefix may not hold a brace there.
 ///
 /// A single-node connection ([`connect`](RedisStoreBuilder::connect)) to one node of a cluster

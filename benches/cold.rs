@@ -15,6 +15,11 @@
 //! A summary line gives ns/event for both sides, the difference, and the worker's share of it
 //! (medians of interleaved rounds). Run with `cargo bench --bench cold`.
 
+// Only its `median` is used here.
+#[allow(dead_code)]
+mod common;
+
+use common::median;
 use std::{
     convert::Infallible,
     pin::Pin,
@@ -43,11 +48,6 @@ const WARM_UP: usize = 20;
 
 /// The worker's flush interval (its default), on tokio's paused clock.
 const FLUSH: Duration = Duration::from_millis(50);
-
-fn median(mut samples: Vec<f64>) -> f64 {
-    samples.sort_by(f64::total_cmp);
-    samples[samples.len() / 2]
-}
 
 /// A body fed through a channel, one frame per message: an open stream that gets an event now
 /// and then.

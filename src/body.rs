@@ -846,7 +846,7 @@ impl<B: Body> TrackingBody<B> {
     pub(crate) fn tracked(inner: B, tracking: StreamState) -> Self {
         Self {
             inner: Some(inner),
-            tracking: Some(Box::new(tracking)),
+            tracking: Some(crate::reserve::boxed(tracking)),
             held: None,
             ended: false,
             idle: false,
@@ -858,7 +858,7 @@ impl<B: Body> TrackingBody<B> {
         Self {
             inner: None,
             ended: tracking.is_none(),
-            tracking: tracking.map(Box::new),
+            tracking: tracking.map(crate::reserve::boxed),
             held: None,
             idle: false,
         }

@@ -72,6 +72,7 @@ pub mod metrics;
 pub mod parser;
 mod registry;
 mod replay;
+mod reserve;
 mod resume;
 mod service;
 mod session;

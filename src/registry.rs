@@ -519,7 +519,7 @@ impl Registry {
         stream: &StreamKey,
     ) -> Arc<Slot> {
         let ix = shard.nodes.vacant_index();
-        let slot = Arc::new(Slot::new(
+        let slot = crate::reserve::shared(Slot::new(
             session.clone(),
             stream.clone(),
             home as u32,

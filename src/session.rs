@@ -31,6 +31,12 @@ pub(crate) const DEFAULT_MAX_STREAM_KEY_LEN: usize = 256;
 pub struct SessionId(Arc<str>);
 
 impl SessionId {
+    /// An empty key, never a session's: the placeholder of a slot made ahead of use (see
+    /// `reserve`). It shares its bytes with [`StreamKey::whole_session`].
+    pub(crate) fn blank() -> Self {
+        Self(StreamKey::whole_session().0)
+    }
+
     /// Validates `key` with the default length cap of 128 bytes (the layer's default too, see
     /// [`max_session_key_len`](crate::EventTrackingLayerBuilder::max_session_key_len)).
     ///

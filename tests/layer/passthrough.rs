@@ -238,9 +238,11 @@ fn tracking_body_adds_a_few_words_to_the_inner_body() {
     // The inner body (optional: a response answered from history has none), a pointer to the
     // boxed tracking state, a held frame's data, an end flag.
     assert!(axum <= size_of::<Option<axum::body::Body>>() + 16 + size_of::<Option<Bytes>>());
-    assert_eq!(
-        axum, 64,
+    assert!(
+        axum <= 64,
         "as before replay, thanks to the niche of a boxed body"
     );
+    // A held frame's data is boxed (it is rare): the body axum boxes per response is 40 bytes.
+    assert_eq!(axum, 40);
     assert!(full <= size_of::<Option<Full<Bytes>>>() + 16 + size_of::<Option<Bytes>>());
 }

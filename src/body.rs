@@ -19,9 +19,10 @@ use tokio::{
 };
 
 use crate::{
+    config::Config,
     heartbeat::Heartbeat,
     history::{Histories, HistoryEvent, Outgoing, StreamHistory},
-    metrics::{self as m, Labels},
+    metrics as m,
     parser::{Dispatch, SseParser},
     replay::{Replaying, Seam},
     settle::Checkpoints,
@@ -200,14 +201,14 @@ pub(crate) struct StreamState {
     session: Option<Attachment>,
     /// Events recorded here and not yet handed to the session's slot.
     batch: Batch,
-    /// The parser's count of oversized IDs already reported.
-    oversized_ids: u64,
     // Rare paths only.
-    /// The labels of this layer's metrics.
-    labels: Labels,
-    backpressure_timeout: Duration,
-    /// Set while a frame is held back for room in the worker's queue.
-    wait: Option<Wait>,
+    /// The layer's settings: its metrics' labels and the backpressure timeout (one pointer,
+    /// where the two took 24 bytes of every stream's state).
+    config: Arc<Config>,
+    /// Set while a frame is held back for room in the worker's queue (boxed: 8 bytes in every
+    /// stream's state, where the wait itself takes 24, for a path taken only when the queue
+    /// is full).
+    wait: Option<Box<Wait>>,
 }
 
 /// A stream's events not yet in its session's slot. While the slot allows it
@@ -222,8 +223,10 @@ pub(crate) struct StreamState {
 #[derive(Debug, Default)]
 struct Batch {
     events: u64,
-    /// Events with an `id` field among them.
-    ids: u64,
+    /// Events with an `id` field among them, saturating: only none, one and more than one
+    /// matter (see `Slot::publish`), and a `u32` beside `generation` keeps the batch at 24
+    /// bytes.
+    ids: u32,
     /// When the first of them was seen (`clock::wall_nanos`).
     seen: u64,
     /// The session's generation then (a batch begun before a forget is dropped).
@@ -242,7 +245,7 @@ impl Batch {
                 self.generation = session.generation();
             }
             self.events += 1;
-            self.ids += u64::from(d.id_set());
+            self.ids = self.ids.saturating_add(u32::from(d.id_set()));
             return false;
         }
         // The batch first, with the newest ID before this event.
@@ -270,7 +273,9 @@ impl Batch {
             self.generation = session.generation();
         }
         self.events += events;
-        self.ids += ids;
+        self.ids = self
+            .ids
+            .saturating_add(u32::try_from(ids).unwrap_or(u32::MAX));
     }
 
     /// Hands the batch (not empty) over; `newest` is the stream's newest ID. `true` if the
@@ -282,7 +287,12 @@ impl Batch {
             seen,
             generation,
         } = std::mem::take(self);
-        session.publish(events, (ids > 0).then_some((newest, ids)), seen, generation)
+        session.publish(
+            events,
+            (ids > 0).then_some((newest, u64::from(ids))),
+            seen,
+            generation,
+        )
     }
 }
 
@@ -305,10 +315,8 @@ enum Forward {
 
 impl StreamState {
     pub(crate) fn new(
-        labels: Labels,
+        config: Arc<Config>,
         session: Option<Attachment>,
-        max_id_len: usize,
-        backpressure_timeout: Duration,
         heartbeat: Option<Duration>,
         settle: Option<Duration>,
     ) -> Self {
@@ -317,15 +325,15 @@ impl StreamState {
             Box::new(Checkpoints::new(settle, start, Instant::now()))
         });
         Self {
-            parser: SseParser::new().max_id_len(max_id_len).for_tracking(),
+            parser: SseParser::new()
+                .max_id_len(config.max_id_len)
+                .for_tracking(),
             session,
             heartbeat: heartbeat.map(|every| Box::new(Heartbeat::new(every))),
-            labels,
+            config,
             checkpoints,
             replay: None,
-            backpressure_timeout,
             wait: None,
-            oversized_ids: 0,
             batch: Batch::default(),
         }
     }
@@ -410,11 +418,14 @@ impl StreamState {
         match session.try_enqueue() {
             Ok(()) | Err(TryEnqueueError::Closed) => Forward::Send,
             Err(TryEnqueueError::Full) => {
-                self.labels.counter(m::BACKPRESSURE_WAITS).increment(1);
-                self.wait = Some(Wait {
+                self.config
+                    .labels()
+                    .counter(m::BACKPRESSURE_WAITS)
+                    .increment(1);
+                self.wait = Some(Box::new(Wait {
                     reserve: session.reserve(),
-                    deadline: Box::pin(tokio::time::sleep(self.backpressure_timeout)),
-                });
+                    deadline: Box::pin(tokio::time::sleep(self.config.backpressure_timeout)),
+                }));
                 Forward::Hold
             }
         }
@@ -429,7 +440,10 @@ impl StreamState {
         match wait.reserve.as_mut().poll(cx) {
             Poll::Ready(Ok(permit)) => session.send(permit),
             Poll::Ready(Err(_closed)) => {
-                self.labels.counter(m::DROPPED_AFTER_SHUTDOWN).increment(1);
+                self.config
+                    .labels()
+                    .counter(m::DROPPED_AFTER_SHUTDOWN)
+                    .increment(1);
             }
             Poll::Pending => {
                 if wait.deadline.as_mut().poll(cx).is_pending() {
@@ -459,7 +473,6 @@ impl StreamState {
             self.checkpoints.is_some(),
             self.session.as_ref().map(Attachment::batching),
             self.batch.events,
-            self.oversized_ids,
         ));
     }
 
@@ -507,7 +520,7 @@ impl StreamState {
     fn poll_heartbeat(&mut self, cx: &mut Context<'_>) -> Poll<Bytes> {
         self.publish_batch();
         match &mut self.heartbeat {
-            Some(heartbeat) => heartbeat.poll(cx, &self.parser, &self.labels),
+            Some(heartbeat) => heartbeat.poll(cx, &self.parser, self.config.labels()),
             None => Poll::Pending,
         }
     }
@@ -659,12 +672,12 @@ impl StreamState {
             }
             dirty
         };
-        let oversized = self.parser.oversized_ids();
-        if oversized != self.oversized_ids {
-            self.labels
+        let oversized = self.parser.take_oversized_ids();
+        if oversized != 0 {
+            self.config
+                .labels()
                 .counter(m::OVERSIZED_IDS)
-                .increment(oversized - self.oversized_ids);
-            self.oversized_ids = oversized;
+                .increment(oversized);
         }
         if dirty {
             Fed::TurnedDirty

@@ -40,6 +40,18 @@ pub(crate) fn stamp_at(at: u64, prev: u64) -> u64 {
     at.max(prev.saturating_add(1))
 }
 
+/// `t` as nanoseconds since the Unix epoch (0 before it, saturating in the year 2554): how a
+/// slot keeps its activity time in 8 bytes instead of a `SystemTime`'s 16.
+pub(crate) fn nanos_of(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// The time `nanos` nanoseconds after the Unix epoch (the inverse of [`nanos_of`]).
+pub(crate) fn time_of(nanos: u64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_nanos(nanos)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

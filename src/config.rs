@@ -53,19 +53,12 @@ impl Config {
 
     /// A stream's tracking state with this layer's settings.
     pub(crate) fn stream_state(
-        &self,
+        self: &std::sync::Arc<Self>,
         session: Option<crate::worker::Attachment>,
         heartbeat: Option<Duration>,
         settle: Option<Duration>,
     ) -> crate::body::StreamState {
-        crate::body::StreamState::new(
-            self.labels().clone(),
-            session,
-            self.max_id_len,
-            self.backpressure_timeout,
-            heartbeat,
-            settle,
-        )
+        crate::body::StreamState::new(self.clone(), session, heartbeat, settle)
     }
 
     /// Whether a successful request of this method ends its session.

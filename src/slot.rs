@@ -79,8 +79,9 @@ struct SlotState {
     persisted_seq: u64,
     /// The version of `id`: when it was recorded (see `clock`).
     version: u64,
-    /// The activity time given at the latest snapshot that carried new events.
-    activity: SystemTime,
+    /// The activity time given at the latest snapshot that carried new events, in nanoseconds
+    /// since the Unix epoch (`clock::nanos_of`: 8 bytes, where a `SystemTime` takes 16).
+    activity: u64,
     /// The slot is with the worker (in its queue, pending set, retry heap, overflow set or
     /// lingering list).
     queued: bool,
@@ -215,7 +216,7 @@ impl Slot {
                 snap_seq: 0,
                 persisted_seq: 0,
                 version: 0,
-                activity: SystemTime::UNIX_EPOCH,
+                activity: 0,
                 queued: false,
                 written_tick: 0,
                 dedup: DedupWindow::new(dedup_window),
@@ -426,7 +427,7 @@ impl Slot {
             return None;
         }
         if st.seq > st.snap_seq {
-            st.activity = now;
+            st.activity = crate::clock::nanos_of(now);
             st.snap_seq = st.seq;
         }
         // Counted since the latest *successful* write: events of a failed write are reported
@@ -438,7 +439,7 @@ impl Slot {
                 stream: self.stream.clone(),
                 last_event_id: st.id.with_str(|id| LastEventId::from(id)),
                 version: st.version,
-                last_activity: st.activity,
+                last_activity: crate::clock::time_of(st.activity),
             },
             seq: st.snap_seq,
             events,

@@ -570,11 +570,19 @@ struct DedupWindow {
     armed: bool,
 }
 
+/// Up to this many entries a window keeps no tags: a lookup compares the fingerprints
+/// themselves (two cache lines at most). A quiet run never holds more (at most
+/// [`WINDOW_QUIET`] - 1 new IDs, and the newest one a seam starts from), so a stream that does
+/// not repeat itself allocates two blocks for its window (the entries and one ring, grown
+/// once), not seven.
+const UNTAGGED: usize = WINDOW_QUIET as usize;
+
 struct Entries {
     ring: Vec<u64>,
-    /// One byte per entry (the fingerprint's top byte), scanned first with `memchr`: a lookup
-    /// reads one cache line of tags, and a full fingerprint only where a tag matches, instead of
-    /// all of the ring.
+    /// Once the ring can hold more than [`UNTAGGED`] entries (and only then: allocated means
+    /// in use), one byte per entry (the fingerprint's top byte), scanned first with `memchr`:
+    /// a lookup reads one cache line of tags, and a full fingerprint only where a tag matches,
+    /// instead of all of the ring.
     tags: Vec<u8>,
     /// The next entry to overwrite once the ring is full.
     next: u32,
@@ -613,7 +621,11 @@ impl DedupWindow {
 
     fn contains(&self, hash: u64) -> bool {
         self.entries.as_ref().is_some_and(|e| {
-            memchr::memchr_iter(Self::tag(hash), &e.tags).any(|i| e.ring[i] == hash)
+            if e.tags.capacity() == 0 {
+                e.ring.contains(&hash)
+            } else {
+                memchr::memchr_iter(Self::tag(hash), &e.tags).any(|i| e.ring[i] == hash)
+            }
         })
     }
 
@@ -642,18 +654,32 @@ impl DedupWindow {
         let len = e.ring.len();
         if len < capacity {
             if len == e.ring.capacity() {
-                let more = (len * 2).clamp(4, capacity) - len;
-                e.ring.reserve_exact(more);
-                e.tags.reserve_exact(more);
+                // 4, then all a quiet run needs, then doubling, up to the window.
+                let target = match len {
+                    0 => 4,
+                    len if len < UNTAGGED => UNTAGGED,
+                    len => len * 2,
+                }
+                .min(capacity);
+                e.ring.reserve_exact(target - len);
+                if target > UNTAGGED {
+                    if e.tags.capacity() == 0 {
+                        e.tags.reserve_exact(target);
+                        e.tags.extend(e.ring.iter().map(|&h| Self::tag(h)));
+                    } else {
+                        e.tags.reserve_exact(target - len);
+                    }
+                }
             }
             e.ring.push(hash);
-            e.tags.push(Self::tag(hash));
-        } else if let (Some(slot), Some(tag)) = (
-            e.ring.get_mut(e.next as usize),
-            e.tags.get_mut(e.next as usize),
-        ) {
+            if e.tags.capacity() != 0 {
+                e.tags.push(Self::tag(hash));
+            }
+        } else if let Some(slot) = e.ring.get_mut(e.next as usize) {
             *slot = hash;
-            *tag = Self::tag(hash);
+            if let Some(tag) = e.tags.get_mut(e.next as usize) {
+                *tag = Self::tag(hash);
+            }
             // A compare, not a division: this runs for every new ID.
             e.next += 1;
             if e.next == self.capacity {
@@ -933,8 +959,19 @@ mod tests {
         for h in 2..=5 {
             w.push(h);
         }
-        assert_eq!(w.allocated(), 8);
-        for h in 6..=100 {
+        assert_eq!(w.allocated(), UNTAGGED, "then all a quiet run needs");
+        let tags = |w: &DedupWindow| w.entries.as_ref().map_or(0, |e| e.tags.capacity());
+        assert_eq!(tags(&w), 0, "no tags while the ring is small");
+        assert!((1..=5).all(|h| w.contains(h)) && !w.contains(6));
+        for h in 6..=17 {
+            w.push(h);
+        }
+        assert_eq!((w.allocated(), tags(&w)), (32, 32), "tagged past it");
+        assert!(
+            (1..=17).all(|h| w.contains(h)) && !w.contains(18),
+            "the tags of the entries before were filled in"
+        );
+        for h in 18..=100 {
             w.push(h);
         }
         assert_eq!(w.allocated(), 64, "never past the window");

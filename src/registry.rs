@@ -295,7 +295,9 @@ impl Registry {
         // At the cap: forget the least recently idle session of this shard, else of another.
         self.admissions_at_cap.fetch_add(1, Relaxed);
         let mut examined = 0;
-        if self.forget_front(&mut shard, &mut examined, None) {
+        if let Some(forgotten) = self.forget_front(&mut shard, &mut examined, None) {
+            // The forgotten slot becomes the new one (see `reserve::recycle`).
+            crate::reserve::recycle(forgotten.slot);
             self.evicted.fetch_add(1, Relaxed);
             self.forgotten("capacity").increment(1);
             self.note_examined(examined);
@@ -310,8 +312,9 @@ impl Registry {
                 break;
             }
             let mut other = self.lock((home + k) & (n - 1));
-            if self.forget_front(&mut other, &mut examined, None) {
+            if let Some(forgotten) = self.forget_front(&mut other, &mut examined, None) {
                 drop(other);
+                crate::reserve::recycle(forgotten.slot);
                 self.len.fetch_sub(1, Relaxed);
                 self.evicted.fetch_add(1, Relaxed);
                 self.forgotten("capacity").increment(1);
@@ -447,7 +450,10 @@ impl Registry {
             let mut shard = self.lock(i);
             let mut examined = 0;
             for _ in 0..per_shard {
-                if !self.forget_front(&mut shard, &mut examined, Some(now)) {
+                if self
+                    .forget_front(&mut shard, &mut examined, Some(now))
+                    .is_none()
+                {
                     break;
                 }
                 forgotten += 1;
@@ -556,32 +562,32 @@ impl Registry {
     }
 
     /// Forgets the front of the shard's idle list, if it has one (and, with `expired_at`, only
-    /// if it has been idle for the TTL). Does not touch `len`.
-    fn forget_front(&self, shard: &mut Shard, examined: &mut u64, expired_at: Option<u64>) -> bool {
+    /// if it has been idle for the TTL), and returns its node. Does not touch `len`.
+    fn forget_front(
+        &self,
+        shard: &mut Shard,
+        examined: &mut u64,
+        expired_at: Option<u64>,
+    ) -> Option<Node> {
         // The list holds only sessions that can be forgotten (see the module docs); the check
         // below guards that invariant, bounded so that a broken one cannot cost a scan.
         for _ in 0..4 {
-            let Some(ix) = shard.nodes.front() else {
-                return false;
-            };
-            let Some(node) = shard.nodes.get(ix) else {
-                return false;
-            };
+            let ix = shard.nodes.front()?;
+            let node = shard.nodes.get(ix)?;
             if let Some(now) = expired_at
                 && now.saturating_sub(node.idle_since) < self.ttl_ms
             {
-                return false;
+                return None;
             }
             *examined += 1;
             self.idle.fetch_sub(1, Relaxed);
             if node.attached == 0 && !node.slot.is_queued() {
-                shard.remove(ix);
-                return true;
+                return shard.remove(ix);
             }
             debug_assert!(false, "a busy session on the idle list");
             shard.nodes.unlink(ix);
         }
-        false
+        None
     }
 }
 

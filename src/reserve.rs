@@ -11,8 +11,9 @@
 //!
 //! Each thread keeps its own reserves, so taking from them needs no lock; a reserve holds at
 //! most [`BATCH`] - 1 unused allocations (under 10 KiB per reserve and thread), and is refilled
-//! a batch at a time when empty. Nothing is recycled: a state or slot no longer used is freed
-//! as usual.
+//! a batch at a time when empty. One thing is recycled: the slot a registry at its cap forgets
+//! to admit a new session ([`recycle`]), which the new session's slot then reuses. Everything
+//! else no longer used is freed as usual.
 
 use std::{cell::RefCell, mem::MaybeUninit, sync::Arc, thread::LocalKey};
 
@@ -55,19 +56,15 @@ pub(crate) fn boxed(state: StreamState) -> Box<StreamState> {
     }
 }
 
+/// A slot that holds nothing: what the reserve keeps until one is filled in place.
+fn blank() -> Slot {
+    Slot::new(SessionId::blank(), StreamKey::whole_session(), 0, 0, 0)
+}
+
 /// `slot`, in an `Arc` from this thread's reserve.
 pub(crate) fn shared(slot: Slot) -> Arc<Slot> {
     // The reserve's slots are blanks no one else holds: each is filled in place.
-    let blank = || {
-        Arc::new(Slot::new(
-            SessionId::blank(),
-            StreamKey::whole_session(),
-            0,
-            0,
-            0,
-        ))
-    };
-    match take(&SLOTS, blank) {
+    match take(&SLOTS, || Arc::new(blank())) {
         Some(mut spare) => match Arc::get_mut(&mut spare) {
             Some(place) => {
                 *place = slot;
@@ -77,6 +74,27 @@ pub(crate) fn shared(slot: Slot) -> Arc<Slot> {
         },
         None => Arc::new(slot),
     }
+}
+
+/// Puts `slot`, if no one else holds it, back into this thread's reserve as a blank (its keys
+/// released), when the reserve has room; otherwise drops it as usual.
+///
+/// For a registry at its cap, which forgets one session for each one it admits: the next slot
+/// is then the forgotten one, with no free and no allocation. Freeing it cost more than the
+/// rest of an admission: the forgotten session is the one idle longest, its slot among the
+/// coldest memory of the process, and glibc merges a freed chunk of that size with its
+/// neighbours, reading their headers too.
+pub(crate) fn recycle(mut slot: Arc<Slot>) {
+    let Some(place) = Arc::get_mut(&mut slot) else {
+        return;
+    };
+    *place = blank();
+    let _ = SLOTS.try_with(|reserve| {
+        let mut reserve = reserve.borrow_mut();
+        if reserve.len() < BATCH - 1 {
+            reserve.push(slot);
+        }
+    });
 }
 
 #[cfg(test)]
@@ -126,6 +144,48 @@ mod tests {
             assert!(
                 SLOTS.with_borrow(|spare| spare.iter().all(|s| s.session().as_str().is_empty()))
             );
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_recycled_slot_is_the_next_one_given_and_the_reserve_stays_bounded() {
+        std::thread::spawn(|| {
+            let slot = |key: &str| {
+                Slot::new(
+                    SessionId::new(key).unwrap(),
+                    StreamKey::new("/events").unwrap(),
+                    0,
+                    0,
+                    64,
+                )
+            };
+            let first = shared(slot("s1"));
+            let second = shared(slot("s2"));
+            assert_eq!(SLOTS.with_borrow(Vec::len), BATCH - 2);
+
+            // Held elsewhere: not recycled.
+            let held = second.clone();
+            recycle(second);
+            assert_eq!(SLOTS.with_borrow(Vec::len), BATCH - 2);
+
+            // Held by the caller alone: back in the reserve, blank, and given out next.
+            let at = Arc::as_ptr(&first);
+            recycle(first);
+            assert_eq!(SLOTS.with_borrow(Vec::len), BATCH - 1);
+            assert!(SLOTS.with_borrow(|spare| spare.last().unwrap().session().as_str().is_empty()));
+            let third = shared(slot("s3"));
+            assert_eq!(Arc::as_ptr(&third), at);
+            assert_eq!(third.session().as_str(), "s3");
+
+            // Back in while there is room; then the reserve is full, and a slot recycled (`held`,
+            // its only holder now) is freed as usual.
+            recycle(third);
+            assert_eq!(SLOTS.with_borrow(Vec::len), BATCH - 1);
+            assert_eq!(Arc::strong_count(&held), 1);
+            recycle(held);
+            assert_eq!(SLOTS.with_borrow(Vec::len), BATCH - 1);
         })
         .join()
         .unwrap();

@@ -193,7 +193,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    // `into_make_service`: one router for every connection (`axum::serve(listener, app)` builds
+    // it again per connection; see the README's "Serving").
+    let server = tokio::spawn(async move { axum::serve(listener, app.into_make_service()).await });
     println!("SSE server with event tracking ({store_name}) on http://{addr}/events");
 
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();

@@ -50,7 +50,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr = std::env::var("ADDR").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("listening on http://{}/events", listener.local_addr()?);
-    axum::serve(listener, app)
+    // `into_make_service`: one router for every connection (`axum::serve(listener, app)` builds
+    // it again per connection; see the README's "Serving").
+    axum::serve(listener, app.into_make_service())
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })

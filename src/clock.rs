@@ -5,9 +5,6 @@
 //! replicas: a replica that writes late (a slow flush, an open circuit breaker) still carries the
 //! time its events happened, so it cannot roll back an ID another replica recorded later.
 
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-use std::time::{SystemTime, UNIX_EPOCH};
-
 /// Nanoseconds since the Unix epoch now, from the kernel's coarse real-time clock where there is
 /// one: it is read from memory the kernel updates every tick (1-4 ms), several times cheaper than
 /// a precise read, and a version needs no finer order than that across replicas (within a
@@ -24,9 +21,7 @@ pub(crate) fn wall_nanos() -> u64 {
 /// Nanoseconds since the Unix epoch now.
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 pub(crate) fn wall_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    nanos_of(std::time::SystemTime::now())
 }
 
 /// The version of an ID recorded now, after one of version `prev`: the current time, or one more
@@ -41,7 +36,8 @@ pub(crate) fn stamp_at(at: u64, prev: u64) -> u64 {
 }
 
 /// `t` as nanoseconds since the Unix epoch (0 before it, saturating in the year 2554): how a
-/// slot keeps its activity time in 8 bytes instead of a `SystemTime`'s 16.
+/// slot keeps its activity time in 8 bytes instead of a `SystemTime`'s 16, and how the redb
+/// stores write times.
 pub(crate) fn nanos_of(t: std::time::SystemTime) -> u64 {
     t.duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))

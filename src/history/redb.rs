@@ -5,7 +5,7 @@ use std::{
     collections::HashMap,
     path::Path,
     sync::{Arc, Mutex, PoisonError},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime},
 };
 
 use bytes::Bytes;
@@ -253,9 +253,7 @@ fn nanos(d: Duration) -> u64 {
 }
 
 fn now_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, nanos)
+    crate::clock::nanos_of(SystemTime::now())
 }
 
 fn encode_event(event: &HistoryEvent, out: &mut Vec<u8>) {

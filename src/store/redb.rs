@@ -3,7 +3,7 @@
 use std::{
     path::Path,
     sync::{Arc, Mutex, PoisonError},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime},
 };
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
@@ -375,11 +375,7 @@ fn encode(record: &SessionRecord, out: &mut Vec<u8>) {
     out.clear();
     out.push(RECORD_V1);
     out.extend_from_slice(&record.version.to_le_bytes());
-    let nanos = record
-        .last_activity
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-    out.extend_from_slice(&nanos.to_le_bytes());
+    out.extend_from_slice(&crate::clock::nanos_of(record.last_activity).to_le_bytes());
     match &record.last_event_id {
         LastEventId::Set(id) => {
             out.push(0);
@@ -406,12 +402,14 @@ fn decode(value: &[u8]) -> Result<SessionRecord, StoreError> {
     Ok(SessionRecord {
         last_event_id,
         version,
-        last_activity: UNIX_EPOCH + Duration::from_nanos(nanos),
+        last_activity: crate::clock::time_of(nanos),
     })
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::UNIX_EPOCH;
+
     use super::*;
 
     #[test]

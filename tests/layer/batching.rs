@@ -121,18 +121,23 @@ async fn a_client_that_leaves_mid_run_leaves_its_newest_event_behind() {
     assert_eq!(stored(&store, "batched"), set("250"));
 }
 
-/// Duplicates counted by the layer.
-fn duplicates(snapshotter: &metrics_util::debugging::Snapshotter) -> u64 {
+/// The counter `name` as the layer recorded it.
+fn counted(snapshotter: &metrics_util::debugging::Snapshotter, name: &str) -> u64 {
     snapshotter
         .snapshot()
         .into_vec()
         .into_iter()
-        .filter(|(key, ..)| key.key().name() == "sse_tracking_duplicate_events_total")
+        .filter(|(key, ..)| key.key().name() == name)
         .map(|(.., value)| match value {
             metrics_util::debugging::DebugValue::Counter(n) => n,
             _ => 0,
         })
         .sum()
+}
+
+/// Duplicates counted by the layer.
+fn duplicates(snapshotter: &metrics_util::debugging::Snapshotter) -> u64 {
+    counted(snapshotter, "sse_tracking_duplicate_events_total")
 }
 
 /// Within a run, an ID that repeats the one before it is a duplicate (counted, the session's
@@ -165,6 +170,45 @@ fn a_repeated_id_in_a_run_is_counted_as_a_duplicate() {
         });
     });
     assert_eq!(duplicates(&snapshotter), 1, "the second 40 alone");
+}
+
+/// IDs over the cap are counted once each, whether the stream's frames are plain blocks (read
+/// in bulk) or split inside the ID's line, and leave the position where it was.
+#[test]
+fn oversized_ids_are_counted_once_each() {
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let rt = support::runtime();
+    metrics::with_local_recorder(&recorder, || {
+        rt.block_on(async {
+            let store = MemoryStore::new();
+            let tracking = layer_builder(&store).max_id_len(8).build();
+            let (tx, mut body) = open(&tracking).await;
+            let long = "x".repeat(9);
+            let frames = [
+                event(1),
+                Bytes::from(format!("id: {long}\ndata: a\n\n")),
+                Bytes::from(format!("id: {}", &long[..4])),
+                Bytes::from(format!("{}\ndata: b\n\n", &long[4..])),
+                event(2),
+                Bytes::from(format!("id: {long}\ndata: c\n\n")),
+            ];
+            for frame in &frames {
+                tx.send(frame.clone()).unwrap();
+            }
+            for frame in &frames {
+                let got = body.frame().await.unwrap().unwrap().into_data().unwrap();
+                assert_eq!(&got, frame);
+            }
+            find_idle(&mut body).await;
+            assert_eq!(newest(&tracking).as_deref(), Some("2"));
+        });
+    });
+    assert_eq!(
+        counted(&snapshotter, "sse_tracking_oversized_ids_total"),
+        3,
+        "the whole one, the split one and the last"
+    );
 }
 
 /// A session forgotten (a `DELETE` that ends it, say) while its stream has events not yet

@@ -672,12 +672,12 @@ impl StreamState {
             }
             dirty
         };
-        let oversized = self.parser.take_oversized_ids();
-        if oversized != 0 {
+        // Read first, taken only when there are some: no store per frame.
+        if self.parser.oversized_ids() != 0 {
             self.config
                 .labels()
                 .counter(m::OVERSIZED_IDS)
-                .increment(oversized);
+                .increment(self.parser.take_oversized_ids());
         }
         if dirty {
             Fed::TurnedDirty

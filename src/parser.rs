@@ -1753,6 +1753,9 @@ mod tests {
     /// order mark. Repeated IDs come up by themselves.
     fn sse_bytes(rare: u32) -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
         use proptest::prelude::*;
+        const LONG_DATA: &[u8] = b"data: 0123456789abcdef0123456789abcdef0123456789abcdef\
+            0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\
+            0123456789abcdef0123456789abcdef0123456789abcdef";
         let field = prop_oneof![
             10 => Just(&b"data: x"[..]),
             2 => Just(&b"data"[..]),
@@ -1768,6 +1771,10 @@ mod tests {
             1 => Just(&b"event"[..]),
             2 => Just(&b": comment"[..]),
             1 => Just(&b"other: field"[..]),
+            // Longer than the 64 bytes the fast path searches with SSE2 before memchr's
+            // general entry point takes over.
+            1 => Just(&b"data: 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"[..]),
+            1 => Just(LONG_DATA),
             8 => Just(&b""[..]),
             rare => Just(&b"id"[..]),
             rare => Just(&b"id:"[..]),

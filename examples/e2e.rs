@@ -13,7 +13,10 @@
 //! events as fast as it reads them), and prints per run: events/s received, server
 //! CPU time per event (user + system, from /proc), client-measured event latency p50/p99/p999,
 //! server resident memory per connection, store writes, events per write and persistence lag
-//! (event emitted -> ID persisted) p50/p99. `--flush-ms` sets the worker's flush interval (default
+//! (event emitted -> ID persisted) p50/p99. After the rounds, the summary gives the ratios of
+//! the sums, and the `pairs` line the median of each round's ratio to the bare round just
+//! before it, with every ratio listed (the machine's speed drifts; a pair shares its moment).
+//! `--flush-ms` sets the worker's flush interval (default
 //! 50 ms, the crate's default). `--connect-over MS` opens the connections evenly over that time
 //! instead of all at once (resident memory per connection depends on it: see the README).
 //! `--serving` chooses how both servers are served: `make-service` (the default, as the README
@@ -281,6 +284,18 @@ fn serve(mode: &str, per_connection_rate: f64, flush_ms: u64, serving: &str) {
 // ---------------------------------------------------------------------------------------------
 // Client (parent process)
 // ---------------------------------------------------------------------------------------------
+
+/// The median (the mean of the middle two for an even count).
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+    }
+}
 
 fn percentile(sorted: &[u32], p: f64) -> u32 {
     if sorted.is_empty() {
@@ -570,6 +585,8 @@ fn main() {
     );
     for &connections in &args.connections {
         let mut sums = [(0.0, 0.0, 0.0), (0.0, 0.0, 0.0)];
+        // Per round (events/s, CPU per event), for the ratios of each pair.
+        let mut rounds = [Vec::new(), Vec::new()];
         for round in 0..args.rounds {
             for (m, mode) in ["bare", "tracked"].into_iter().enumerate() {
                 if !args.modes.iter().any(|x| x == mode) {
@@ -599,6 +616,7 @@ fn main() {
                         "-".into()
                     },
                 );
+                rounds[m].push((r.events_per_sec, r.cpu_us_per_event));
                 sums[m].0 += r.events_per_sec;
                 sums[m].1 += r.cpu_us_per_event;
                 sums[m].2 += r.rss_per_conn;
@@ -613,5 +631,26 @@ fn main() {
             tracked.1 / bare.1,
             (tracked.2 - bare.2) / n
         );
+        // Each tracked round against the bare round just before it: this VM's speed drifts
+        // over minutes, and a pair shares its moment.
+        if rounds[0].len() == rounds[1].len() && !rounds[0].is_empty() {
+            let pairs = || rounds[0].iter().zip(&rounds[1]);
+            let events: Vec<f64> = pairs().map(|(b, t)| t.0 / b.0).collect();
+            let cpu: Vec<f64> = pairs().map(|(b, t)| t.1 / b.1).collect();
+            let list = |v: &[f64]| {
+                v.iter()
+                    .map(|r| format!("{r:.3}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            println!(
+                "{:>6} pairs: tracked/bare events/s median {:.3} ({}), cpu/event median {:.3} ({})",
+                connections,
+                median(&events),
+                list(&events),
+                median(&cpu),
+                list(&cpu)
+            );
+        }
     }
 }

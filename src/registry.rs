@@ -624,7 +624,9 @@ mod tests {
     /// Records an event and writes it, as the worker would.
     fn written(reg: &Registry, slot: &Arc<Slot>, id: &str) {
         slot.record(Some(id.as_bytes()), &IdHasher::default());
-        let snap = slot.snapshot(std::time::SystemTime::now()).unwrap();
+        let snap = slot
+            .snapshot(crate::clock::nanos_of(std::time::SystemTime::now()))
+            .unwrap();
         assert!(!slot.mark_persisted(snap.seq));
         reg.refresh(slot);
     }
@@ -673,7 +675,9 @@ mod tests {
         ));
         assert_eq!(reg.stats().refused, 1);
         // Written: a becomes idle and can go.
-        let snap = a.snapshot(std::time::SystemTime::now()).unwrap();
+        let snap = a
+            .snapshot(crate::clock::nanos_of(std::time::SystemTime::now()))
+            .unwrap();
         a.mark_persisted(snap.seq);
         reg.refresh(&a);
         let c = reg.attach(&sid("c"), &whole()).unwrap();
@@ -847,7 +851,11 @@ mod tests {
         assert!(reg.get(&sid("a"), &stream("/idle")).is_none());
         // Still held (by a stream, by the worker): kept, but with nothing to remember or write.
         assert_eq!(live.last_event_id(), None);
-        assert!(unwritten.snapshot(std::time::SystemTime::now()).is_none());
+        assert!(
+            unwritten
+                .snapshot(crate::clock::nanos_of(std::time::SystemTime::now()))
+                .is_none()
+        );
         assert_eq!(reg.len(), 3);
         assert_eq!(reg.stats().idle, 0);
         // Other sessions are untouched; the held positions go their usual way afterwards.

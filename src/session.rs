@@ -27,8 +27,25 @@ pub(crate) const DEFAULT_MAX_STREAM_KEY_LEN: usize = 256;
 /// assert!(SessionId::new("bad\nkey").is_err());
 /// assert!(SessionId::with_max_len("toolong", 4).is_err());
 /// ```
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Eq, PartialOrd, Ord)]
 pub struct SessionId(Arc<str>);
+
+/// Equal bytes; the same allocation first, without reading them (the registry, the worker and
+/// the stores mostly compare clones of one key).
+impl PartialEq for SessionId {
+    #[inline]
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
+
+/// The bytes' hash, as derived (consistent with the equality above).
+impl std::hash::Hash for SessionId {
+    #[inline]
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
 
 impl SessionId {
     /// An empty key, never a session's: the placeholder of a slot made ahead of use (see
@@ -157,8 +174,24 @@ impl TryFrom<&str> for SessionId {
 /// assert!(StreamKey::whole_session().is_whole_session());
 /// assert!(StreamKey::new("/a\nb").is_err());
 /// ```
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Eq, PartialOrd, Ord)]
 pub struct StreamKey(Arc<str>);
+
+/// Equal bytes; the same allocation first (see [`SessionId`]'s).
+impl PartialEq for StreamKey {
+    #[inline]
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
+
+/// The bytes' hash, as derived (consistent with the equality above).
+impl std::hash::Hash for StreamKey {
+    #[inline]
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
 
 impl StreamKey {
     /// Validates `key` with the default length cap of 256 bytes.
@@ -553,6 +586,23 @@ mod tests {
         for key in ["a", "0f8fad5b-d9cb-469f-a165-70867728950e", "ключ", "a b"] {
             assert_eq!(SessionId::new(key).unwrap().as_str(), key);
         }
+    }
+
+    #[test]
+    fn keys_are_equal_by_their_bytes_whether_or_not_they_share_an_allocation() {
+        use std::hash::BuildHasher;
+        let hasher = std::collections::hash_map::RandomState::new();
+        let a = SessionId::new("a1b2").unwrap();
+        let (clone, apart) = (a.clone(), SessionId::new("a1b2").unwrap());
+        assert!(!Arc::ptr_eq(&a.0, &apart.0));
+        assert!(a == clone && a == apart && clone == apart);
+        assert_ne!(a, SessionId::new("a1b3").unwrap());
+        assert_eq!(hasher.hash_one(&a), hasher.hash_one(&apart));
+        let k = StreamKey::new("/events").unwrap();
+        let (clone, apart) = (k.clone(), StreamKey::new("/events").unwrap());
+        assert!(k == clone && k == apart);
+        assert_ne!(k, StreamKey::new("/event").unwrap());
+        assert_eq!(hasher.hash_one(&k), hasher.hash_one(&apart));
     }
 
     #[test]

@@ -10,7 +10,6 @@
 use std::{
     hash::BuildHasher,
     sync::atomic::{AtomicBool, AtomicU32, Ordering},
-    time::SystemTime,
 };
 
 use crate::{
@@ -420,14 +419,16 @@ impl Slot {
     /// Takes the slot's newest state for a write, or `None` if everything is written already.
     /// The version is the one stamped when the newest ID was recorded; the activity time moves
     /// only when events were recorded since the previous snapshot. Before any `id` was recorded
-    /// the version is 0: the write records activity and never replaces a stored ID.
-    pub(crate) fn snapshot(&self, now: SystemTime) -> Option<Snapshot> {
+    /// the version is 0: the write records activity and never replaces a stored ID. `now` is
+    /// the time of the write in nanoseconds since the Unix epoch (`clock::nanos_of`, read once
+    /// per batch).
+    pub(crate) fn snapshot(&self, now: u64) -> Option<Snapshot> {
         let mut st = self.lock();
         if st.seq == st.persisted_seq {
             return None;
         }
         if st.seq > st.snap_seq {
-            st.activity = crate::clock::nanos_of(now);
+            st.activity = now;
             st.snap_seq = st.seq;
         }
         // Counted since the latest *successful* write: events of a failed write are reported
@@ -744,6 +745,12 @@ impl IdHasher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::SystemTime;
+
+    /// A write's time, as the worker passes it.
+    fn now() -> u64 {
+        crate::clock::nanos_of(SystemTime::now())
+    }
 
     fn slot() -> Slot {
         Slot::new(
@@ -766,7 +773,7 @@ mod tests {
         assert!(rec(&s, &h, "1").enqueue);
         assert!(!rec(&s, &h, "2").enqueue);
         assert!(!rec(&s, &h, "3").enqueue);
-        let snap = s.snapshot(SystemTime::now()).unwrap();
+        let snap = s.snapshot(now()).unwrap();
         assert_eq!(snap.update.last_event_id.as_str(), Some("3"));
         assert!(!s.mark_persisted(snap.seq), "clean after the write");
         assert!(rec(&s, &h, "4").enqueue, "clean -> queued enqueues again");
@@ -778,16 +785,16 @@ mod tests {
         let s = slot();
         // Written on tick 7: released, as a session written once.
         assert!(rec(&s, &h, "1").enqueue);
-        let snap = s.snapshot(SystemTime::now()).unwrap();
+        let snap = s.snapshot(now()).unwrap();
         assert_eq!(s.mark_written(snap.seq, Some(7)), Written::Clean);
         assert!(!s.is_queued());
         // Written again on tick 9 (not the next one): released again.
         assert!(rec(&s, &h, "2").enqueue);
-        let snap = s.snapshot(SystemTime::now()).unwrap();
+        let snap = s.snapshot(now()).unwrap();
         assert_eq!(s.mark_written(snap.seq, Some(9)), Written::Clean);
         // Written on tick 10, right after 9: kept, so the next event needs no queue.
         assert!(rec(&s, &h, "3").enqueue);
-        let snap = s.snapshot(SystemTime::now()).unwrap();
+        let snap = s.snapshot(now()).unwrap();
         assert_eq!(s.mark_written(snap.seq, Some(10)), Written::Hot);
         assert!(s.is_queued());
         assert!(
@@ -795,16 +802,16 @@ mod tests {
             "kept by the worker: not queued again"
         );
         // Tick 11 writes it (kept again, as it keeps getting events).
-        let snap = s.snapshot(SystemTime::now()).unwrap();
+        let snap = s.snapshot(now()).unwrap();
         assert_eq!(snap.update.last_event_id.as_str(), Some("4"));
         assert_eq!(s.mark_written(snap.seq, Some(11)), Written::Hot);
         // Tick 12 finds nothing new: the worker releases it, and the next event queues it.
-        assert!(s.snapshot(SystemTime::now()).is_none());
+        assert!(s.snapshot(now()).is_none());
         assert!(!s.mark_persisted(0));
         assert!(!s.is_queued());
         assert!(rec(&s, &h, "5").enqueue);
         // Events during a write still keep it dirty, hot or not.
-        let snap = s.snapshot(SystemTime::now()).unwrap();
+        let snap = s.snapshot(now()).unwrap();
         assert!(!rec(&s, &h, "6").enqueue);
         assert_eq!(s.mark_written(snap.seq, Some(13)), Written::Dirty);
         assert!(s.is_queued());
@@ -815,10 +822,10 @@ mod tests {
         let h = IdHasher::default();
         let s = slot();
         rec(&s, &h, "1");
-        let snap = s.snapshot(SystemTime::now()).unwrap();
+        let snap = s.snapshot(now()).unwrap();
         assert!(!rec(&s, &h, "2").enqueue);
         assert!(s.mark_persisted(snap.seq), "still dirty");
-        let snap2 = s.snapshot(SystemTime::now()).unwrap();
+        let snap2 = s.snapshot(now()).unwrap();
         assert_eq!(snap2.update.last_event_id.as_str(), Some("2"));
         assert!(snap2.update.version > snap.update.version);
     }
@@ -829,19 +836,15 @@ mod tests {
         let s = slot();
         rec(&s, &h, "1");
         rec(&s, &h, "2");
-        let failed = s.snapshot(SystemTime::now()).unwrap();
+        let failed = s.snapshot(now()).unwrap();
         assert_eq!(failed.events, 2);
         // The write failed (no mark_persisted); one more event before the retry.
         rec(&s, &h, "3");
-        let retry = s.snapshot(SystemTime::now()).unwrap();
+        let retry = s.snapshot(now()).unwrap();
         assert_eq!(retry.events, 3, "none lost");
         s.mark_persisted(retry.seq);
         rec(&s, &h, "4");
-        assert_eq!(
-            s.snapshot(SystemTime::now()).unwrap().events,
-            1,
-            "none twice"
-        );
+        assert_eq!(s.snapshot(now()).unwrap().events, 1, "none twice");
     }
 
     #[test]
@@ -849,14 +852,14 @@ mod tests {
         let h = IdHasher::default();
         let s = slot();
         rec(&s, &h, "1");
-        let a = s.snapshot(SystemTime::now()).unwrap();
+        let a = s.snapshot(now()).unwrap();
         s.mark_persisted(a.seq);
         s.record(None, &h); // an event without id: activity only
-        let b = s.snapshot(SystemTime::now()).unwrap();
+        let b = s.snapshot(now()).unwrap();
         assert_eq!(a.update.version, b.update.version);
         assert!(b.seq > a.seq);
         // A retry of the same snapshot keeps its version.
-        let c = s.snapshot(SystemTime::now()).unwrap();
+        let c = s.snapshot(now()).unwrap();
         assert_eq!(c.update.version, b.update.version);
     }
 
@@ -873,7 +876,7 @@ mod tests {
             rec(&s, &h, &id.to_string());
         }
         assert!(s.batching(), "queued, window freed after a quiet run");
-        let snap = s.snapshot(SystemTime::now()).unwrap();
+        let snap = s.snapshot(now()).unwrap();
         assert!(!s.mark_persisted(snap.seq));
         assert!(!s.batching(), "clean: the next event must queue the slot");
         assert!(rec(&s, &h, "100").enqueue);
@@ -889,22 +892,22 @@ mod tests {
         for id in 1..=WINDOW_QUIET + 1 {
             rec(&s, &h, &id.to_string());
         }
-        let before = s.snapshot(SystemTime::now()).unwrap();
+        let before = s.snapshot(now()).unwrap();
         // Seen long ago (a client whose body was dropped long after): never older than the
         // version before, and no newer than when it was seen.
         let r = s.publish(3, Some((b"a", 2)), 5, 0, &h);
         assert!(!r.duplicate && !r.enqueue);
-        let old = s.snapshot(SystemTime::now()).unwrap();
+        let old = s.snapshot(now()).unwrap();
         assert_eq!(old.update.version, before.update.version + 1);
         assert_eq!(old.update.last_event_id.as_str(), Some("a"));
         assert_eq!(old.events, before.events + 3);
         let later = crate::clock::wall_nanos() + 60_000_000_000;
         s.publish(1, Some((b"b", 1)), later, 0, &h);
-        let snap = s.snapshot(SystemTime::now()).unwrap();
+        let snap = s.snapshot(now()).unwrap();
         assert_eq!(snap.update.version, later);
         // Events without an ID: counted, the version stays.
         s.publish(4, None, later + 5, 0, &h);
-        let none = s.snapshot(SystemTime::now()).unwrap();
+        let none = s.snapshot(now()).unwrap();
         assert_eq!(none.update.version, later);
         assert_eq!(none.events, snap.events + 4);
         // A batch of one ID that repeats the newest is a duplicate; of two, it is not (the one
@@ -1046,13 +1049,13 @@ mod tests {
         let h = IdHasher::default();
         let s = slot();
         s.record(None, &h);
-        let a = s.snapshot(SystemTime::now()).unwrap();
+        let a = s.snapshot(now()).unwrap();
         assert_eq!(a.update.version, 0, "must not override a stored id");
         assert_eq!(s.last_event_id(), None);
         s.mark_persisted(a.seq);
         // Clearing on a fresh slot is a real change.
         rec(&s, &h, "");
-        let b = s.snapshot(SystemTime::now()).unwrap();
+        let b = s.snapshot(now()).unwrap();
         assert!(b.update.version > 0);
         assert_eq!(b.update.last_event_id, LastEventId::Cleared);
     }
@@ -1060,6 +1063,6 @@ mod tests {
     #[test]
     fn nothing_to_write_gives_no_snapshot() {
         let s = slot();
-        assert!(s.snapshot(SystemTime::now()).is_none());
+        assert!(s.snapshot(now()).is_none());
     }
 }

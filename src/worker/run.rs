@@ -426,7 +426,7 @@ impl Worker {
         mode: FlushMode,
         timeout: std::time::Duration,
     ) -> (usize, usize) {
-        let now = SystemTime::now();
+        let now = crate::clock::nanos_of(SystemTime::now());
         let mut slots = std::mem::take(&mut self.scratch.slots);
         let mut updates = std::mem::take(&mut self.scratch.updates);
         let mut seqs = std::mem::take(&mut self.scratch.seqs);

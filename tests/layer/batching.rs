@@ -121,6 +121,16 @@ async fn a_client_that_leaves_mid_run_leaves_its_newest_event_behind() {
     assert_eq!(stored(&store, "batched"), set("250"));
 }
 
+/// Runs `test` on a current-thread runtime under a local metrics recorder, and returns what it
+/// recorded.
+fn recorded(test: impl Future<Output = ()>) -> metrics_util::debugging::Snapshotter {
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let rt = support::runtime();
+    metrics::with_local_recorder(&recorder, || rt.block_on(test));
+    snapshotter
+}
+
 /// The counter `name` as the layer recorded it.
 fn counted(snapshotter: &metrics_util::debugging::Snapshotter, name: &str) -> u64 {
     snapshotter
@@ -145,29 +155,24 @@ fn duplicates(snapshotter: &metrics_util::debugging::Snapshotter) -> u64 {
 /// others, once the duplicate window was freed again, is not (the session moved on from it).
 #[test]
 fn a_repeated_id_in_a_run_is_counted_as_a_duplicate() {
-    let recorder = metrics_util::debugging::DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    let rt = support::runtime();
-    metrics::with_local_recorder(&recorder, || {
-        rt.block_on(async {
-            let store = MemoryStore::new();
-            let tracking = layer_builder(&store).build();
-            let (tx, mut body) = open(&tracking).await;
-            // Past the seam of the new stream (its duplicate window is freed after a quiet
-            // run), in one run: 1..=40, 40 again (which arms the window), 41..=80 (freed again
-            // after 16), then 79.
-            let ids: Vec<u64> = (1..=40).chain([40]).chain(41..=80).chain([79]).collect();
-            for &id in &ids {
-                tx.send(event(id)).unwrap();
-            }
-            read(&mut body, ids[..41].to_vec()).await;
-            assert_eq!(newest(&tracking).as_deref(), Some("40"));
-            read(&mut body, ids[41..].to_vec()).await;
-            find_idle(&mut body).await;
-            assert_eq!(newest(&tracking).as_deref(), Some("79"));
-            tracking.flush().await.unwrap();
-            assert_eq!(stored(&store, "batched"), set("79"));
-        });
+    let snapshotter = recorded(async {
+        let store = MemoryStore::new();
+        let tracking = layer_builder(&store).build();
+        let (tx, mut body) = open(&tracking).await;
+        // Past the seam of the new stream (its duplicate window is freed after a quiet
+        // run), in one run: 1..=40, 40 again (which arms the window), 41..=80 (freed again
+        // after 16), then 79.
+        let ids: Vec<u64> = (1..=40).chain([40]).chain(41..=80).chain([79]).collect();
+        for &id in &ids {
+            tx.send(event(id)).unwrap();
+        }
+        read(&mut body, ids[..41].to_vec()).await;
+        assert_eq!(newest(&tracking).as_deref(), Some("40"));
+        read(&mut body, ids[41..].to_vec()).await;
+        find_idle(&mut body).await;
+        assert_eq!(newest(&tracking).as_deref(), Some("79"));
+        tracking.flush().await.unwrap();
+        assert_eq!(stored(&store, "batched"), set("79"));
     });
     assert_eq!(duplicates(&snapshotter), 1, "the second 40 alone");
 }
@@ -176,33 +181,28 @@ fn a_repeated_id_in_a_run_is_counted_as_a_duplicate() {
 /// in bulk) or split inside the ID's line, and leave the position where it was.
 #[test]
 fn oversized_ids_are_counted_once_each() {
-    let recorder = metrics_util::debugging::DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    let rt = support::runtime();
-    metrics::with_local_recorder(&recorder, || {
-        rt.block_on(async {
-            let store = MemoryStore::new();
-            let tracking = layer_builder(&store).max_id_len(8).build();
-            let (tx, mut body) = open(&tracking).await;
-            let long = "x".repeat(9);
-            let frames = [
-                event(1),
-                Bytes::from(format!("id: {long}\ndata: a\n\n")),
-                Bytes::from(format!("id: {}", &long[..4])),
-                Bytes::from(format!("{}\ndata: b\n\n", &long[4..])),
-                event(2),
-                Bytes::from(format!("id: {long}\ndata: c\n\n")),
-            ];
-            for frame in &frames {
-                tx.send(frame.clone()).unwrap();
-            }
-            for frame in &frames {
-                let got = body.frame().await.unwrap().unwrap().into_data().unwrap();
-                assert_eq!(&got, frame);
-            }
-            find_idle(&mut body).await;
-            assert_eq!(newest(&tracking).as_deref(), Some("2"));
-        });
+    let snapshotter = recorded(async {
+        let store = MemoryStore::new();
+        let tracking = layer_builder(&store).max_id_len(8).build();
+        let (tx, mut body) = open(&tracking).await;
+        let long = "x".repeat(9);
+        let frames = [
+            event(1),
+            Bytes::from(format!("id: {long}\ndata: a\n\n")),
+            Bytes::from(format!("id: {}", &long[..4])),
+            Bytes::from(format!("{}\ndata: b\n\n", &long[4..])),
+            event(2),
+            Bytes::from(format!("id: {long}\ndata: c\n\n")),
+        ];
+        for frame in &frames {
+            tx.send(frame.clone()).unwrap();
+        }
+        for frame in &frames {
+            let got = body.frame().await.unwrap().unwrap().into_data().unwrap();
+            assert_eq!(&got, frame);
+        }
+        find_idle(&mut body).await;
+        assert_eq!(newest(&tracking).as_deref(), Some("2"));
     });
     assert_eq!(
         counted(&snapshotter, "sse_tracking_oversized_ids_total"),

@@ -562,7 +562,7 @@ impl StreamState {
                 let mut read = 0;
                 if session.batching() {
                     let scanned = parser.scan_plain(chunk, |end, last_id, id_set| {
-                        history.event(&chunk[start..end], last_id, id_set);
+                        history.event(&chunk[start..end], last_id.as_slice(), id_set);
                         start = end;
                     });
                     batch.add(session, scanned.events, scanned.ids);

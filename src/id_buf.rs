@@ -121,8 +121,15 @@ impl IdBuf {
     pub(crate) fn holds_words(&self, value: &[u8], first: u64, last: u64) -> bool {
         let n = value.len();
         debug_assert!((8..=16).contains(&n));
-        let held = self.as_slice();
-        held.len() == n && word(held, 0) == first && word(held, n - 8) == last
+        match self {
+            // Read in place: no slice of the inline bytes (whose bounds check would stay).
+            Self::Inline { len, bytes } => {
+                usize::from(*len) == n && word(bytes, 0) == first && word(bytes, n - 8) == last
+            }
+            Self::Heap(held) => {
+                held.len() == n && word(held, 0) == first && word(held, n - 8) == last
+            }
+        }
     }
 
     /// [`set`](Self::set) for a `value` of 8 to 16 bytes whose first and last eight bytes the

@@ -528,11 +528,12 @@ impl SseParser {
     /// ID (the blocks the layer records).
     ///
     /// `on_event` is called for each of them with the offset in `chunk` just after its blank
-    /// line, the last event ID then, and whether the block set it.
+    /// line, the last event ID then (its buffer: a caller that does not read it pays nothing
+    /// for it), and whether the block set it.
     #[inline(always)]
     pub(crate) fn scan_plain<F>(&mut self, chunk: &[u8], mut on_event: F) -> Scanned
     where
-        F: FnMut(usize, &[u8], bool),
+        F: FnMut(usize, &IdBuf, bool),
     {
         let mut done = Scanned::default();
         let at_block_start = matches!(self.state, State::LineStart)
@@ -557,7 +558,8 @@ impl SseParser {
             if first == b'\n' {
                 // A blank line: the block dispatches.
                 if let Some(value) = id.take() {
-                    let last = usize::from(*newest);
+                    // `newest` is 0 or 1; the mask lets the indexing below go unchecked.
+                    let last = usize::from(*newest & 1);
                     // IDs of 8 to 16 bytes (most counters and timestamps): two words, read
                     // once for the NUL check, the compare and the copy.
                     if (8..=16).contains(&value.len()) {
@@ -572,29 +574,25 @@ impl SseParser {
                         {
                             break; // A NUL (the ID is ignored) or a repeat: `feed` reports it.
                         }
-                        ids[1 - last].set_words(value, first, tail);
+                        ids[last ^ 1].set_words(value, first, tail);
                     } else {
                         if has_nul(value) || ids[last].holds(value) {
                             break; // A NUL (the ID is ignored) or a repeat: `feed` reports it.
                         }
-                        ids[1 - last].set(value);
+                        ids[last ^ 1].set(value);
                     }
-                    *newest = 1 - *newest;
+                    *newest = (last ^ 1) as u8;
                     rest = &rest[1..];
                     done.ids += 1;
                     done.events += 1;
-                    on_event(
-                        chunk.len() - rest.len(),
-                        ids[usize::from(*newest)].as_slice(),
-                        true,
-                    );
+                    on_event(chunk.len() - rest.len(), &ids[last ^ 1], true);
                 } else {
                     rest = &rest[1..];
                     if has_data {
                         done.events += 1;
                         on_event(
                             chunk.len() - rest.len(),
-                            ids[usize::from(*newest)].as_slice(),
+                            &ids[usize::from(*newest & 1)],
                             false,
                         );
                     }
@@ -610,21 +608,22 @@ impl SseParser {
                 break;
             };
             let head = u64::from_le_bytes(*head);
-            let Some(len) = find_lf(rest) else {
+            let Some((len, after)) = split_lf(rest) else {
                 break; // The chunk ends inside the line, or the line ends with CR.
             };
-            let line = &rest[..len];
+            // The byte after a matched name and colon is the line's own when it is a space (a
+            // space is no line end): `len` is past it then.
+            let space_at = |i: u32| usize::from((head >> (8 * i)) as u8 == b' ');
             if head & MASK[5] == DATA_COLON || (len == 4 && head & MASK[4] == DATA) {
                 has_data = true;
             } else if head & MASK[3] == ID_COLON {
-                let value = line.get(3..).unwrap_or_default();
-                let value = value.strip_prefix(b" ").unwrap_or(value);
-                if value.is_empty() || value.len() > max_id {
-                    break;
+                match rest.get(3 + space_at(3)..len) {
+                    Some(value) if !value.is_empty() && value.len() <= max_id => id = Some(value),
+                    _ => break,
                 }
-                id = Some(value);
             } else if head & MASK[6] == EVENT_COLON {
-                if len - 6 - usize::from(line.get(6) == Some(&b' ')) > max_event {
+                // `len` is at least 6: the name and colon hold no line end.
+                if len.wrapping_sub(6 + space_at(6)) > max_event {
                     break;
                 }
             } else if head & MASK[2] == ID || head & MASK[5] == RETRY {
@@ -634,7 +633,7 @@ impl SseParser {
             }
             // Anything else: comments, `data`-like names, an `event` without a colon, fields
             // that change nothing.
-            rest = rest.get(len + 1..).unwrap_or_default();
+            rest = after;
         }
         done
     }
@@ -1081,8 +1080,20 @@ const MASK: [u64; 8] = [
     0xFF_FFFF_FFFF_FFFF,
 ];
 
-/// The length of the line at the start of `bytes` if it ends with LF (`None` if it ends with
-/// CR, or not in `bytes`). Inline, for [`SseParser::scan_plain`].
+/// The length of the line at the start of `bytes` and what follows its LF, if it ends with LF
+/// (`None` if it ends with CR, or not in `bytes`). Inline, for [`SseParser::scan_plain`].
+#[inline(always)]
+fn split_lf(bytes: &[u8]) -> Option<(usize, &[u8])> {
+    let at = find_lf(bytes)?;
+    // Checked here, where the search's result is known to be in `bytes`: the rest is then
+    // sliced without a second check.
+    match bytes.get(at..) {
+        Some([b'\n', after @ ..]) => Some((at, after)),
+        _ => None,
+    }
+}
+
+/// The index of the first CR or LF of `bytes` (see [`split_lf`]).
 #[inline(always)]
 fn find_lf(bytes: &[u8]) -> Option<usize> {
     #[cfg(target_arch = "x86_64")]
@@ -1095,10 +1106,9 @@ fn find_lf(bytes: &[u8]) -> Option<usize> {
             None if bytes.len() > HEAD => HEAD + memchr::memchr2(b'\n', b'\r', &bytes[HEAD..])?,
             None => return None,
         };
-        return (bytes[at] == b'\n').then_some(at);
+        return Some(at);
     }
-    let at = find_eol(bytes)?;
-    (bytes[at] == b'\n').then_some(at)
+    find_eol(bytes)
 }
 
 /// The field a name stands for.
@@ -1724,7 +1734,7 @@ mod tests {
             if scan {
                 let recorded = &mut taken.recorded;
                 let scanned = parser.scan_plain(chunk, |end, id, set| {
-                    recorded.push((base + end, id.to_vec(), set));
+                    recorded.push((base + end, id.as_slice().to_vec(), set));
                 });
                 taken.events += scanned.events;
                 taken.ids += scanned.ids;
@@ -1855,7 +1865,9 @@ mod tests {
         let chunk: &[u8] =
             b"id: 00000001\nevent: tick\ndata: one\n\ndata: two\n\nid: 2\r\ndata\n\n";
         let mut ends = Vec::new();
-        let scanned = parser.scan_plain(chunk, |end, id, set| ends.push((end, id.to_vec(), set)));
+        let scanned = parser.scan_plain(chunk, |end, id, set| {
+            ends.push((end, id.as_slice().to_vec(), set))
+        });
         // Two plain blocks; the third ends a line with CR.
         assert_eq!(
             scanned,

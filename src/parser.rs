@@ -1097,18 +1097,58 @@ fn split_lf(bytes: &[u8]) -> Option<(usize, &[u8])> {
 #[inline(always)]
 fn find_lf(bytes: &[u8]) -> Option<usize> {
     #[cfg(target_arch = "x86_64")]
-    if bytes.len() >= 16
-        && let Some(eol) = memchr::arch::x86_64::sse2::memchr::Two::new(b'\n', b'\r')
-    {
-        const HEAD: usize = 64;
-        let at = match eol.find(&bytes[..bytes.len().min(HEAD)]) {
-            Some(at) => at,
-            None if bytes.len() > HEAD => HEAD + memchr::memchr2(b'\n', b'\r', &bytes[HEAD..])?,
-            None => return None,
-        };
-        return Some(at);
+    if bytes.len() >= 16 {
+        return find_eol_sse2(bytes);
     }
     find_eol(bytes)
+}
+
+/// The index of the first CR or LF of `bytes` (16 bytes or more), on x86-64: the first 64
+/// bytes 16 at a time with SSE2 (always there, and inlined: no run-time dispatch), in order, the
+/// last block overlapping the one before it (whose bytes held no line end, so the lowest match
+/// is still the first); past them (long `data` lines), memchr's general entry point, with the
+/// widest vectors the machine has. Unlike memchr's SSE2 searcher, no alignment step: most lines
+/// end in the first or second block.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn find_eol_sse2(bytes: &[u8]) -> Option<usize> {
+    const HEAD: usize = 64;
+    let head = bytes.len().min(HEAD);
+    let mut at = 0;
+    while let Some(block) = bytes.get(at..).and_then(<[u8]>::first_chunk::<16>) {
+        let mask = eol_mask128(block);
+        if mask != 0 {
+            return Some(at + mask.trailing_zeros() as usize);
+        }
+        at += 16;
+        if at >= head {
+            break;
+        }
+        at = at.min(head - 16);
+    }
+    if bytes.len() > HEAD {
+        memchr::memchr2(b'\n', b'\r', &bytes[HEAD..]).map(|p| HEAD + p)
+    } else {
+        None
+    }
+}
+
+/// One bit per byte of `block` that is CR or LF, in order, with SSE2 through `safe_arch` (the
+/// crate denies `unsafe`).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn eol_mask128(block: &[u8; 16]) -> u32 {
+    use safe_arch::{
+        bitor_m128i, cmp_eq_mask_i8_m128i, load_unaligned_m128i, move_mask_i8_m128i,
+        set_splat_i8_m128i,
+    };
+    let v = load_unaligned_m128i(block);
+    let eol = bitor_m128i(
+        cmp_eq_mask_i8_m128i(v, set_splat_i8_m128i(b'\n' as i8)),
+        cmp_eq_mask_i8_m128i(v, set_splat_i8_m128i(b'\r' as i8)),
+    );
+    // The mask has 16 bits: its sign is never set.
+    move_mask_i8_m128i(eol).cast_unsigned()
 }
 
 /// The field a name stands for.
@@ -1162,27 +1202,14 @@ fn eol_mask32(w: u32) -> u32 {
     ((lf.wrapping_sub(ONES) & !lf) | (cr.wrapping_sub(ONES) & !cr)) & HIGHS
 }
 
-/// [`find_eol`] for eight bytes or more. On x86-64, from 16 bytes on, with SSE2 vectors through
-/// memchr's SSE2 searcher, which inlines (memchr's general entry point dispatches at run time,
-/// which cost more than the scan on short lines); elsewhere, or below 16 bytes, eight bytes at a
-/// time in a machine word. Past 64 bytes (long `data` lines), memchr's general entry point takes
-/// over, with the widest vectors the machine has.
+/// [`find_eol`] for eight bytes or more. On x86-64, from 16 bytes on, [`find_eol_sse2`];
+/// elsewhere, or below 16 bytes, eight bytes at a time in a machine word, then memchr's general
+/// entry point past 64 bytes.
 #[inline]
 fn find_eol_long(bytes: &[u8]) -> Option<usize> {
-    // On x86-64, the first 64 bytes with SSE2 (always there, and inlined: no dispatch), 16 at a
-    // time; longer lines with memchr's widest vectors.
     #[cfg(target_arch = "x86_64")]
-    if bytes.len() >= 16
-        && let Some(eol) = memchr::arch::x86_64::sse2::memchr::Two::new(b'\n', b'\r')
-    {
-        const HEAD: usize = 64;
-        return match eol.find(&bytes[..bytes.len().min(HEAD)]) {
-            Some(at) => Some(at),
-            None if bytes.len() > HEAD => {
-                memchr::memchr2(b'\n', b'\r', &bytes[HEAD..]).map(|at| HEAD + at)
-            }
-            None => None,
-        };
+    if bytes.len() >= 16 {
+        return find_eol_sse2(bytes);
     }
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
@@ -1454,6 +1481,31 @@ mod tests {
                 assert!(!has_nul(&with), "{n} {at}");
                 with[at] = 0x01;
                 assert!(!has_nul(&with), "{n} {at}");
+            }
+        }
+    }
+
+    #[test]
+    fn line_searches_find_the_first_line_end_at_any_place() {
+        // Lengths around the 16-byte blocks, the overlapping last block and the 64-byte head;
+        // a second line end later must not win, and bytes next to CR and LF must not match.
+        for n in 0..200 {
+            let clean: Vec<u8> = (0..n).map(|i| [b'x', 0x0b, 0x0c, 0x8a][i % 4]).collect();
+            assert_eq!(find_eol(&clean), None, "{n}");
+            assert_eq!(split_lf(&clean), None, "{n}");
+            for at in 0..n {
+                for (end, later) in [(b'\n', b'\r'), (b'\r', b'\n')] {
+                    let mut with = clean.clone();
+                    with[at] = end;
+                    if at + 5 < n {
+                        with[at + 5] = later;
+                    }
+                    assert_eq!(find_eol(&with), Some(at), "{n} {at} {end}");
+                    assert_eq!(find_lf(&with), Some(at), "{n} {at} {end}");
+                    let split = split_lf(&with).map(|(len, after)| (len, after.len()));
+                    let lf = (end == b'\n').then_some((at, n - at - 1));
+                    assert_eq!(split, lf, "{n} {at} {end}");
+                }
             }
         }
     }

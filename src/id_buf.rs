@@ -148,6 +148,38 @@ impl IdBuf {
         }
     }
 
+    /// [`holds`](Self::holds) for a `value` of 17 to 32 bytes whose first and last sixteen
+    /// bytes the caller has read already (`first`, `last`).
+    #[inline(always)]
+    pub(crate) fn holds_wide(&self, value: &[u8], first: u128, last: u128) -> bool {
+        let n = value.len();
+        debug_assert!((17..=32).contains(&n));
+        match self {
+            Self::Inline { len, bytes } => {
+                usize::from(*len) == n && wide(bytes, 0) == first && wide(bytes, n - 16) == last
+            }
+            Self::Heap(held) => {
+                held.len() == n && wide(held, 0) == first && wide(held, n - 16) == last
+            }
+        }
+    }
+
+    /// [`set`](Self::set) for a `value` of 17 to 32 bytes whose first and last sixteen bytes
+    /// the caller has read already (`first`, `last`).
+    #[inline(always)]
+    pub(crate) fn set_wide(&mut self, value: &[u8], first: u128, last: u128) {
+        let n = value.len();
+        debug_assert!((17..=32).contains(&n));
+        match self {
+            Self::Inline { len, bytes } if n <= INLINE => {
+                bytes[..16].copy_from_slice(&first.to_ne_bytes());
+                bytes[n - 16..n].copy_from_slice(&last.to_ne_bytes());
+                *len = n as u8;
+            }
+            _ => self.set(value),
+        }
+    }
+
     /// Heap bytes held (for memory accounting in tests).
     #[cfg(test)]
     pub(crate) fn heap_capacity(&self) -> usize {
@@ -192,7 +224,7 @@ pub(crate) fn word(s: &[u8], at: usize) -> u64 {
 
 /// The sixteen bytes at `at` (0 past the end: callers stay in bounds).
 #[inline(always)]
-fn wide(s: &[u8], at: usize) -> u128 {
+pub(crate) fn wide(s: &[u8], at: usize) -> u128 {
     s.get(at..at + 16)
         .and_then(|w| w.try_into().ok())
         .map_or(0, u128::from_ne_bytes)

@@ -575,6 +575,21 @@ impl SseParser {
                             break; // A NUL (the ID is ignored) or a repeat: `feed` reports it.
                         }
                         ids[last ^ 1].set_words(value, first, tail);
+                    } else if (17..=32).contains(&value.len()) {
+                        // 17 to 32 bytes (ULIDs, `seq-timestamp` pairs): the same, in two
+                        // 16-byte reads.
+                        let n = value.len();
+                        let (first, tail) = (
+                            crate::id_buf::wide(value, 0),
+                            crate::id_buf::wide(value, n - 16),
+                        );
+                        if has_zero_byte_wide(first)
+                            || has_zero_byte_wide(tail)
+                            || ids[last].holds_wide(value, first, tail)
+                        {
+                            break; // A NUL (the ID is ignored) or a repeat: `feed` reports it.
+                        }
+                        ids[last ^ 1].set_wide(value, first, tail);
                     } else {
                         if has_nul(value) || ids[last].holds(value) {
                             break; // A NUL (the ID is ignored) or a repeat: `feed` reports it.
@@ -1033,6 +1048,14 @@ impl SseParser {
 fn has_zero_byte(w: u64) -> bool {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    w.wrapping_sub(ONES) & !w & HIGHS != 0
+}
+
+/// Whether one of the sixteen bytes of `w` is zero.
+#[inline(always)]
+fn has_zero_byte_wide(w: u128) -> bool {
+    const ONES: u128 = u128::from_ne_bytes([0x01; 16]);
+    const HIGHS: u128 = u128::from_ne_bytes([0x80; 16]);
     w.wrapping_sub(ONES) & !w & HIGHS != 0
 }
 
@@ -1511,6 +1534,23 @@ mod tests {
     }
 
     #[test]
+    fn has_zero_byte_wide_finds_a_zero_byte_at_any_place() {
+        let clean = u128::from_ne_bytes([b'x'; 16]);
+        assert!(!has_zero_byte_wide(clean));
+        for at in 0..16 {
+            for (byte, zero) in [(0, true), (0x80, false), (0x01, false), (0xff, false)] {
+                let mut bytes = [b'x'; 16];
+                bytes[at] = byte;
+                assert_eq!(
+                    has_zero_byte_wide(u128::from_ne_bytes(bytes)),
+                    zero,
+                    "{at} {byte}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn id_containing_nul_is_ignored() {
         let seen = parse(&[b"id: 1\n\nid: a\0b\n\n"]);
         assert_eq!(ids(&seen), ["1", "1"]);
@@ -1840,6 +1880,14 @@ mod tests {
             2 => Just(&b"id: 12345678"[..]),
             2 => Just(&b"id: 87654321"[..]),
             2 => Just(&b"id: 0123456789abcdefXYZ"[..]),
+            // 17 to 32 bytes (read as two 16-byte halves): a ULID, the inline buffer's 30
+            // bytes, then 31 and 32 (a heap buffer); and a UUID past them.
+            1 => Just(&b"id: 0123456789abcdefXYW"[..]),
+            2 => Just(&b"id: 01HZX3K9Q2V7T8W6Y4R5N0M1PA"[..]),
+            1 => Just(&b"id: 0123456789abcdef0123456789ab"[..]),
+            1 => Just(&b"id: 0123456789abcdef0123456789abc"[..]),
+            1 => Just(&b"id: 0123456789abcdef0123456789abcd"[..]),
+            1 => Just(&b"id: 6f1c2a0e-4b7d-4e21-9a3f-00000000abcd"[..]),
             4 => Just(&b"event: tick"[..]),
             1 => Just(&b"event"[..]),
             2 => Just(&b": comment"[..]),
@@ -1853,6 +1901,8 @@ mod tests {
             rare => Just(&b"id:"[..]),
             rare => Just(&b"id: "[..]),
             rare => Just(&b"id: a\0bcdefgh"[..]),
+            rare => Just(&b"id: z\0abcdef0123456789abcd"[..]),
+            rare => Just(&b"id: 0123456789abcdef01\0"[..]),
             rare => Just(&b"idx: 2"[..]),
             rare => Just(&b"event: much-too-long"[..]),
             rare => Just(&b"retry: 10"[..]),

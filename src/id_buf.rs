@@ -180,6 +180,40 @@ impl IdBuf {
         }
     }
 
+    /// [`holds`](Self::holds) for a `value` of 33 to 48 bytes (UUIDs) whose 16-byte thirds the
+    /// caller has read already (at 0, 16 and `value.len() - 16`).
+    #[inline(always)]
+    pub(crate) fn holds_thirds(&self, value: &[u8], thirds: [u128; 3]) -> bool {
+        let n = value.len();
+        debug_assert!((33..=48).contains(&n));
+        match self {
+            Self::Inline { .. } => false, // Too long to be inline.
+            Self::Heap(held) => {
+                held.len() == n
+                    && wide(held, 0) == thirds[0]
+                    && wide(held, 16) == thirds[1]
+                    && wide(held, n - 16) == thirds[2]
+            }
+        }
+    }
+
+    /// [`set`](Self::set) for a `value` of 33 to 48 bytes whose 16-byte thirds the caller has
+    /// read already: written in place over a heap buffer of the same length (the usual case:
+    /// a stream's IDs have one length), else by `set`.
+    #[inline(always)]
+    pub(crate) fn set_thirds(&mut self, value: &[u8], thirds: [u128; 3]) {
+        let n = value.len();
+        debug_assert!((33..=48).contains(&n));
+        match self {
+            Self::Heap(held) if held.len() == n => {
+                held[..16].copy_from_slice(&thirds[0].to_ne_bytes());
+                held[16..32].copy_from_slice(&thirds[1].to_ne_bytes());
+                held[n - 16..].copy_from_slice(&thirds[2].to_ne_bytes());
+            }
+            _ => self.set(value),
+        }
+    }
+
     /// Heap bytes held (for memory accounting in tests).
     #[cfg(test)]
     pub(crate) fn heap_capacity(&self) -> usize {

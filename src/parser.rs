@@ -590,6 +590,16 @@ impl SseParser {
                             break; // A NUL (the ID is ignored) or a repeat: `feed` reports it.
                         }
                         ids[last ^ 1].set_wide(value, first, tail);
+                    } else if (33..=48).contains(&value.len()) {
+                        // 33 to 48 bytes (UUIDs): three 16-byte reads, the last overlapping.
+                        let n = value.len();
+                        let thirds = [0, 16, n - 16].map(|at| crate::id_buf::wide(value, at));
+                        if thirds.iter().any(|&w| has_zero_byte_wide(w))
+                            || ids[last].holds_thirds(value, thirds)
+                        {
+                            break; // A NUL (the ID is ignored) or a repeat: `feed` reports it.
+                        }
+                        ids[last ^ 1].set_thirds(value, thirds);
                     } else {
                         if has_nul(value) || ids[last].holds(value) {
                             break; // A NUL (the ID is ignored) or a repeat: `feed` reports it.
@@ -1880,14 +1890,22 @@ mod tests {
             2 => Just(&b"id: 12345678"[..]),
             2 => Just(&b"id: 87654321"[..]),
             2 => Just(&b"id: 0123456789abcdefXYZ"[..]),
-            // 17 to 32 bytes (read as two 16-byte halves): a ULID, the inline buffer's 30
-            // bytes, then 31 and 32 (a heap buffer); and a UUID past them.
+            // 17 to 32 bytes (read as two 16-byte halves): the one above and a twin with the
+            // same first 16 bytes, a ULID, the inline buffer's 30 bytes, then 31 and 32 (a
+            // heap buffer).
             1 => Just(&b"id: 0123456789abcdefXYW"[..]),
             2 => Just(&b"id: 01HZX3K9Q2V7T8W6Y4R5N0M1PA"[..]),
             1 => Just(&b"id: 0123456789abcdef0123456789ab"[..]),
             1 => Just(&b"id: 0123456789abcdef0123456789abc"[..]),
             1 => Just(&b"id: 0123456789abcdef0123456789abcd"[..]),
+            // 33 to 48 bytes (three 16-byte reads): UUIDs differing in the last or the middle
+            // third only, 33 and 48 bytes, and 49 past them.
             1 => Just(&b"id: 6f1c2a0e-4b7d-4e21-9a3f-00000000abcd"[..]),
+            1 => Just(&b"id: 6f1c2a0e-4b7d-4e21-9a3f-00000000abce"[..]),
+            1 => Just(&b"id: 6f1c2a0e-4b7d-4e22-9a3f-00000000abcd"[..]),
+            1 => Just(&b"id: 0123456789abcdef0123456789abcdef0"[..]),
+            1 => Just(&b"id: 0123456789abcdef0123456789abcdef0123456789ab"[..]),
+            1 => Just(&b"id: 0123456789abcdef0123456789abcdef0123456789abc"[..]),
             4 => Just(&b"event: tick"[..]),
             1 => Just(&b"event"[..]),
             2 => Just(&b": comment"[..]),
@@ -1903,6 +1921,7 @@ mod tests {
             rare => Just(&b"id: a\0bcdefgh"[..]),
             rare => Just(&b"id: z\0abcdef0123456789abcd"[..]),
             rare => Just(&b"id: 0123456789abcdef01\0"[..]),
+            rare => Just(&b"id: 6f1c2a0e-4b7d-4e\0x-9a3f-00000000abcd"[..]),
             rare => Just(&b"idx: 2"[..]),
             rare => Just(&b"event: much-too-long"[..]),
             rare => Just(&b"retry: 10"[..]),

@@ -1117,23 +1117,13 @@ const MASK: [u64; 8] = [
 /// (`None` if it ends with CR, or not in `bytes`). Inline, for [`SseParser::scan_plain`].
 #[inline(always)]
 fn split_lf(bytes: &[u8]) -> Option<(usize, &[u8])> {
-    let at = find_lf(bytes)?;
+    let at = find_eol(bytes)?;
     // Checked here, where the search's result is known to be in `bytes`: the rest is then
     // sliced without a second check.
     match bytes.get(at..) {
         Some([b'\n', after @ ..]) => Some((at, after)),
         _ => None,
     }
-}
-
-/// The index of the first CR or LF of `bytes` (see [`split_lf`]).
-#[inline(always)]
-fn find_lf(bytes: &[u8]) -> Option<usize> {
-    #[cfg(target_arch = "x86_64")]
-    if bytes.len() >= 16 {
-        return find_eol_sse2(bytes);
-    }
-    find_eol(bytes)
 }
 
 /// The index of the first CR or LF of `bytes` (16 bytes or more), on x86-64: the first 64
@@ -1534,7 +1524,6 @@ mod tests {
                         with[at + 5] = later;
                     }
                     assert_eq!(find_eol(&with), Some(at), "{n} {at} {end}");
-                    assert_eq!(find_lf(&with), Some(at), "{n} {at} {end}");
                     let split = split_lf(&with).map(|(len, after)| (len, after.len()));
                     let lf = (end == b'\n').then_some((at, n - at - 1));
                     assert_eq!(split, lf, "{n} {at} {end}");

@@ -548,11 +548,24 @@ impl StreamState {
         };
         let mut dirty = false;
         match (checkpoints, producer) {
-            (None, None) => parser.feed(chunk, |d| {
-                if d.is_event() || d.id_set() {
-                    dirty |= batch.record(session, d);
+            (None, None) => {
+                // Lines that end with CRLF: plain whole events in bulk as well, once the
+                // stream used CRLF (the scan in `feed_buf` reads LF lines only).
+                let mut chunk = chunk;
+                if parser.crlf() && session.batching() {
+                    let scanned = parser.scan_crlf(chunk);
+                    batch.add(session, scanned.events, scanned.ids);
+                    chunk = &chunk[scanned.read..];
+                    if chunk.is_empty() {
+                        return false;
+                    }
                 }
-            }),
+                parser.feed(chunk, |d| {
+                    if d.is_event() || d.id_set() {
+                        dirty |= batch.record(session, d);
+                    }
+                });
+            }
             (None, Some(producer)) => {
                 // Replay without checkpoints, the usual case: a closure with nothing else in it.
                 // Plain whole events first, while the slot takes batches (see `scan`), under
@@ -561,7 +574,7 @@ impl StreamState {
                 let mut start = 0;
                 let mut read = 0;
                 if session.batching() {
-                    let scanned = parser.scan_plain(chunk, |end, last_id, id_set| {
+                    let scanned = parser.scan_plain::<false, _>(chunk, |end, last_id, id_set| {
                         history.event(&chunk[start..end], last_id.as_slice(), id_set);
                         start = end;
                     });
@@ -648,7 +661,7 @@ impl StreamState {
         {
             return chunk;
         }
-        let scanned = parser.scan_plain(chunk, |_, _, _| {});
+        let scanned = parser.scan_plain::<false, _>(chunk, |_, _, _| {});
         batch.add(session, scanned.events, scanned.ids);
         &chunk[scanned.read..]
     }

@@ -115,6 +115,8 @@ pub struct SseParser {
     commit_pending: bool,
     /// In tracking mode: the `id` set in this block repeats the last event ID.
     id_repeated: bool,
+    /// A line of this stream ended with CRLF (see [`scan_crlf`](Self::scan_crlf)).
+    crlf: bool,
     /// Bytes of the byte order mark matched so far at the start of the stream, or `None` once the
     /// start of the stream has been decided.
     bom_matched: Option<u8>,
@@ -185,6 +187,7 @@ impl Default for SseParser {
             id_in_block: false,
             commit_pending: false,
             id_repeated: false,
+            crlf: false,
             bom_matched: Some(0),
             name_len: 0,
             newest: 0,
@@ -531,7 +534,11 @@ impl SseParser {
     /// line, the last event ID then (its buffer: a caller that does not read it pays nothing
     /// for it), and whether the block set it.
     #[inline(always)]
-    pub(crate) fn scan_plain<F>(&mut self, chunk: &[u8], mut on_event: F) -> Scanned
+    pub(crate) fn scan_plain<const CRLF: bool, F>(
+        &mut self,
+        chunk: &[u8],
+        mut on_event: F,
+    ) -> Scanned
     where
         F: FnMut(usize, &IdBuf, bool),
     {
@@ -554,7 +561,13 @@ impl SseParser {
         // The current block: whether it has data, and its ID.
         let mut has_data = false;
         let mut id: Option<&[u8]> = None;
-        while let Some(&first) = rest.first() {
+        while let Some(&(mut first)) = rest.first() {
+            // With `CRLF`, lines may end with CRLF too: a CRLF blank line is read as the LF
+            // after its CR (a CR alone goes to `feed`, from the line split below).
+            if CRLF && first == b'\r' && rest.get(1) == Some(&b'\n') {
+                rest = &rest[1..];
+                first = b'\n';
+            }
             if first == b'\n' {
                 // A blank line: the block dispatches.
                 if let Some(value) = id.take() {
@@ -633,7 +646,7 @@ impl SseParser {
                 break;
             };
             let head = u64::from_le_bytes(*head);
-            let Some((len, after)) = split_lf(rest) else {
+            let Some((len, after)) = split_lf::<CRLF>(rest) else {
                 break; // The chunk ends inside the line, or the line ends with CR.
             };
             // The byte after a matched name and colon is the line's own when it is a space (a
@@ -661,6 +674,22 @@ impl SseParser {
             rest = after;
         }
         done
+    }
+
+    /// Whether a line of this stream ended with CRLF (then [`scan_crlf`](Self::scan_crlf)
+    /// reads what the LF scan left).
+    #[inline(always)]
+    pub(crate) fn crlf(&self) -> bool {
+        self.crlf
+    }
+
+    /// [`scan_plain`](Self::scan_plain) for lines that end with CRLF or LF, with nothing to do
+    /// per event: for streams whose lines end with CRLF (sse-starlette's, and so the MCP
+    /// Python SDK's), which the LF scan hands over at their first CR. Out of line, so that the
+    /// LF case (most servers) keeps its code.
+    #[inline(never)]
+    pub(crate) fn scan_crlf(&mut self, chunk: &[u8]) -> Scanned {
+        self.scan_plain::<true, _>(chunk, |_, _, _| {})
     }
 
     /// Ends the stream: an unterminated final block is discarded, as the spec requires.
@@ -989,7 +1018,10 @@ impl SseParser {
         self.state = State::LineStart;
         if chunk[at] == b'\r' {
             match chunk.get(at + 1) {
-                Some(b'\n') => return at + 2,
+                Some(b'\n') => {
+                    self.crlf = true;
+                    return at + 2;
+                }
                 Some(_) => {}
                 None => self.after_cr = true,
             }
@@ -1114,14 +1146,16 @@ const MASK: [u64; 8] = [
 ];
 
 /// The length of the line at the start of `bytes` and what follows its LF, if it ends with LF
-/// (`None` if it ends with CR, or not in `bytes`). Inline, for [`SseParser::scan_plain`].
+/// (or, with `CRLF`, with CRLF); `None` if it ends with CR alone, or not in `bytes`. Inline, for
+/// [`SseParser::scan_plain`].
 #[inline(always)]
-fn split_lf(bytes: &[u8]) -> Option<(usize, &[u8])> {
+fn split_lf<const CRLF: bool>(bytes: &[u8]) -> Option<(usize, &[u8])> {
     let at = find_eol(bytes)?;
     // Checked here, where the search's result is known to be in `bytes`: the rest is then
     // sliced without a second check.
     match bytes.get(at..) {
         Some([b'\n', after @ ..]) => Some((at, after)),
+        Some([b'\r', b'\n', after @ ..]) if CRLF => Some((at, after)),
         _ => None,
     }
 }
@@ -1515,7 +1549,8 @@ mod tests {
         for n in 0..200 {
             let clean: Vec<u8> = (0..n).map(|i| [b'x', 0x0b, 0x0c, 0x8a][i % 4]).collect();
             assert_eq!(find_eol(&clean), None, "{n}");
-            assert_eq!(split_lf(&clean), None, "{n}");
+            assert_eq!(split_lf::<false>(&clean), None, "{n}");
+            assert_eq!(split_lf::<true>(&clean), None, "{n}");
             for at in 0..n {
                 for (end, later) in [(b'\n', b'\r'), (b'\r', b'\n')] {
                     let mut with = clean.clone();
@@ -1524,9 +1559,20 @@ mod tests {
                         with[at + 5] = later;
                     }
                     assert_eq!(find_eol(&with), Some(at), "{n} {at} {end}");
-                    let split = split_lf(&with).map(|(len, after)| (len, after.len()));
                     let lf = (end == b'\n').then_some((at, n - at - 1));
-                    assert_eq!(split, lf, "{n} {at} {end}");
+                    for split in [split_lf::<false>(&with), split_lf::<true>(&with)] {
+                        let split = split.map(|(len, after)| (len, after.len()));
+                        assert_eq!(split, lf, "{n} {at} {end}");
+                    }
+                }
+                // CRLF: a line end for `split_lf::<true>` only, the rest after its LF.
+                if at + 1 < n {
+                    let mut with = clean.clone();
+                    with[at] = b'\r';
+                    with[at + 1] = b'\n';
+                    assert_eq!(split_lf::<false>(&with), None, "{n} {at}");
+                    let split = split_lf::<true>(&with).map(|(len, after)| (len, after.len()));
+                    assert_eq!(split, Some((at, n - at - 2)), "{n} {at}");
                 }
             }
         }
@@ -1824,12 +1870,23 @@ mod tests {
             let mut read = 0;
             if scan {
                 let recorded = &mut taken.recorded;
-                let scanned = parser.scan_plain(chunk, |end, id, set| {
+                let scanned = parser.scan_plain::<false, _>(chunk, |end, id, set| {
                     recorded.push((base + end, id.as_slice().to_vec(), set));
                 });
                 taken.events += scanned.events;
                 taken.ids += scanned.ids;
                 read = scanned.read;
+                // As the layer does: what the LF scan left, read with CRLF lines too once the
+                // stream used them.
+                if read < chunk.len() && parser.crlf {
+                    let recorded = &mut taken.recorded;
+                    let scanned = parser.scan_plain::<true, _>(&chunk[read..], |end, id, set| {
+                        recorded.push((base + read + end, id.as_slice().to_vec(), set));
+                    });
+                    taken.events += scanned.events;
+                    taken.ids += scanned.ids;
+                    read += scanned.read;
+                }
             }
             parser.feed(&chunk[read..], |d| {
                 if d.is_event() || d.id_set() {
@@ -1864,6 +1921,15 @@ mod tests {
     /// oversized or NUL-holding IDs, `id` without a colon, `retry`, long event types, a byte
     /// order mark. Repeated IDs come up by themselves.
     fn sse_bytes(rare: u32) -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        sse_bytes_ending(rare, false)
+    }
+
+    /// [`sse_bytes`], its lines ending mostly with CRLF when `crlf` (as sse-starlette, and so
+    /// the MCP Python SDK, writes them), now and then with LF or CR alone.
+    fn sse_bytes_ending(
+        rare: u32,
+        crlf: bool,
+    ) -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
         use proptest::prelude::*;
         const LONG_DATA: &[u8] = b"data: 0123456789abcdef0123456789abcdef0123456789abcdef\
             0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\
@@ -1915,10 +1981,11 @@ mod tests {
             rare => Just(&b"event: much-too-long"[..]),
             rare => Just(&b"retry: 10"[..]),
         ];
+        let (lf, crlf) = if crlf { (rare, 60) } else { (60, rare) };
         let end = prop_oneof![
-            60 => Just(&b"\n"[..]),
+            lf => Just(&b"\n"[..]),
             rare => Just(&b"\r"[..]),
-            rare => Just(&b"\r\n"[..]),
+            crlf => Just(&b"\r\n"[..]),
         ];
         let line = (field, end).prop_map(|(f, e)| [f, e].concat());
         (
@@ -1944,7 +2011,11 @@ mod tests {
         /// cut.
         #[test]
         fn scan_plain_takes_what_feed_takes(
-            stream in proptest::prop_oneof![3 => sse_bytes(1), 1 => sse_bytes(6)],
+            stream in proptest::prop_oneof![
+                3 => sse_bytes(1),
+                1 => sse_bytes(6),
+                2 => sse_bytes_ending(1, true),
+            ],
             cuts in proptest::collection::vec(0usize..600, 0..8),
             at_blocks in proptest::collection::vec(proptest::bool::weighted(0.8), 64),
             max_id in proptest::prop_oneof![proptest::strategy::Just(8usize), proptest::strategy::Just(1024)],
@@ -1975,7 +2046,7 @@ mod tests {
         let chunk: &[u8] =
             b"id: 00000001\nevent: tick\ndata: one\n\ndata: two\n\nid: 2\r\ndata\n\n";
         let mut ends = Vec::new();
-        let scanned = parser.scan_plain(chunk, |end, id, set| {
+        let scanned = parser.scan_plain::<false, _>(chunk, |end, id, set| {
             ends.push((end, id.as_slice().to_vec(), set))
         });
         // Two plain blocks; the third ends a line with CR.
@@ -2001,7 +2072,7 @@ mod tests {
         );
         // The same ID again: left to `feed`, which reports the repeat.
         assert_eq!(
-            parser.scan_plain(b"id: 00000001\ndata: x\n\n", |_, _, _| {}),
+            parser.scan_plain::<false, _>(b"id: 00000001\ndata: x\n\n", |_, _, _| {}),
             Scanned::default()
         );
     }

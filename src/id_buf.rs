@@ -115,21 +115,24 @@ impl IdBuf {
         }
     }
 
+    /// The length and the bytes to read it from in place: an inline buffer's whole array, not
+    /// sliced to its length (that slice's bounds check would stay on the compare paths).
+    #[inline(always)]
+    fn in_place(&self) -> (usize, &[u8]) {
+        match self {
+            Self::Inline { len, bytes } => (usize::from(*len), bytes),
+            Self::Heap(held) => (held.len(), held),
+        }
+    }
+
     /// [`holds`](Self::holds) for a `value` of 8 to 16 bytes whose first and last eight bytes
     /// the caller has read already (`first`, `last`).
     #[inline(always)]
     pub(crate) fn holds_words(&self, value: &[u8], first: u64, last: u64) -> bool {
         let n = value.len();
         debug_assert!((8..=16).contains(&n));
-        match self {
-            // Read in place: no slice of the inline bytes (whose bounds check would stay).
-            Self::Inline { len, bytes } => {
-                usize::from(*len) == n && word(bytes, 0) == first && word(bytes, n - 8) == last
-            }
-            Self::Heap(held) => {
-                held.len() == n && word(held, 0) == first && word(held, n - 8) == last
-            }
-        }
+        let (len, held) = self.in_place();
+        len == n && word(held, 0) == first && word(held, n - 8) == last
     }
 
     /// [`set`](Self::set) for a `value` of 8 to 16 bytes whose first and last eight bytes the
@@ -154,14 +157,8 @@ impl IdBuf {
     pub(crate) fn holds_wide(&self, value: &[u8], first: u128, last: u128) -> bool {
         let n = value.len();
         debug_assert!((17..=32).contains(&n));
-        match self {
-            Self::Inline { len, bytes } => {
-                usize::from(*len) == n && wide(bytes, 0) == first && wide(bytes, n - 16) == last
-            }
-            Self::Heap(held) => {
-                held.len() == n && wide(held, 0) == first && wide(held, n - 16) == last
-            }
-        }
+        let (len, held) = self.in_place();
+        len == n && wide(held, 0) == first && wide(held, n - 16) == last
     }
 
     /// [`set`](Self::set) for a `value` of 17 to 32 bytes whose first and last sixteen bytes

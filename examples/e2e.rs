@@ -5,6 +5,7 @@
 //! cargo run --release --example e2e                       # C = 1000, 5000, 10000; A B A B
 //! cargo run --release --example e2e -- --connections 1000 --seconds 10 --rate 20000
 //! cargo run --release --example e2e -- --connections 100 --rate 0   # a burst
+//! cargo run --release --example e2e -- --connections 1000 --concurrent --calibrate  # the floor
 //! ```
 //!
 //! For each connection count it runs the bare server (A) and the tracked one (B) alternately,
@@ -24,6 +25,13 @@
 //! connection; `router` is `axum::serve(listener, app)`, with which axum builds the router again
 //! for each connection (about 2.6 KB of resident memory per connection of its own at C = 5,000,
 //! and, for the tracked server, its layered routes cloned as well).
+//! `--concurrent` serves A and B at the same time, each with `--connections` connections of
+//! its own, instead of one after the other: both then run through the same moments of a
+//! machine whose speed drifts, so their CPU per event compares more tightly (at a burst the
+//! one client then shares itself between them, so events/s says little there: the default
+//! order stays the measure of throughput). `--calibrate` runs the bare server in B's place
+//! too, so that the same command prints the ratios of two identical servers: how far this
+//! machine and harness alone move them.
 //! Linux only (reads /proc). Every loop is bounded in count and time, and only loopback
 //! addresses are used.
 
@@ -68,6 +76,10 @@ struct Args {
     connect_over_ms: u64,
     /// How the servers are served: `make-service` or `router` (see the module's docs).
     serving: String,
+    /// B runs the bare server too: the ratios then measure the harness alone.
+    calibrate: bool,
+    /// A and B served at the same time, each with its own connections, instead of in turn.
+    concurrent: bool,
     // Child mode.
     serve: Option<String>,
     per_connection_rate: f64,
@@ -84,6 +96,8 @@ fn parse_args() -> Args {
         flush_ms: 50,
         connect_over_ms: 0,
         serving: "make-service".into(),
+        calibrate: false,
+        concurrent: false,
         serve: None,
         per_connection_rate: 0.0,
     };
@@ -111,6 +125,15 @@ fn parse_args() -> Args {
                     "--serving is make-service or router"
                 );
                 args.serving = value;
+            }
+            "--calibrate" | "--concurrent" => {
+                if argv[i] == "--calibrate" {
+                    args.calibrate = true;
+                } else {
+                    args.concurrent = true;
+                }
+                i += 1;
+                continue;
             }
             "--serve" => args.serve = Some(value),
             "--per-connection-rate" => args.per_connection_rate = value.parse().expect("rate"),
@@ -467,75 +490,124 @@ struct RunResult {
     lag_p99: u32,
 }
 
+/// One server under load and the client's side of it.
+struct Side {
+    server: Server,
+    shared: Arc<Shared>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    rss_idle: u64,
+}
+
+/// Runs the servers `modes` at the same time (one, or A and B with `--concurrent`), each with
+/// `connections` connections of its own, and measures each.
 fn run(
-    mode: &str,
+    modes: &[&str],
     connections: usize,
     args: &Args,
     runtime: &tokio::runtime::Runtime,
-) -> RunResult {
+) -> Vec<RunResult> {
     let per_connection = args.rate as f64 / connections as f64;
-    let mut server = Server::start(mode, per_connection, args.flush_ms, &args.serving);
-    std::thread::sleep(Duration::from_millis(200));
-    let (_, rss_idle) = proc_usage(server.child.id());
-    let shared = Arc::new(Shared {
-        measuring: AtomicBool::new(false),
-        stop: AtomicBool::new(false),
-        received: AtomicU64::new(0),
-        latencies: Mutex::new(Vec::new()),
-    });
-    let addr = server.addr;
-    // Opened all at once, or evenly over `--connect-over` (the warm-up starts after the last).
-    let gap = Duration::from_millis(args.connect_over_ms) / connections.max(1) as u32;
-    let opening = Instant::now();
-    let tasks: Vec<_> = (0..connections)
-        .map(|i| {
-            let shared = shared.clone();
-            if !gap.is_zero() {
-                let due = opening + gap * i as u32;
-                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+    let mut sides: Vec<Side> = modes
+        .iter()
+        .map(|mode| {
+            let server = Server::start(mode, per_connection, args.flush_ms, &args.serving);
+            Side {
+                server,
+                shared: Arc::new(Shared {
+                    measuring: AtomicBool::new(false),
+                    stop: AtomicBool::new(false),
+                    received: AtomicU64::new(0),
+                    latencies: Mutex::new(Vec::new()),
+                }),
+                tasks: Vec::with_capacity(connections),
+                rss_idle: 0,
             }
-            runtime.spawn(connection(addr, format!("session-{i}"), shared))
         })
         .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    for side in &mut sides {
+        side.rss_idle = proc_usage(side.server.child.id()).1;
+    }
+    // Opened all at once, or evenly over `--connect-over` (the warm-up starts after the last);
+    // with several servers, in turn.
+    let gap = Duration::from_millis(args.connect_over_ms) / connections.max(1) as u32;
+    let opening = Instant::now();
+    for i in 0..connections {
+        if !gap.is_zero() {
+            let due = opening + gap * i as u32;
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        }
+        for side in &mut sides {
+            let task = connection(
+                side.server.addr,
+                format!("session-{i}"),
+                side.shared.clone(),
+            );
+            side.tasks.push(runtime.spawn(task));
+        }
+    }
     std::thread::sleep(Duration::from_secs(args.warmup));
-    let stats_before = server.stats();
-    let (cpu_before, _) = proc_usage(server.child.id());
-    shared.received.store(0, Ordering::Relaxed);
-    shared.measuring.store(true, Ordering::Relaxed);
+    let before: Vec<(String, f64)> = sides
+        .iter_mut()
+        .map(|side| {
+            let stats = side.server.stats();
+            let (cpu, _) = proc_usage(side.server.child.id());
+            side.shared.received.store(0, Ordering::Relaxed);
+            side.shared.measuring.store(true, Ordering::Relaxed);
+            (stats, cpu)
+        })
+        .collect();
     let started = Instant::now();
     std::thread::sleep(Duration::from_secs(args.seconds));
-    shared.measuring.store(false, Ordering::Relaxed);
-    let elapsed = started.elapsed().as_secs_f64();
-    let (cpu_after, rss_loaded) = proc_usage(server.child.id());
-    let stats_after = server.stats();
-    shared.stop.store(true, Ordering::Relaxed);
-    server.stop();
-    runtime.block_on(async {
-        for task in tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
-        }
-    });
-    let sent = field(&stats_after, "sent") - field(&stats_before, "sent");
-    let received = shared.received.load(Ordering::Relaxed);
-    let mut latencies = std::mem::take(&mut *shared.latencies.lock().unwrap());
-    latencies.sort_unstable();
-    let writes = field(&stats_after, "writes");
-    RunResult {
-        events_per_sec: received as f64 / elapsed,
-        cpu_us_per_event: (cpu_after - cpu_before) * 1e6 / sent.max(1) as f64,
-        p50: percentile(&latencies, 0.5),
-        p99: percentile(&latencies, 0.99),
-        p999: percentile(&latencies, 0.999),
-        rss_per_conn: rss_loaded.saturating_sub(rss_idle) as f64 / connections as f64,
-        writes,
-        events_per_write: if writes == 0 {
-            0.0
-        } else {
-            field(&stats_after, "sent") as f64 / writes as f64
-        },
-        lag_p50: field(&stats_after, "lag_p50") as u32,
-        lag_p99: field(&stats_after, "lag_p99") as u32,
+    for side in &sides {
+        side.shared.measuring.store(false, Ordering::Relaxed);
     }
+    let elapsed = started.elapsed().as_secs_f64();
+    let after: Vec<(String, f64, u64)> = sides
+        .iter_mut()
+        .map(|side| {
+            let (cpu, rss_loaded) = proc_usage(side.server.child.id());
+            (side.server.stats(), cpu, rss_loaded)
+        })
+        .collect();
+    sides
+        .into_iter()
+        .zip(before)
+        .zip(after)
+        .map(
+            |((side, (stats_before, cpu_before)), (stats_after, cpu_after, rss_loaded))| {
+                side.shared.stop.store(true, Ordering::Relaxed);
+                side.server.stop();
+                runtime.block_on(async {
+                    for task in side.tasks {
+                        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+                    }
+                });
+                let sent = field(&stats_after, "sent") - field(&stats_before, "sent");
+                let received = side.shared.received.load(Ordering::Relaxed);
+                let mut latencies = std::mem::take(&mut *side.shared.latencies.lock().unwrap());
+                latencies.sort_unstable();
+                let writes = field(&stats_after, "writes");
+                RunResult {
+                    events_per_sec: received as f64 / elapsed,
+                    cpu_us_per_event: (cpu_after - cpu_before) * 1e6 / sent.max(1) as f64,
+                    p50: percentile(&latencies, 0.5),
+                    p99: percentile(&latencies, 0.99),
+                    p999: percentile(&latencies, 0.999),
+                    rss_per_conn: rss_loaded.saturating_sub(side.rss_idle) as f64
+                        / connections as f64,
+                    writes,
+                    events_per_write: if writes == 0 {
+                        0.0
+                    } else {
+                        field(&stats_after, "sent") as f64 / writes as f64
+                    },
+                    lag_p50: field(&stats_after, "lag_p50") as u32,
+                    lag_p99: field(&stats_after, "lag_p99") as u32,
+                }
+            },
+        )
+        .collect()
 }
 
 fn main() {
@@ -559,14 +631,24 @@ fn main() {
         format!("connections opened over {} ms", args.connect_over_ms)
     };
     println!(
-        "e2e: {}, {opened}, {} s measured after {} s warm-up, {} rounds A (bare) B (tracked), flush interval {} ms, served as {}; {} cores",
+        "e2e: {}, {opened}, {} s measured after {} s warm-up, {} rounds A (bare) B ({}), flush interval {} ms, served as {}; {} cores{}",
         rate,
         args.seconds,
         args.warmup,
         args.rounds,
+        if args.calibrate {
+            "bare as well: a calibration"
+        } else {
+            "tracked"
+        },
         args.flush_ms,
         args.serving,
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        if args.concurrent {
+            " (--concurrent: A and B at the same time, each with its own connections)"
+        } else {
+            ""
+        }
     );
     println!(
         "{:>6} {:>8} {:>10} {:>9} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>8} {:>8}",
@@ -588,15 +670,31 @@ fn main() {
         // Per round (events/s, CPU per event), for the ratios of each pair.
         let mut rounds = [Vec::new(), Vec::new()];
         for round in 0..args.rounds {
-            for (m, mode) in ["bare", "tracked"].into_iter().enumerate() {
-                if !args.modes.iter().any(|x| x == mode) {
-                    continue;
+            // Calibration: the same bare server in both places.
+            let b = if args.calibrate { "bare" } else { "tracked" };
+            let wanted = |mode: &str| args.modes.iter().any(|x| x == mode);
+            let mut results: Vec<(usize, RunResult)> = Vec::with_capacity(2);
+            if args.concurrent {
+                let rs = run(&["bare", b], connections, &args, &runtime);
+                results.extend(rs.into_iter().enumerate());
+            } else {
+                for (m, mode) in ["bare", b].into_iter().enumerate() {
+                    if wanted(["bare", "tracked"][m]) {
+                        let r = run(&[mode], connections, &args, &runtime).remove(0);
+                        results.push((m, r));
+                    }
                 }
-                let r = run(mode, connections, &args, &runtime);
+            }
+            for (m, r) in results {
+                let label = if args.calibrate {
+                    ["A", "B"][m]
+                } else {
+                    ["bare", "tracked"][m]
+                };
                 println!(
                     "{:>6} {:>8} {:>10.0} {:>9.2} {:>8} {:>8} {:>8} {:>9.0} {:>9} {:>9.1} {:>8} {:>8}",
                     connections,
-                    format!("{mode}{}", round + 1),
+                    format!("{label}{}", round + 1),
                     r.events_per_sec,
                     r.cpu_us_per_event,
                     r.p50,
@@ -623,9 +721,14 @@ fn main() {
             }
         }
         let n = args.rounds as f64;
+        let ratio = if args.calibrate {
+            "B/A"
+        } else {
+            "tracked/bare"
+        };
         let (bare, tracked) = (sums[0], sums[1]);
         println!(
-            "{:>6} summary: tracked/bare events/s {:.3}, cpu/event {:.3}, rss/conn +{:.0} B",
+            "{:>6} summary: {ratio} events/s {:.3}, cpu/event {:.3}, rss/conn +{:.0} B",
             connections,
             tracked.0 / bare.0,
             tracked.1 / bare.1,
@@ -644,7 +747,7 @@ fn main() {
                     .join(" ")
             };
             println!(
-                "{:>6} pairs: tracked/bare events/s median {:.3} ({}), cpu/event median {:.3} ({})",
+                "{:>6} pairs: {ratio} events/s median {:.3} ({}), cpu/event median {:.3} ({})",
                 connections,
                 median(&events),
                 list(&events),

@@ -31,7 +31,8 @@
 //! one client then shares itself between them, so events/s says little there: the default
 //! order stays the measure of throughput). `--calibrate` runs the bare server in B's place
 //! too, so that the same command prints the ratios of two identical servers: how far this
-//! machine and harness alone move them.
+//! machine and harness alone move them. `--abba` runs the rounds in the order A B, B A, A B, ...
+//! so that neither server always comes second.
 //! Linux only (reads /proc). Every loop is bounded in count and time, and only loopback
 //! addresses are used.
 
@@ -80,6 +81,8 @@ struct Args {
     calibrate: bool,
     /// A and B served at the same time, each with its own connections, instead of in turn.
     concurrent: bool,
+    /// Rounds in the order A B, B A, A B, ... instead of A B, A B, ...
+    abba: bool,
     // Child mode.
     serve: Option<String>,
     per_connection_rate: f64,
@@ -98,6 +101,7 @@ fn parse_args() -> Args {
         serving: "make-service".into(),
         calibrate: false,
         concurrent: false,
+        abba: false,
         serve: None,
         per_connection_rate: 0.0,
     };
@@ -126,11 +130,11 @@ fn parse_args() -> Args {
                 );
                 args.serving = value;
             }
-            "--calibrate" | "--concurrent" => {
-                if argv[i] == "--calibrate" {
-                    args.calibrate = true;
-                } else {
-                    args.concurrent = true;
+            "--calibrate" | "--concurrent" | "--abba" => {
+                match argv[i].as_str() {
+                    "--calibrate" => args.calibrate = true,
+                    "--concurrent" => args.concurrent = true,
+                    _ => args.abba = true,
                 }
                 i += 1;
                 continue;
@@ -678,7 +682,14 @@ fn main() {
                 let rs = run(&["bare", b], connections, &args, &runtime);
                 results.extend(rs.into_iter().enumerate());
             } else {
-                for (m, mode) in ["bare", b].into_iter().enumerate() {
+                // `--abba`: B first in every other round, so that neither place is always second.
+                let order = if args.abba && round % 2 == 1 {
+                    [1, 0]
+                } else {
+                    [0, 1]
+                };
+                for m in order {
+                    let mode = ["bare", b][m];
                     if wanted(["bare", "tracked"][m]) {
                         let r = run(&[mode], connections, &args, &runtime).remove(0);
                         results.push((m, r));

@@ -5,7 +5,7 @@
 //! cargo run --release --example e2e                       # C = 1000, 5000, 10000; A B A B
 //! cargo run --release --example e2e -- --connections 1000 --seconds 10 --rate 20000
 //! cargo run --release --example e2e -- --connections 100 --rate 0   # a burst
-//! cargo run --release --example e2e -- --connections 1000 --concurrent --calibrate  # the floor
+//! cargo run --release --example e2e -- --connections 1000 --concurrent --b bare  # the floor
 //! ```
 //!
 //! For each connection count it runs the bare server (A) and the tracked one (B) alternately,
@@ -29,9 +29,10 @@
 //! its own, instead of one after the other: both then run through the same moments of a
 //! machine whose speed drifts, so their CPU per event compares more tightly (at a burst the
 //! one client then shares itself between them, so events/s says little there: the default
-//! order stays the measure of throughput). `--calibrate` runs the bare server in B's place
-//! too, so that the same command prints the ratios of two identical servers: how far this
-//! machine and harness alone move them. `--abba` runs the rounds in the order A B, B A, A B, ...
+//! order stays the measure of throughput). `--b` chooses B: `tracked` (the default), `bare`
+//! (two identical servers: how far this machine and harness alone move the ratios) or
+//! `wrapped` (the layer over the same route, reading a session header the client never sends,
+//! so every body is passed through: the cost of wrapping alone). `--abba` runs the rounds in the order A B, B A, A B, ...
 //! so that neither server always comes second.
 //! Linux only (reads /proc). Every loop is bounded in count and time, and only loopback
 //! addresses are used.
@@ -77,8 +78,8 @@ struct Args {
     connect_over_ms: u64,
     /// How the servers are served: `make-service` or `router` (see the module's docs).
     serving: String,
-    /// B runs the bare server too: the ratios then measure the harness alone.
-    calibrate: bool,
+    /// B's server: `tracked`, `bare` or `wrapped` (see the module's docs).
+    b: String,
     /// A and B served at the same time, each with its own connections, instead of in turn.
     concurrent: bool,
     /// Rounds in the order A B, B A, A B, ... instead of A B, A B, ...
@@ -99,7 +100,7 @@ fn parse_args() -> Args {
         flush_ms: 50,
         connect_over_ms: 0,
         serving: "make-service".into(),
-        calibrate: false,
+        b: "tracked".into(),
         concurrent: false,
         abba: false,
         serve: None,
@@ -130,11 +131,18 @@ fn parse_args() -> Args {
                 );
                 args.serving = value;
             }
-            "--calibrate" | "--concurrent" | "--abba" => {
-                match argv[i].as_str() {
-                    "--calibrate" => args.calibrate = true,
-                    "--concurrent" => args.concurrent = true,
-                    _ => args.abba = true,
+            "--b" => {
+                assert!(
+                    matches!(value.as_str(), "tracked" | "bare" | "wrapped"),
+                    "--b is tracked, bare or wrapped"
+                );
+                args.b = value;
+            }
+            "--concurrent" | "--abba" => {
+                if argv[i] == "--concurrent" {
+                    args.concurrent = true;
+                } else {
+                    args.abba = true;
                 }
                 i += 1;
                 continue;
@@ -251,10 +259,16 @@ fn serve(mode: &str, per_connection_rate: f64, flush_ms: u64, serving: &str) {
         }
         let (app, tracking) = match mode {
             "bare" => (Router::new().route("/events", get(handler)), None),
-            "tracked" => {
+            "tracked" | "wrapped" => {
+                // `wrapped`: a header no request carries, so no stream is tracked.
+                let header = if mode == "wrapped" {
+                    "x-e2e-no-session"
+                } else {
+                    "mcp-session-id"
+                };
                 let tracking = EventTrackingLayer::builder()
                     .store(store.clone())
-                    .session_header(http::HeaderName::from_static("mcp-session-id"))
+                    .session_header(http::HeaderName::from_static(header))
                     .worker(WorkerConfig::default().flush_interval(Duration::from_millis(flush_ms)))
                     .build();
                 let app = Router::new()
@@ -640,11 +654,7 @@ fn main() {
         args.seconds,
         args.warmup,
         args.rounds,
-        if args.calibrate {
-            "bare as well: a calibration"
-        } else {
-            "tracked"
-        },
+        args.b,
         args.flush_ms,
         args.serving,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -674,8 +684,7 @@ fn main() {
         // Per round (events/s, CPU per event), for the ratios of each pair.
         let mut rounds = [Vec::new(), Vec::new()];
         for round in 0..args.rounds {
-            // Calibration: the same bare server in both places.
-            let b = if args.calibrate { "bare" } else { "tracked" };
+            let b = args.b.as_str();
             let wanted = |mode: &str| args.modes.iter().any(|x| x == mode);
             let mut results: Vec<(usize, RunResult)> = Vec::with_capacity(2);
             if args.concurrent {
@@ -697,10 +706,10 @@ fn main() {
                 }
             }
             for (m, r) in results {
-                let label = if args.calibrate {
-                    ["A", "B"][m]
-                } else {
+                let label = if b == "tracked" {
                     ["bare", "tracked"][m]
+                } else {
+                    ["A", "B"][m]
                 };
                 println!(
                     "{:>6} {:>8} {:>10.0} {:>9.2} {:>8} {:>8} {:>8} {:>9.0} {:>9} {:>9.1} {:>8} {:>8}",
@@ -732,10 +741,10 @@ fn main() {
             }
         }
         let n = args.rounds as f64;
-        let ratio = if args.calibrate {
-            "B/A"
-        } else {
+        let ratio = if args.b == "tracked" {
             "tracked/bare"
+        } else {
+            "B/A"
         };
         let (bare, tracked) = (sums[0], sums[1]);
         println!(

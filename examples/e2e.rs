@@ -32,8 +32,8 @@
 //! order stays the measure of throughput). `--b` chooses B: `tracked` (the default), `bare`
 //! (two identical servers: how far this machine and harness alone move the ratios) or
 //! `wrapped` (the layer over the same route, reading a session header the client never sends,
-//! so every body is passed through: the cost of wrapping alone). `--abba` runs the rounds in the order A B, B A, A B, ...
-//! so that neither server always comes second.
+//! so every body is passed through: the cost of wrapping alone). `--abba` runs the rounds in
+//! the order A B, B A, A B, ... so that neither server always comes second.
 //! Linux only (reads /proc). Every loop is bounded in count and time, and only loopback
 //! addresses are used.
 

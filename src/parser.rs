@@ -596,8 +596,7 @@ impl SseParser {
                             crate::id_buf::wide(value, 0),
                             crate::id_buf::wide(value, n - 16),
                         );
-                        if has_zero_byte_wide(first)
-                            || has_zero_byte_wide(tail)
+                        if has_zero_byte_at(value, [0, n - 16])
                             || ids[last].holds_wide(value, first, tail)
                         {
                             break; // A NUL (the ID is ignored) or a repeat: `feed` reports it.
@@ -607,7 +606,7 @@ impl SseParser {
                         // 33 to 48 bytes (UUIDs): three 16-byte reads, the last overlapping.
                         let n = value.len();
                         let thirds = [0, 16, n - 16].map(|at| crate::id_buf::wide(value, at));
-                        if thirds.iter().any(|&w| has_zero_byte_wide(w))
+                        if has_zero_byte_at(value, [0, 16, n - 16])
                             || ids[last].holds_thirds(value, thirds)
                         {
                             break; // A NUL (the ID is ignored) or a repeat: `feed` reports it.
@@ -1094,11 +1093,38 @@ fn has_zero_byte(w: u64) -> bool {
 }
 
 /// Whether one of the sixteen bytes of `w` is zero.
+#[cfg(any(test, not(target_arch = "x86_64")))]
 #[inline(always)]
 fn has_zero_byte_wide(w: u128) -> bool {
     const ONES: u128 = u128::from_ne_bytes([0x01; 16]);
     const HIGHS: u128 = u128::from_ne_bytes([0x80; 16]);
     w.wrapping_sub(ONES) & !w & HIGHS != 0
+}
+
+/// Whether one of the sixteen bytes at each offset `at` of `value` is zero (each block lies
+/// within `value`). On x86-64 with SSE2, a compare a block and one mask test: in `u128`
+/// arithmetic ([`has_zero_byte_wide`]) each block took 13 instructions, and callgrind counted
+/// 14 fewer in `feed_buf` per event of the e2e harness (IDs of 18 to 23 bytes) this way.
+#[inline(always)]
+fn has_zero_byte_at<const N: usize>(value: &[u8], at: [usize; N]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use safe_arch::{
+            bitor_m128i, cmp_eq_mask_i8_m128i, load_unaligned_m128i, move_mask_i8_m128i,
+            zeroed_m128i,
+        };
+        let mut zeros = zeroed_m128i();
+        for at in at {
+            if let Some(block) = value.get(at..).and_then(<[u8]>::first_chunk::<16>) {
+                let v = load_unaligned_m128i(block);
+                zeros = bitor_m128i(zeros, cmp_eq_mask_i8_m128i(v, zeroed_m128i()));
+            }
+        }
+        move_mask_i8_m128i(zeros) != 0
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    at.into_iter()
+        .any(|at| has_zero_byte_wide(crate::id_buf::wide(value, at)))
 }
 
 /// Whether `value` holds a NUL byte (an `id` that does is ignored). Up to 64 bytes a word at a
@@ -1576,6 +1602,23 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn has_zero_byte_at_finds_a_zero_byte_in_any_block_only() {
+        // 40 bytes read as blocks at 0, 16 and 24 (overlapping): every byte is in one.
+        for at in 0..40 {
+            let mut bytes = [b'x'; 40];
+            bytes[at] = 0;
+            assert!(has_zero_byte_at(&bytes, [0, 16, 24]), "{at}");
+            // Only the blocks asked for are read.
+            assert_eq!(
+                has_zero_byte_at(&bytes, [0, 24]),
+                !(16..24).contains(&at),
+                "{at}"
+            );
+        }
+        assert!(!has_zero_byte_at(&[0x80; 40], [0, 16, 24]));
     }
 
     #[test]

@@ -581,8 +581,7 @@ impl SseParser {
                             crate::id_buf::word(value, 0),
                             crate::id_buf::word(value, n - 8),
                         );
-                        if has_zero_byte(first)
-                            || has_zero_byte(tail)
+                        if has_zero_byte_in_words(first, tail)
                             || ids[last].holds_words(value, first, tail)
                         {
                             break; // A NUL (the ID is ignored) or a repeat: `feed` reports it.
@@ -1084,7 +1083,26 @@ impl SseParser {
     }
 }
 
+/// Whether one of the sixteen bytes of the words `a` and `b` is zero: on x86-64 one SSE2
+/// compare of the two. Besides its own instructions, it spares the scan's loop a constant to
+/// keep in a register: callgrind counted 440 -> 429 instructions per event through the layer
+/// for 8-byte IDs, 467 -> 460 for the e2e harness's, 496 -> 488 for UUIDs.
+#[inline(always)]
+fn has_zero_byte_in_words(a: u64, b: u64) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use safe_arch::{cmp_eq_mask_i8_m128i, m128i, move_mask_i8_m128i, zeroed_m128i};
+        let v = m128i::from(u128::from(a) | u128::from(b) << 64);
+        move_mask_i8_m128i(cmp_eq_mask_i8_m128i(v, zeroed_m128i())) != 0
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        has_zero_byte(a) || has_zero_byte(b)
+    }
+}
+
 /// Whether one of the eight bytes of `w` is zero.
+#[cfg(any(test, not(target_arch = "x86_64")))]
 #[inline(always)]
 fn has_zero_byte(w: u64) -> bool {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
@@ -1600,6 +1618,23 @@ mod tests {
                     let split = split_lf::<true>(&with).map(|(len, after)| (len, after.len()));
                     assert_eq!(split, Some((at, n - at - 2)), "{n} {at}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn has_zero_byte_in_words_finds_a_zero_byte_at_any_place() {
+        let clean = u64::from_ne_bytes([b'x'; 8]);
+        assert!(!has_zero_byte_in_words(clean, clean));
+        for at in 0..16 {
+            for (byte, zero) in [(0, true), (0x80, false), (0x01, false), (0xff, false)] {
+                let mut bytes = [b'x'; 16];
+                bytes[at] = byte;
+                let a = u64::from_ne_bytes(bytes[..8].try_into().unwrap());
+                let b = u64::from_ne_bytes(bytes[8..].try_into().unwrap());
+                assert_eq!(has_zero_byte_in_words(a, b), zero, "{at} {byte}");
+                // The portable form, which other targets use.
+                assert_eq!(has_zero_byte(a) || has_zero_byte(b), zero, "{at} {byte}");
             }
         }
     }

@@ -1087,18 +1087,19 @@ impl SseParser {
 /// compare of the two. Besides its own instructions, it spares the scan's loop a constant to
 /// keep in a register: callgrind counted 440 -> 429 instructions per event through the layer
 /// for 8-byte IDs, 467 -> 460 for the e2e harness's, 496 -> 488 for UUIDs.
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn has_zero_byte_in_words(a: u64, b: u64) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use safe_arch::{cmp_eq_mask_i8_m128i, m128i, move_mask_i8_m128i, zeroed_m128i};
-        let v = m128i::from(u128::from(a) | u128::from(b) << 64);
-        move_mask_i8_m128i(cmp_eq_mask_i8_m128i(v, zeroed_m128i())) != 0
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        has_zero_byte(a) || has_zero_byte(b)
-    }
+    use safe_arch::{cmp_eq_mask_i8_m128i, m128i, move_mask_i8_m128i, zeroed_m128i};
+    let v = m128i::from(u128::from(a) | u128::from(b) << 64);
+    move_mask_i8_m128i(cmp_eq_mask_i8_m128i(v, zeroed_m128i())) != 0
+}
+
+/// [`has_zero_byte_in_words`] on other targets.
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn has_zero_byte_in_words(a: u64, b: u64) -> bool {
+    has_zero_byte(a) || has_zero_byte(b)
 }
 
 /// Whether one of the eight bytes of `w` is zero.
@@ -1123,24 +1124,27 @@ fn has_zero_byte_wide(w: u128) -> bool {
 /// within `value`). On x86-64 with SSE2, a compare a block and one mask test: in `u128`
 /// arithmetic ([`has_zero_byte_wide`]) each block took 13 instructions, and callgrind counted
 /// 14 fewer in `feed_buf` per event of the e2e harness (IDs of 18 to 23 bytes) this way.
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn has_zero_byte_at<const N: usize>(value: &[u8], at: [usize; N]) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use safe_arch::{
-            bitor_m128i, cmp_eq_mask_i8_m128i, load_unaligned_m128i, move_mask_i8_m128i,
-            zeroed_m128i,
-        };
-        let mut zeros = zeroed_m128i();
-        for at in at {
-            if let Some(block) = value.get(at..).and_then(<[u8]>::first_chunk::<16>) {
-                let v = load_unaligned_m128i(block);
-                zeros = bitor_m128i(zeros, cmp_eq_mask_i8_m128i(v, zeroed_m128i()));
-            }
+    use safe_arch::{
+        bitor_m128i, cmp_eq_mask_i8_m128i, load_unaligned_m128i, move_mask_i8_m128i, zeroed_m128i,
+    };
+    let mut zeros = zeroed_m128i();
+    for at in at {
+        debug_assert!(at + 16 <= value.len());
+        if let Some(block) = value.get(at..).and_then(<[u8]>::first_chunk::<16>) {
+            let v = load_unaligned_m128i(block);
+            zeros = bitor_m128i(zeros, cmp_eq_mask_i8_m128i(v, zeroed_m128i()));
         }
-        move_mask_i8_m128i(zeros) != 0
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    move_mask_i8_m128i(zeros) != 0
+}
+
+/// [`has_zero_byte_at`] on other targets.
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn has_zero_byte_at<const N: usize>(value: &[u8], at: [usize; N]) -> bool {
     at.into_iter()
         .any(|at| has_zero_byte_wide(crate::id_buf::wide(value, at)))
 }

@@ -138,12 +138,14 @@ fn parse_args() -> Args {
                 );
                 args.b = value;
             }
-            "--concurrent" | "--abba" => {
-                if argv[i] == "--concurrent" {
-                    args.concurrent = true;
-                } else {
-                    args.abba = true;
-                }
+            // Flags: no value follows.
+            "--concurrent" => {
+                args.concurrent = true;
+                i += 1;
+                continue;
+            }
+            "--abba" => {
+                args.abba = true;
                 i += 1;
                 continue;
             }

@@ -42,7 +42,7 @@ fn a_worker_that_goes_idle_frees_its_batch_buffers() {
             tokio::time::sleep(FLUSH).await;
         }
         let idle = live();
-        // The buffers of a batch of 4,096: the updates alone are about 72 bytes each.
+        // The buffers of a batch of 4,096: the updates alone are 96 bytes each.
         let freed = written - idle;
         println!("worker idle: {freed} bytes freed after a batch of {SESSIONS} sessions");
         assert!(

@@ -86,8 +86,7 @@ impl Stored {
 
     fn set(&mut self, update: &SessionUpdate) {
         self.version = update.version;
-        self.id
-            .set(update.last_event_id.as_str().unwrap_or("").as_bytes());
+        self.id.set(update.last_event_id.as_bytes());
     }
 
     /// [`SessionRecord::apply`], in place.

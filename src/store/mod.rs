@@ -40,6 +40,7 @@
 //! ```
 
 mod error;
+mod event_id;
 mod memory;
 #[cfg(feature = "redb")]
 mod redb;
@@ -52,7 +53,7 @@ pub use self::redb::{RedbStore, RedbStoreBuilder};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::{RedisStore, RedisStoreBuilder};
-pub use self::{error::StoreError, memory::MemoryStore};
+pub use self::{error::StoreError, event_id::EventId, memory::MemoryStore};
 
 /// What the Redis history store shares with the Redis session store.
 #[cfg(feature = "redis")]
@@ -80,15 +81,16 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>>
 /// A stream's last event ID as persisted: an ID, or cleared by an empty `id` field.
 ///
 /// ```
-/// use tower_sse_tracking::store::LastEventId;
+/// use tower_sse_tracking::store::{EventId, LastEventId};
 ///
 /// assert_eq!(LastEventId::from("7").as_str(), Some("7"));
+/// assert_eq!(LastEventId::from("7"), LastEventId::Set(EventId::new("7")));
 /// assert_eq!(LastEventId::from(""), LastEventId::Cleared);
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
 pub enum LastEventId {
-    /// The stream set this ID.
-    Set(Arc<str>),
+    /// The stream set this ID (held in place when short: see [`EventId`]).
+    Set(EventId),
     /// The stream cleared the ID (an empty `id` field); a client then sends no `Last-Event-ID`.
     #[default]
     Cleared,
@@ -98,8 +100,18 @@ impl LastEventId {
     /// The ID, or `None` when cleared.
     pub fn as_str(&self) -> Option<&str> {
         match self {
-            Self::Set(id) => Some(id),
+            Self::Set(id) => Some(id.as_str()),
             Self::Cleared => None,
+        }
+    }
+
+    /// The ID's bytes, empty when cleared: what a store that keeps bytes writes (no UTF-8
+    /// check, unlike [`as_str`](Self::as_str)).
+    #[inline]
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::Set(id) => id.as_bytes(),
+            Self::Cleared => &[],
         }
     }
 }
@@ -110,7 +122,7 @@ impl From<&str> for LastEventId {
         if id.is_empty() {
             Self::Cleared
         } else {
-            Self::Set(Arc::from(id))
+            Self::Set(EventId::new(id))
         }
     }
 }

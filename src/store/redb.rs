@@ -9,7 +9,9 @@ use std::{
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use tokio::time::Instant;
 
-use super::{LastEventId, SessionRecord, SessionStore, SessionUpdate, StoreError, StoreFuture};
+use super::{
+    EventId, LastEventId, SessionRecord, SessionStore, SessionUpdate, StoreError, StoreFuture,
+};
 use crate::{SessionId, StreamKey};
 
 /// (Session key, stream key) -> encoded [`SessionRecord`]. Ordered by session first, so that a
@@ -393,7 +395,7 @@ fn decode(value: &[u8]) -> Result<SessionRecord, StoreError> {
     let version = u64::from_le_bytes(value[1..9].try_into().map_err(|_| corrupt())?);
     let nanos = u64::from_le_bytes(value[9..17].try_into().map_err(|_| corrupt())?);
     let last_event_id = match value[17] {
-        0 => LastEventId::Set(Arc::from(
+        0 => LastEventId::Set(EventId::new(
             std::str::from_utf8(&value[HEADER_LEN..]).map_err(|_| corrupt())?,
         )),
         1 => LastEventId::Cleared,

@@ -14,7 +14,9 @@ use redis::{
     cluster_routing::Slot,
 };
 
-use super::{LastEventId, SessionRecord, SessionStore, SessionUpdate, StoreError, StoreFuture};
+use super::{
+    EventId, LastEventId, SessionRecord, SessionStore, SessionUpdate, StoreError, StoreFuture,
+};
 use crate::{SessionId, StreamKey};
 
 /// Updates per `EVALSHA` inside a batch's pipeline: keeps each script run short, so Redis stays
@@ -323,8 +325,8 @@ impl RedisStore {
         cmd.arg(ttl_ms);
         for update in updates {
             let (cleared, id) = match &update.last_event_id {
-                LastEventId::Set(id) => ("0", id.as_ref()),
-                LastEventId::Cleared => ("1", ""),
+                LastEventId::Set(id) => ("0", id.as_bytes()),
+                LastEventId::Cleared => ("1", &b""[..]),
             };
             cmd.arg(update.stream.as_str())
                 .arg(format!("{:020}", update.version))
@@ -496,7 +498,7 @@ fn decode(value: &str) -> Option<SessionRecord> {
     let (activity, rest) = rest.split_once(' ')?;
     let (cleared, id) = rest.split_once(' ')?;
     let last_event_id = match cleared {
-        "0" => LastEventId::Set(Arc::from(id)),
+        "0" => LastEventId::Set(EventId::new(id)),
         "1" => LastEventId::Cleared,
         _ => return None,
     };

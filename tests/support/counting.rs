@@ -1,5 +1,5 @@
-//! A global allocator that counts the bytes currently allocated, for the test binaries that
-//! measure memory (each includes this file with `#[path]`, so that no other binary gets it).
+//! A global allocator that counts the bytes currently allocated and the allocations made, for
+//! the test binaries that measure memory (each includes this file with `#[path]`, so that no other binary gets it).
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},
@@ -10,6 +10,7 @@ use std::{
 struct Counting;
 
 static LIVE: AtomicIsize = AtomicIsize::new(0);
+static MADE: AtomicIsize = AtomicIsize::new(0);
 
 // SAFETY: every call is forwarded to `System` unchanged; only a counter is updated.
 unsafe impl GlobalAlloc for Counting {
@@ -18,6 +19,7 @@ unsafe impl GlobalAlloc for Counting {
         let ptr = unsafe { System.alloc(layout) };
         if !ptr.is_null() {
             LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+            MADE.fetch_add(1, Ordering::Relaxed);
         }
         ptr
     }
@@ -27,6 +29,7 @@ unsafe impl GlobalAlloc for Counting {
         let ptr = unsafe { System.alloc_zeroed(layout) };
         if !ptr.is_null() {
             LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+            MADE.fetch_add(1, Ordering::Relaxed);
         }
         ptr
     }
@@ -45,6 +48,7 @@ unsafe impl GlobalAlloc for Counting {
                 new_size as isize - layout.size() as isize,
                 Ordering::Relaxed,
             );
+            MADE.fetch_add(1, Ordering::Relaxed);
         }
         new
     }
@@ -54,6 +58,13 @@ unsafe impl GlobalAlloc for Counting {
 static ALLOCATOR: Counting = Counting;
 
 /// Bytes allocated now (requested sizes).
+#[allow(dead_code)] // Not every binary that includes this file counts bytes.
 pub fn live() -> isize {
     LIVE.load(Ordering::Relaxed)
+}
+
+/// Allocations made so far (reallocations included).
+#[allow(dead_code)] // Not every binary that includes this file counts allocations.
+pub fn made() -> isize {
+    MADE.load(Ordering::Relaxed)
 }

@@ -109,10 +109,12 @@ impl Stored {
 }
 
 impl State {
-    fn find(&self, session: &str, stream: &str) -> Option<u32> {
+    /// The record of `session`'s `stream`. By the keys themselves, not their text: the worker
+    /// writes with clones of the keys the store kept, which compare by pointer first.
+    fn find(&self, session: &SessionId, stream: &StreamKey) -> Option<u32> {
         let mut ix = self.map.get(session).copied().unwrap_or(NIL);
         while let Some(entry) = self.records.get(ix) {
-            if entry.stream.as_str() == stream {
+            if entry.stream == *stream {
                 return Some(ix);
             }
             ix = entry.next;
@@ -240,7 +242,7 @@ impl MemoryStore {
     pub fn get(&self, session: &SessionId, stream: &StreamKey) -> Option<SessionRecord> {
         let cutoff = self.cutoff();
         let mut state = self.lock();
-        let ix = state.find(session.as_str(), stream.as_str())?;
+        let ix = state.find(session, stream)?;
         let entry = state.records.get(ix)?;
         if Self::expired(&entry.record, cutoff) {
             state.remove(ix);
@@ -307,7 +309,7 @@ impl MemoryStore {
         let state = &mut *guard;
         for update in batch {
             self.expire_front(state, cutoff, EXPIRE_PER_WRITE);
-            if let Some(ix) = state.find(update.session.as_str(), update.stream.as_str())
+            if let Some(ix) = state.find(&update.session, &update.stream)
                 && let Some(entry) = state.records.get_mut(ix)
             {
                 if Self::expired(&entry.record, cutoff) {

@@ -1,7 +1,9 @@
 //! [`IdBuf`]: the bytes of an event ID, in place when short.
 
+use crate::store::{EventId, LastEventId};
+
 /// Bytes kept in place; longer IDs go to the heap.
-const INLINE: usize = 30;
+pub(crate) const INLINE: usize = 30;
 
 /// The bytes of an event ID: up to 30 in place (most IDs: counters, UUIDs without dashes,
 /// timestamps), longer ones in a heap buffer that is then kept for reuse.
@@ -52,6 +54,24 @@ impl IdBuf {
             Ok(text) => f(text),
             Err(_) => f(&String::from_utf8_lossy(bytes)),
         }
+    }
+
+    /// The ID as a store receives it (`Cleared` when empty). An inline ASCII ID (most IDs) is
+    /// copied as it lies, its whole array at once: ASCII is UTF-8, so it needs no UTF-8 check
+    /// and no copy to an aligned buffer first. Others go through [`with_str`](Self::with_str).
+    /// For the worker's snapshot of a 19-byte ID, callgrind counted about 90 instructions less
+    /// than through `with_str`.
+    #[inline]
+    pub(crate) fn to_last_event_id(&self) -> LastEventId {
+        if let Self::Inline { len, bytes } = self
+            && bytes[..usize::from(*len)].is_ascii()
+        {
+            return match len {
+                0 => LastEventId::Cleared,
+                _ => LastEventId::Set(EventId::from_ascii_block(*len, bytes)),
+            };
+        }
+        self.with_str(|id| LastEventId::from(id))
     }
 
     /// The bytes.
@@ -374,6 +394,37 @@ mod tests {
             id.set(value);
             let text = id.with_str(str::to_owned);
             assert_eq!(text, String::from_utf8_lossy(value), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn to_last_event_id_is_the_lossy_text_as_a_last_event_id() {
+        let mut values: Vec<Vec<u8>> = vec![
+            Vec::new(),
+            b"42".to_vec(),
+            b"19-1764579600123456".to_vec(),
+            "caf\u{e9}".as_bytes().to_vec(),
+            b"bad \xff byte".to_vec(),
+        ];
+        for n in 0..=40 {
+            values.push((0..n).map(|i| b'a' + (i % 26) as u8).collect());
+            // Non-ASCII at the last place: an inline ID is checked up to its length.
+            let mut wide: Vec<u8> = (0..n).map(|i| b'a' + (i % 26) as u8).collect();
+            wide.extend_from_slice("\u{e9}".as_bytes());
+            values.push(wide);
+        }
+        // Each after each other one, in the same buffer: a short ASCII ID after a longer
+        // non-ASCII one leaves that one's bytes past its length, which must not count.
+        let mut id = IdBuf::default();
+        for first in &values {
+            for value in &values {
+                id.set(first);
+                id.set(value);
+                let expected = LastEventId::from(String::from_utf8_lossy(value).as_ref());
+                let got = id.to_last_event_id();
+                assert_eq!(got, expected, "{first:?} then {value:?}");
+                assert_eq!(got.as_str(), expected.as_str());
+            }
         }
     }
 }

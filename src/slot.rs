@@ -12,11 +12,7 @@ use std::{
     sync::atomic::{AtomicBool, AtomicU32, Ordering},
 };
 
-use crate::{
-    SessionId, StreamKey, clock,
-    id_buf::IdBuf,
-    store::{LastEventId, SessionUpdate},
-};
+use crate::{SessionId, StreamKey, clock, id_buf::IdBuf, store::SessionUpdate};
 
 /// Default number of recent event IDs remembered per session to detect duplicates.
 pub(crate) const DEFAULT_DEDUP_WINDOW: usize = 64;
@@ -438,7 +434,7 @@ impl Slot {
             update: SessionUpdate {
                 session: self.session.clone(),
                 stream: self.stream.clone(),
-                last_event_id: st.id.with_str(|id| LastEventId::from(id)),
+                last_event_id: st.id.to_last_event_id(),
                 version: st.version,
                 last_activity: crate::clock::time_of(st.activity),
             },
@@ -745,6 +741,7 @@ impl IdHasher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::LastEventId;
     use std::time::SystemTime;
 
     /// A write's time, as the worker passes it.

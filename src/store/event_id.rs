@@ -81,6 +81,20 @@ impl EventId {
     }
 }
 
+impl EventId {
+    /// The first `len` bytes of an [`IdBuf`](crate::id_buf::IdBuf)'s inline array, which the
+    /// caller found to be ASCII: the whole array is copied at once (a fixed size, so no call to
+    /// `memcpy`), without a UTF-8 check.
+    #[inline]
+    pub(crate) fn from_ascii_block(len: u8, block: &[u8; crate::id_buf::INLINE]) -> Self {
+        const { assert!(crate::id_buf::INLINE <= INLINE) };
+        debug_assert!(block[..usize::from(len)].is_ascii());
+        let mut bytes = [0; INLINE];
+        bytes[..crate::id_buf::INLINE].copy_from_slice(block);
+        Self(Repr::Inline { len, bytes })
+    }
+}
+
 /// `bytes` in place, if they fit. Callers pass the bytes of a `&str`.
 #[inline]
 fn inline(bytes: &[u8]) -> Option<Repr> {

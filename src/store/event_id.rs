@@ -1,6 +1,7 @@
 //! [`EventId`]: a persisted event ID, in place when short.
 
 use std::{
+    borrow::Borrow,
     cmp::Ordering,
     fmt,
     hash::{Hash, Hasher},
@@ -138,6 +139,14 @@ impl AsRef<str> for EventId {
     }
 }
 
+/// Equality, order and hash agree with the text's, so maps keyed by `EventId` can be read with
+/// a `&str`.
+impl Borrow<str> for EventId {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
 impl PartialEq for EventId {
     fn eq(&self, other: &Self) -> bool {
         self.as_bytes() == other.as_bytes()
@@ -172,7 +181,7 @@ impl Ord for EventId {
 }
 
 impl Hash for EventId {
-    /// Hashes as the `str` would, so that an `EventId` can be looked up by text.
+    /// Hashes as its text does (see the `Borrow<str>` implementation).
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.as_str().hash(state);
     }
@@ -248,6 +257,10 @@ mod tests {
         );
         assert!(EventId::new("a") < EventId::new(&"b".repeat(50)));
         assert_ne!(EventId::new("a"), EventId::new("a "));
+        let map: std::collections::HashMap<EventId, u32> =
+            [(EventId::new("7"), 7), (EventId::new(&"8".repeat(50)), 8)].into();
+        assert_eq!(map.get("7"), Some(&7));
+        assert_eq!(map.get("8".repeat(50).as_str()), Some(&8));
     }
 
     #[test]

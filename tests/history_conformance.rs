@@ -257,7 +257,7 @@ fn by(writer: u64, session: &str, key: &str, seq: u64, id: Option<&str>) -> Hist
         session: sid(session),
         stream: stream(key),
         seq,
-        id: id.map(Arc::from),
+        id: id.map(Into::into),
         bytes: Bytes::from(bytes),
         writer,
     }
@@ -629,7 +629,7 @@ mod checks {
             session: sid(&session),
             stream: stream(key),
             seq: u64::MAX - 1,
-            id: Some(Arc::from(id.as_str())),
+            id: Some(id.as_str().into()),
             bytes: bytes.clone(),
             writer: u64::MAX - 7,
         };

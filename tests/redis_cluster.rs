@@ -260,8 +260,8 @@ async fn a_batch_that_no_replica_confirms_is_not_acknowledged() {
 #[tokio::test]
 async fn history_keys_of_odd_sessions_share_their_slot() {
     use bytes::Bytes;
-    use std::sync::Arc;
     use tower_sse_tracking::history::{HistoryEvent, HistoryStore, RedisHistory};
+    use tower_sse_tracking::store::EventId;
 
     let cluster = tokio::task::spawn_blocking(RedisCluster::shared)
         .await
@@ -281,7 +281,7 @@ async fn history_keys_of_odd_sessions_share_their_slot() {
                     session: sid(session),
                     stream: support::stream(stream),
                     seq,
-                    id: Some(Arc::from(id.as_str())),
+                    id: Some(id.as_str().into()),
                     bytes: Bytes::from(format!("id: {id}\ndata: x\n\n")),
                     writer: 1,
                 });
@@ -297,7 +297,7 @@ async fn history_keys_of_odd_sessions_share_their_slot() {
         let ids: Vec<_> = page.events.iter().map(|e| e.id.clone().unwrap()).collect();
         assert_eq!(
             ids,
-            [format!("{i}-/b-2"), format!("{i}-/b-3")].map(|s| Arc::from(s.as_str())),
+            [format!("{i}-/b-2"), format!("{i}-/b-3")].map(|s| EventId::new(&s)),
             "{session}"
         );
         let found = history

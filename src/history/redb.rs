@@ -18,7 +18,7 @@ use super::store::{
 use crate::{
     SessionId, StreamKey,
     store::{
-        StoreError, StoreFuture,
+        EventId, StoreError, StoreFuture,
         redb_support::{blocking, open_file, permanent, transient},
     },
 };
@@ -259,11 +259,11 @@ fn now_nanos() -> u64 {
 fn encode_event(event: &HistoryEvent, out: &mut Vec<u8>) {
     out.clear();
     out.push(EVENT_V1);
-    let id = event.id.as_deref();
+    let id = event.id.as_ref().map(EventId::as_bytes);
     let len = id.map_or(NO_ID, |id| u32::try_from(id.len()).unwrap_or(NO_ID));
     out.extend_from_slice(&len.to_be_bytes());
     if len != NO_ID {
-        out.extend_from_slice(id.unwrap_or_default().as_bytes());
+        out.extend_from_slice(id.unwrap_or_default());
     }
     out.extend_from_slice(&event.bytes);
 }
@@ -621,7 +621,7 @@ impl Inner {
                     session: session.clone(),
                     stream: stream.clone(),
                     seq: key.value().2,
-                    id: id.map(Arc::from),
+                    id: id.map(EventId::new),
                     bytes: Bytes::copy_from_slice(data),
                     writer: meta.writer,
                 });
@@ -825,7 +825,7 @@ mod tests {
             session: SessionId::new("s").unwrap(),
             stream: StreamKey::new("/e").unwrap(),
             seq: 1,
-            id: Some(Arc::from("é1")),
+            id: Some(EventId::new("é1")),
             bytes: Bytes::from_static(b"id: \xc3\xa91\ndata: x\n\n"),
             writer: 1,
         };

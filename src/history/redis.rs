@@ -16,7 +16,7 @@ use super::store::{
 use crate::{
     SessionId, StreamKey,
     store::{
-        StoreError, StoreFuture,
+        EventId, StoreError, StoreFuture,
         redis_support::{
             Connection, IN_FLIGHT, Shared, connect, connect_cluster_blocking,
             connect_shared_cluster, tag,
@@ -514,7 +514,7 @@ impl RedisHistory {
                     .arg(format!("{:020}", event.writer))
                     .arg(format!("{:020}", event.seq.max(1)))
                     .arg(if event.id.is_some() { "1" } else { "0" })
-                    .arg(event.id.as_deref().unwrap_or(""))
+                    .arg(event.id.as_ref().map_or(&b""[..], EventId::as_bytes))
                     .arg(&event.bytes[..]);
             }
             cmds.push(cmd);
@@ -824,7 +824,7 @@ fn decode(
     for pair in fields.chunks(2) {
         match pair {
             [name, value] if name == b"i" => {
-                id = Some(Arc::from(
+                id = Some(EventId::new(
                     std::str::from_utf8(value).map_err(|_| corrupt())?,
                 ));
             }

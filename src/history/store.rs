@@ -12,7 +12,10 @@ use std::{
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::{SessionId, StreamKey, store::StoreFuture};
+use crate::{
+    SessionId, StreamKey,
+    store::{EventId, StoreFuture},
+};
 
 /// One event of a stream's history, as a [`HistoryStore`] keeps it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,8 +28,9 @@ pub struct HistoryEvent {
     /// (the wall-clock time it was kept, in nanoseconds, made strictly increasing per stream by
     /// its writer). Events are read back in this order.
     pub seq: u64,
-    /// The ID the event's block set, if it set one (events are found by it).
-    pub id: Option<Arc<str>>,
+    /// The ID the event's block set, if it set one (events are found by it). Held in place up
+    /// to 38 bytes, so that keeping an event allocates nothing for its ID.
+    pub id: Option<EventId>,
     /// The event's bytes, exactly as its client received them.
     pub bytes: Bytes,
     /// The writer that kept it: when its producer started (nanoseconds of wall-clock time).
@@ -594,11 +598,10 @@ impl HistoryStore for MemoryHistoryStore {
             Ok(streams
                 .iter()
                 .filter_map(|(stream, stored)| {
-                    let event = stored
-                        .events
-                        .iter()
-                        .rev()
-                        .find(|e| e.id.as_deref() == Some(id))?;
+                    let event = stored.events.iter().rev().find(|e| {
+                        e.id.as_ref()
+                            .is_some_and(|held| held.as_bytes() == id.as_bytes())
+                    })?;
                     Some(StoredPosition {
                         stream: stream.clone(),
                         seq: event.seq,
@@ -695,7 +698,7 @@ mod tests {
             session: SessionId::new(session).unwrap(),
             stream: StreamKey::new(stream).unwrap(),
             seq,
-            id: id.map(Arc::from),
+            id: id.map(EventId::new),
             bytes: Bytes::from(vec![b'x'; len]),
             writer: 1,
         }

@@ -20,7 +20,7 @@ type HistoryLock<T> = spin::mutex::SpinMutex<T, spin::relax::Yield>;
 /// A held [`HistoryLock`] (a panic while it is held releases it, leaving the state as it was
 /// left, as a poisoned mutex taken anyway would).
 pub(crate) type HistoryGuard<'a, T> = spin::mutex::SpinMutexGuard<'a, T, spin::relax::Yield>;
-use crate::{SessionId, StreamKey};
+use crate::{SessionId, StreamKey, store::EventId};
 
 /// Evictions a history counts before it reports them.
 const EVICTIONS_PER_REPORT: u64 = 256;
@@ -472,7 +472,7 @@ impl State {
 
     /// The newest committed event, for the history store: its bytes, the ID its block set, and
     /// a new `seq` (the wall clock, strictly increasing per stream).
-    pub(crate) fn newest_for_store(&mut self) -> Option<(Bytes, Option<std::sync::Arc<str>>, u64)> {
+    pub(crate) fn newest_for_store(&mut self) -> Option<(Bytes, Option<EventId>, u64)> {
         let meta = *self.events.back()?;
         let start = match self.events.len() {
             1 => self.bytes.start(),
@@ -483,13 +483,9 @@ impl State {
         bytes.extend_from_slice(a);
         bytes.extend_from_slice(b);
         self.stamp = crate::clock::stamp(self.stamp);
-        let id = if let Some((a, b)) = meta.id(&self.ids) {
-            Some(std::sync::Arc::from(
-                String::from_utf8_lossy(&[a, b].concat()).as_ref(),
-            ))
-        } else {
-            None
-        };
+        let id = meta
+            .id(&self.ids)
+            .map(|(a, b)| EventId::from_utf8_lossy_parts(a, b));
         Some((bytes.freeze(), id, self.stamp))
     }
 

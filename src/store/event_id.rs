@@ -5,6 +5,7 @@ use std::{
     cmp::Ordering,
     fmt,
     hash::{Hash, Hasher},
+    ops::Deref,
     sync::Arc,
 };
 
@@ -17,7 +18,10 @@ const INLINE: usize = 38;
 /// a shared `Arc<str>`. At low rates every event is its own store write: in place, building an
 /// update allocates nothing and dropping it frees nothing, and a clone never allocates.
 ///
-/// Equality, ordering and hashing are those of the text, however it is held.
+/// Equality, ordering and hashing are those of the text, however it is held. It dereferences
+/// to `str` as `Arc<str>` does (`Option<EventId>::as_deref` gives an `Option<&str>`); for an ID
+/// held in place that checks its UTF-8 (38 bytes at most), which
+/// [`as_bytes`](Self::as_bytes) does not need.
 ///
 /// ```
 /// use tower_sse_tracking::store::EventId;
@@ -83,6 +87,24 @@ impl EventId {
 }
 
 impl EventId {
+    /// The ID whose bytes are `a` then `b` (an ID kept in two parts of a ring), invalid UTF-8
+    /// replaced as by [`String::from_utf8_lossy`]. Up to 38 bytes, no allocation.
+    pub(crate) fn from_utf8_lossy_parts(a: &[u8], b: &[u8]) -> Self {
+        let n = a.len() + b.len();
+        if n <= INLINE {
+            let mut bytes = [0; INLINE];
+            bytes[..a.len()].copy_from_slice(a);
+            bytes[a.len()..n].copy_from_slice(b);
+            if std::str::from_utf8(&bytes[..n]).is_ok() {
+                return Self(Repr::Inline {
+                    len: n as u8,
+                    bytes,
+                });
+            }
+        }
+        Self::new(&String::from_utf8_lossy(&[a, b].concat()))
+    }
+
     /// The first `len` bytes of an [`IdBuf`](crate::id_buf::IdBuf)'s inline array, which the
     /// caller found to be ASCII: the whole array is copied at once (a fixed size, so no call to
     /// `memcpy`), without a UTF-8 check.
@@ -135,6 +157,14 @@ impl From<Arc<str>> for EventId {
 
 impl AsRef<str> for EventId {
     fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl Deref for EventId {
+    type Target = str;
+
+    fn deref(&self) -> &str {
         self.as_str()
     }
 }
@@ -276,5 +306,30 @@ mod tests {
             Repr::Inline { .. }
         ));
         assert_eq!(EventId::from(String::from("s")), EventId::from("s"));
+        let id = Some(EventId::new("7"));
+        assert_eq!(id.as_deref(), Some("7"));
+    }
+
+    #[test]
+    fn an_id_in_two_parts_is_joined_and_read_as_lossy_text() {
+        let cases: [(&[u8], &[u8]); 6] = [
+            (b"", b""),
+            (b"12", b"34"),
+            ("caf".as_bytes(), "\u{e9}".as_bytes()),
+            // A character cut in two by the ring's end.
+            (&"\u{e9}".as_bytes()[..1], &"\u{e9}".as_bytes()[1..]),
+            (b"bad \xff", b" byte"),
+            (&[b'x'; 30], &[b'y'; 30]),
+        ];
+        for (a, b) in cases {
+            let joined = [a, b].concat();
+            let id = EventId::from_utf8_lossy_parts(a, b);
+            assert_eq!(id.as_str(), String::from_utf8_lossy(&joined), "{a:?} {b:?}");
+            assert_eq!(
+                matches!(id.0, Repr::Inline { .. }),
+                id.len() <= INLINE,
+                "{a:?} {b:?}"
+            );
+        }
     }
 }

@@ -92,7 +92,14 @@ struct Producer {
     history: Arc<StreamHistory>,
     /// The upstream ended normally: the history holds the whole stream.
     complete: bool,
+    /// A frame's events for the history store, if there is one: kept empty between frames,
+    /// with its capacity (up to [`OUTGOING_KEPT`]).
+    outgoing: Vec<Outgoing>,
 }
+
+/// Capacity a stream keeps for its frames' events to the history store: a frame of more
+/// events allocates for them, and gives the room back after.
+const OUTGOING_KEPT: usize = 16;
 
 /// One chunk's appends to a history, under its lock.
 struct Appending<'a> {
@@ -100,7 +107,7 @@ struct Appending<'a> {
     history: &'a StreamHistory,
     state: crate::history::HistoryGuard<'a, crate::history::State>,
     /// Events for the history store, if there is one (pushed to its outbox at the end).
-    outgoing: Option<Vec<Outgoing>>,
+    outgoing: Option<&'a mut Vec<Outgoing>>,
 }
 
 impl Producer {
@@ -109,7 +116,7 @@ impl Producer {
             histories: &self.histories,
             history: &self.history,
             state: self.history.lock(),
-            outgoing: self.histories.outbox.as_ref().map(|_| Vec::new()),
+            outgoing: self.histories.outbox.as_ref().map(|_| &mut self.outgoing),
         }
     }
 }
@@ -146,7 +153,10 @@ impl Appending<'_> {
         let appended = self.state.take_appended();
         drop(self.state);
         if let (Some(outbox), Some(outgoing)) = (&self.histories.outbox, self.outgoing.take()) {
-            outbox.push(outgoing, false);
+            outbox.push_from(outgoing);
+            if outgoing.capacity() > OUTGOING_KEPT {
+                *outgoing = Vec::new();
+            }
         }
         self.histories.note(appended);
         self.history.wake_followers();
@@ -351,6 +361,7 @@ impl StreamState {
                     histories,
                     history,
                     complete: false,
+                    outgoing: Vec::new(),
                 }),
                 replaying,
                 seam: None,

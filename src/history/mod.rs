@@ -424,18 +424,34 @@ impl Outbox {
 
     /// Adds items at the back (new ones) or, with `front`, at the front (what a failed write
     /// left, to be tried again first); the oldest go beyond the bound.
-    pub(crate) fn push(&self, items: Vec<Outgoing>, front: bool) {
+    pub(crate) fn push(&self, mut items: Vec<Outgoing>, front: bool) {
+        if !front {
+            self.push_from(&mut items);
+            return;
+        }
         if items.is_empty() {
             return;
         }
         let mut queue = self.lock();
-        if front {
-            for item in items.into_iter().rev() {
-                queue.push_front(item);
-            }
-        } else {
-            queue.extend(items);
+        for item in items.into_iter().rev() {
+            queue.push_front(item);
         }
+        self.bound(queue);
+    }
+
+    /// Adds `items` at the back, leaving the vector empty with its capacity: a stream keeps one
+    /// for its frames' events, so that a frame allocates nothing for them.
+    pub(crate) fn push_from(&self, items: &mut Vec<Outgoing>) {
+        if items.is_empty() {
+            return;
+        }
+        let mut queue = self.lock();
+        queue.extend(items.drain(..));
+        self.bound(queue);
+    }
+
+    /// Lets the oldest items go beyond the bound, counted.
+    fn bound(&self, mut queue: MutexGuard<'_, std::collections::VecDeque<Outgoing>>) {
         let over = queue.len().saturating_sub(OUTBOX_EVENTS);
         queue.drain(..over);
         drop(queue);

@@ -307,9 +307,14 @@ struct Inner {
     changed: tokio::sync::Notify,
 }
 
+/// Keyed by foldhash (randomly seeded per process), as `MemoryStore` is: keys are client
+/// input, and SipHash, looked up a few times per appended event, was a fifth of an event's
+/// way through the layer to this store.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 #[derive(Debug, Default)]
 struct State {
-    sessions: HashMap<SessionId, HashMap<StreamKey, Stored>>,
+    sessions: Map<SessionId, Map<StreamKey, Stored>>,
     bytes: usize,
     streams: usize,
     /// Every stream, checked for expiry a few per append (in turn: a stream not expired goes to

@@ -407,10 +407,11 @@ mod tests {
             b"bad \xff byte".to_vec(),
         ];
         for n in 0..=40 {
-            values.push((0..n).map(|i| b'a' + (i % 26) as u8).collect());
+            let run: Vec<u8> = (0..n).map(|i| b'a' + (i % 26) as u8).collect();
             // Non-ASCII at the last place: an inline ID is checked up to its length.
-            let mut wide: Vec<u8> = (0..n).map(|i| b'a' + (i % 26) as u8).collect();
+            let mut wide = run.clone();
             wide.extend_from_slice("\u{e9}".as_bytes());
+            values.push(run);
             values.push(wide);
         }
         // Each after each other one, in the same buffer: a short ASCII ID after a longer

@@ -153,7 +153,7 @@ impl Appending<'_> {
         let appended = self.state.take_appended();
         drop(self.state);
         if let (Some(outbox), Some(outgoing)) = (&self.histories.outbox, self.outgoing.take()) {
-            outbox.push_from(outgoing);
+            outbox.push_back(outgoing);
             if outgoing.capacity() > OUTGOING_KEPT {
                 *outgoing = Vec::new();
             }

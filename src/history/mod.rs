@@ -422,13 +422,9 @@ impl Outbox {
         self.items.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Adds items at the back (new ones) or, with `front`, at the front (what a failed write
-    /// left, to be tried again first); the oldest go beyond the bound.
-    pub(crate) fn push(&self, mut items: Vec<Outgoing>, front: bool) {
-        if !front {
-            self.push_from(&mut items);
-            return;
-        }
+    /// Adds items at the front: what a failed write left, to be tried again first. The oldest
+    /// go beyond the bound.
+    pub(crate) fn push_front(&self, items: Vec<Outgoing>) {
         if items.is_empty() {
             return;
         }
@@ -439,9 +435,10 @@ impl Outbox {
         self.bound(queue);
     }
 
-    /// Adds `items` at the back, leaving the vector empty with its capacity: a stream keeps one
-    /// for its frames' events, so that a frame allocates nothing for them.
-    pub(crate) fn push_from(&self, items: &mut Vec<Outgoing>) {
+    /// Adds `items` at the back (new ones), leaving the vector empty with its capacity: a
+    /// stream keeps one for its frames' events, so that a frame allocates nothing for them. The
+    /// oldest go beyond the bound.
+    pub(crate) fn push_back(&self, items: &mut Vec<Outgoing>) {
         if items.is_empty() {
             return;
         }
@@ -840,7 +837,7 @@ impl Histories {
                 StreamEnd::Cut
             };
             let finish = Outgoing::Finish(history.lease(), end);
-            outbox.push(vec![finish], false);
+            outbox.push_back(&mut vec![finish]);
         }
         // Wake the responses following the tail: nothing more comes from this producer.
         history.appended.notify_waiters();

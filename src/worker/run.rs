@@ -374,7 +374,7 @@ impl Worker {
                 let mut left: Vec<Outgoing> = events.drain(..).map(Outgoing::Event).collect();
                 left.extend(finish.map(|(lease, end)| Outgoing::Finish(lease, end)));
                 left.extend(items);
-                outbox.push(left, true);
+                outbox.push_front(left);
                 return;
             }
             self.history_breaker.succeeded();
